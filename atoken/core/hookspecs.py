@@ -1,0 +1,84 @@
+"""The hooks a plugin may implement. Every hook receives a registry view bound to that plugin.
+
+Hooks are always called with keywords, so new arguments can be added later without breaking
+installed plugins (pluggy passes each implementation only the arguments it names).
+
+References: hook discipline after pytest's hookspec.py; register-object hooks after llm and tox.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from atoken.core.registry import BoundRegistry
+
+hookspec = pluggy.HookspecMarker("atoken")
+
+
+@hookspec
+def atoken_register_adapters(registry: BoundRegistry) -> None:
+    """Register modality adapters (image, video, 3D, ...).
+
+    Called once per plugin when the plugin manager is built. Call ``registry.add(name, factory,
+    options=OptionsModel)`` once per adapter; ``factory(options)`` must return an object that
+    satisfies :class:`atoken.core.modality.ModalityAdapter`. Names are global across plugins;
+    a clash is an error naming both providers. Not firstresult, not historic.
+
+    :param registry: the adapter registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_quantizers(registry: BoundRegistry) -> None:
+    """Register latent quantizers (continuous or discrete).
+
+    ``factory(options, latent_channels=C)`` must return an ``nn.Module`` satisfying
+    :class:`atoken.core.quantizer.Quantizer`. Called once per plugin. Not firstresult.
+
+    :param registry: the quantizer registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_heads(registry: BoundRegistry) -> None:
+    """Register heads that turn encoder tokens into one vector per sample.
+
+    ``factory(options, width=D, num_heads=H, mlp_width=M)`` returns an ``nn.Module`` whose
+    ``forward(tokens: SparseTokens, *, backend) -> Tensor [B, D]``. Called once per plugin.
+
+    :param registry: the head registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_losses(registry: BoundRegistry) -> None:
+    """Register training losses.
+
+    ``factory(options)`` returns an ``nn.Module`` computing a scalar loss. Called once per plugin.
+
+    :param registry: the loss registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_attention_backends(registry: BoundRegistry) -> None:
+    """Register variable-length attention backends.
+
+    Add an :class:`atoken.core.attention.AttentionBackend` (no options). Availability is checked
+    lazily, when a backend is first used, never at registration. Called once per plugin.
+
+    :param registry: the attention-backend registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_commands(registry: BoundRegistry) -> None:
+    """Register extra ``atoken`` sub-commands.
+
+    Add ``click.Command`` objects; the name is the sub-command name. Called once per plugin.
+
+    :param registry: the command registry, bound to the calling plugin.
+    """

@@ -1,0 +1,63 @@
+"""Cutting pixel grids into space-time patches and putting them back.
+
+A clip ``[T, H, W, C]`` (T, H, W multiples of the patch) becomes rows of
+``pt * ph * pw * C`` values flattened in (frame, row-in-patch, col-in-patch, channel) order, at
+coords ``(t, x, y, 0)`` with x the patch row and y the patch column, ordered by t, x, y. Any
+modality made of pixel frames (images, video) uses these; unpatchify is a pure reshape/scatter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from atoken.core.errors import InputError
+
+
+def patchify(frames: Tensor, patch: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """``frames [T, H, W, C]`` -> ``(feats [n, pt*ph*pw*C], coords [n, 4] int32)``."""
+    pt, ph, pw = patch
+    t, h, w, c = frames.shape
+    if t % pt or h % ph or w % pw:
+        raise InputError(
+            f"patchify: frames {tuple(frames.shape)} are not multiples of the patch {patch}"
+        )
+    nt, nh, nw = t // pt, h // ph, w // pw
+    x = frames.reshape(nt, pt, nh, ph, nw, pw, c)
+    feats = x.permute(0, 2, 4, 1, 3, 5, 6).reshape(nt * nh * nw, pt * ph * pw * c)  # [n, P]
+    grid = torch.meshgrid(
+        torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij"
+    )  # 3 x [nt, nh, nw]
+    coords = torch.stack([*grid, torch.zeros_like(grid[0])], -1).reshape(-1, 4)  # [n, 4]
+    return feats, coords.to(torch.int32).to(frames.device)
+
+
+def unpatchify(
+    feats: Tensor, coords: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int], channels: int
+) -> Tensor:
+    """Scatter rows back onto a ``[nt*pt, nh*ph, nw*pw, C]`` grid (missing patches stay 0).
+
+    Args:
+        feats: ``[n, pt*ph*pw*C]`` patch values.
+        coords: ``[n, 4]`` (t, x, y, z) positions of the rows (any order).
+        patch: (pt, ph, pw).
+        grid: (nt, nh, nw) patches per axis.
+        channels: C.
+    """
+    pt, ph, pw = patch
+    nt, nh, nw = grid
+    if feats.shape[1] != pt * ph * pw * channels:
+        raise InputError(
+            f"unpatchify: rows have {feats.shape[1]} values, patch {patch} x {channels} needs"
+            f" {pt * ph * pw * channels}"
+        )
+    c = coords.long()
+    if c.numel() and (
+        int(c[:, 0].max()) >= nt or int(c[:, 1].max()) >= nh or int(c[:, 2].max()) >= nw
+    ):
+        raise InputError(f"unpatchify: coords exceed the grid {grid}")
+    flat = c[:, 0] * nh * nw + c[:, 1] * nw + c[:, 2]  # [n]
+    out = feats.new_zeros(nt * nh * nw, feats.shape[1])
+    out = out.index_copy(0, flat, feats)  # [nt*nh*nw, P]
+    x = out.reshape(nt, nh, nw, pt, ph, pw, channels).permute(0, 3, 1, 4, 2, 5, 6)
+    return x.reshape(nt * pt, nh * ph, nw * pw, channels)

@@ -1,0 +1,401 @@
+"""The tokenizer: encoder -> latent projection -> quantizer -> decoder, plus a pooling head.
+
+``encode`` turns packed patch tokens into `Latents` (continuous samples / means or FSQ codes with
+indices); ``decode`` turns latents back into patch values; ``embed`` gives one semantic vector per
+sample. `build_tokenizer` is the single factory behind every preset; ``save_pretrained`` /
+``from_pretrained`` use ``config.json`` + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atoken.core.attention import AttentionBackend, resolve_backend
+from atoken.core.config import ConfigError, ModelConfig, validate_model_config
+from atoken.core.errors import AtokenError, InputError
+from atoken.core.plugins import Components, default_components
+from atoken.core.presets import PRESETS, get_preset
+from atoken.core.quantizer import Quantizer, QuantizerOutput
+from atoken.core.serialization import CheckpointError, atomic_write_json, load_tensors, read_json, save_tensors
+from atoken.core.tokens import PatchTokens, SparseTokens, collate
+from atoken.core.transformer import Decoder, Encoder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "atoken"
+FORMAT_VERSION = 1
+
+TokenInput = SparseTokens | PatchTokens | Sequence[PatchTokens]
+
+
+@dataclass(frozen=True)
+class Latents:
+    """Encoded batch.
+
+    Attributes:
+        tokens: batch layout with ``feats = codes [N, Cz]`` (what the decoder reads).
+        indices: ``[N, G]`` int32 code indices for discrete quantizers, else None.
+        mean: ``[N, Cz]`` posterior means (None when rebuilt from indices or codes).
+        logvar: ``[N, Cz]`` posterior log-variances (None when rebuilt).
+        aux_loss: scalar quantizer regulariser (KL or zero).
+        metrics: quantizer metrics.
+    """
+
+    tokens: SparseTokens
+    indices: Tensor | None = None
+    mean: Tensor | None = None
+    logvar: Tensor | None = None
+    aux_loss: Tensor = field(default_factory=lambda: torch.zeros(()))
+    metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def codes(self) -> Tensor:
+        return self.tokens.feats
+
+
+@dataclass(frozen=True)
+class TokenizerOutput:
+    """Everything a training step needs from one forward pass."""
+
+    reconstruction: SparseTokens
+    latents: Latents
+    dense: SparseTokens
+    embedding: Tensor | None
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+class Tokenizer(nn.Module):
+    """The unified visual tokenizer.
+
+    Build it with `build_tokenizer` (or `from_pretrained`); the constructor takes finished parts.
+
+    Args:
+        config: the resolved model config.
+        encoder: `Encoder` (with its head at ``encoder.head`` if any).
+        decoder: `Decoder` or None.
+        quantizer: module satisfying `atoken.core.quantizer.Quantizer`.
+        attention_backends: name -> backend, usually the plugin registry's view.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        encoder: Encoder,
+        decoder: Decoder | None,
+        quantizer: nn.Module,
+        attention_backends: Mapping[str, AttentionBackend],
+    ) -> None:
+        super().__init__()
+        if not isinstance(quantizer, Quantizer):
+            raise TypeError(f"quantizer {type(quantizer).__name__} does not satisfy the Quantizer protocol")
+        self.config = config
+        self.encoder = encoder
+        self.proj = nn.Linear(encoder.width, 2 * config.latent_channels, bias=False)
+        self.decoder = decoder
+        self.quantizer = quantizer
+        self._backends = dict(attention_backends)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
+    @property
+    def has_head(self) -> bool:
+        return self.encoder.head is not None
+
+    def attention_backend(self, override: AttentionBackend | str | None = None) -> AttentionBackend:
+        """The backend for one call: ``override`` if given, else the config's."""
+        choice = self.config.attention_backend if override is None else override
+        if isinstance(choice, str) and choice != "auto" and choice not in self._backends:
+            raise InputError(
+                f"no attention backend named {choice!r}; available: {', '.join(sorted(self._backends))}"
+            )
+        return resolve_backend(choice, self.device, self._backends)
+
+    def prepare(self, inputs: TokenInput) -> SparseTokens:
+        """Collate if needed, move to the model's device/dtype, and check the feature width."""
+        tokens = inputs if isinstance(inputs, SparseTokens) else collate(inputs)
+        width = tokens.feats.shape[1]
+        if width != self.config.patch_dim:
+            raise InputError(
+                f"tokens have {width} features per row, this model expects {self.config.patch_dim}"
+                f" (patch {'x'.join(map(str, self.config.patch_size))} x {self.config.channels} channels)"
+            )
+        dtype = self.proj.weight.dtype
+        if tokens.feats.device != self.device or tokens.feats.dtype != dtype:
+            tokens = tokens.to(device=self.device, dtype=dtype)
+        return tokens
+
+    # ------------------------------------------------------------------ encoding
+    def encode_dense(self, inputs: TokenInput, *, backend=None) -> SparseTokens:
+        """Post-LayerNorm encoder features, ``feats [N, D]``."""
+        tokens = self.prepare(inputs)
+        return self.encoder(tokens, self.attention_backend(backend))
+
+    def project(self, dense: SparseTokens) -> Tensor:
+        """``[N, 2*Cz]``: Cz posterior means followed by Cz log-variances."""
+        return self.proj(dense.feats)
+
+    def quantize(self, dense: SparseTokens, *, sample: bool | None = None, generator=None) -> Latents:
+        """Project dense features and run the quantizer."""
+        z = self.project(dense)  # [N, 2Cz]
+        sample = self.training if sample is None else sample
+        out: QuantizerOutput = self.quantizer(z, sample=sample, generator=generator)
+        mean, logvar = z.chunk(2, dim=-1)
+        return Latents(
+            tokens=dense.replace(out.codes),
+            indices=out.indices,
+            mean=mean,
+            logvar=logvar,
+            aux_loss=out.aux_loss,
+            metrics=out.metrics,
+        )
+
+    def encode(
+        self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None
+    ) -> Latents:
+        """Tokens -> latents.
+
+        Args:
+            inputs: packed `SparseTokens` or per-sample `PatchTokens`.
+            sample: draw from the posterior (continuous quantizers); default: only in training.
+            generator: RNG for the posterior sample.
+            backend: attention backend override for this call.
+        """
+        return self.quantize(self.encode_dense(inputs, backend=backend), sample=sample, generator=generator)
+
+    def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
+        """Head embedding ``[B, D]`` from dense encoder features."""
+        if self.encoder.head is None:
+            raise AtokenError(
+                "this model has no understanding head (config.head is None); build it with a head"
+                " such as 'attention_pool' to get embeddings"
+            )
+        pooled = self.encoder.head(dense, backend=self.attention_backend(backend))  # [B, D]
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def embed(self, inputs: TokenInput, *, normalize: bool = True, backend=None) -> Tensor:
+        """One semantic vector per sample, ``[B, D]`` (L2-normalised unless ``normalize=False``)."""
+        return self.pool(self.encode_dense(inputs, backend=backend), normalize=normalize, backend=backend)
+
+    # ------------------------------------------------------------------ decoding
+    def latents_from_indices(self, indices: Tensor, layout: SparseTokens) -> Latents:
+        """Rebuild latents from discrete indices ``[N, G]`` on the given batch layout."""
+        if not self.quantizer.discrete:
+            raise InputError("this model's quantizer is continuous; it has no indices to decode")
+        codes = self.quantizer.indices_to_codes(indices.to(self.device))
+        return Latents(tokens=layout.replace(codes.to(self.proj.weight.dtype)), indices=indices)
+
+    def decode(self, latents: Latents | SparseTokens, *, backend=None) -> SparseTokens:
+        """Latents -> patch values, ``feats [N, 3072]`` in about [-1, 1], same layout."""
+        if self.decoder is None:
+            raise AtokenError("this model has no decoder (config.decoder is None)")
+        tokens = latents.tokens if isinstance(latents, Latents) else latents
+        if tokens.feats.shape[1] != self.config.latent_channels:
+            raise InputError(
+                f"latents have {tokens.feats.shape[1]} channels, this model's decoder expects"
+                f" {self.config.latent_channels}"
+            )
+        tokens = tokens.to(device=self.device, dtype=self.proj.weight.dtype)
+        return self.decoder(tokens, self.attention_backend(backend))
+
+    def forward(self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None):
+        """Encode, decode and pool in one pass (what training uses)."""
+        dense = self.encode_dense(inputs, backend=backend)
+        latents = self.quantize(dense, sample=sample, generator=generator)
+        recon = self.decode(latents, backend=backend)
+        emb = self.pool(dense, normalize=False, backend=backend) if self.has_head else None
+        return TokenizerOutput(reconstruction=recon, latents=latents, dense=dense, embedding=emb)
+
+    # ------------------------------------------------------------------ identity and files
+    @property
+    def model_id(self) -> str:
+        """A short fingerprint of config and weights; latents files carry it."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for t in (self.proj.weight, self.encoder.input_layer.weight[:8]):
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        if self.decoder is not None:
+            h.update(self.decoder.input_layer.weight.detach().to("cpu", torch.float32).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in self.state_dict().items()}
+        save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": FORMAT})
+        atomic_write_json(directory / CONFIG_NAME, config_document(self.config))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], *, components: Components | None = None, map_location="cpu"
+    ) -> Tokenizer:
+        """Load a directory written by `save_pretrained` (no pickle is ever read)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"model directory {str(path)!r} does not exist")
+        doc = read_json(path / CONFIG_NAME, what="model config")
+        config = config_from_document(doc, path / CONFIG_NAME)
+        model = build_tokenizer(config, components=components, init=False)
+        state = load_tensors(path / WEIGHTS_NAME, what="model weights")
+        load_state_dict_checked(model, state, source=str(path / WEIGHTS_NAME))
+        return model.to(map_location)
+
+
+def config_document(config: ModelConfig) -> dict[str, Any]:
+    from atoken.core.plugins import _atoken_version
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "atoken_version": _atoken_version(),
+        "model": config.model_dump(mode="json"),
+    }
+
+
+def config_from_document(doc: Any, where: os.PathLike[str] | str) -> ModelConfig:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "model" not in doc:
+        raise CheckpointError(f"{where} is not an atoken model config (expected format 'atoken')")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} has format_version {doc['format_version']}; this atoken reads up to"
+            f" {FORMAT_VERSION}. Upgrade atoken."
+        )
+    try:
+        return validate_model_config(doc["model"], where=str(where))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:
+    """Load ``state`` strictly; any missing, unexpected or mis-shaped key is listed in the error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = [f"weights in {source} do not fit the model:"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"  {label}: {shown}")
+        raise CheckpointError("\n".join(parts))
+    model.load_state_dict(dict(state), strict=True)
+
+
+def build_tokenizer(
+    config: ModelConfig | str,
+    *,
+    components: Components | None = None,
+    init: bool = True,
+    **overrides: Any,
+) -> Tokenizer:
+    """The one factory behind every preset.
+
+    Args:
+        config: a `ModelConfig` or a preset name.
+        components: plugin registries to resolve quantizer, head and attention names in;
+            default: the installed plugins.
+        init: apply the seeded initialisation (skip when weights are loaded next).
+        **overrides: nested config overrides, e.g. ``quantizer={"name": "fsq"}``.
+    """
+    if isinstance(config, str):
+        config = get_preset(config)
+    if overrides:
+        config = config.with_overrides(overrides)
+    comps = components if components is not None else default_components()
+    quantizer = comps.quantizers.build(
+        config.quantizer.name, config.quantizer.options, latent_channels=config.latent_channels
+    )
+    head = None
+    if config.head is not None:
+        enc = config.encoder
+        head = comps.heads.build(
+            config.head.name,
+            config.head.options,
+            width=enc.width,
+            num_heads=enc.num_heads,
+            mlp_width=enc.mlp_width,
+        )
+    if config.attention_backend != "auto":
+        comps.attention.get(config.attention_backend)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.init_seed)
+        encoder = Encoder(
+            config.patch_dim, config.encoder, head=head, pos_grid=config.pos_grid, rope_theta=config.rope_theta
+        )
+        decoder = (
+            Decoder(
+                config.latent_channels,
+                config.patch_dim,
+                config.decoder,
+                pos_grid=config.pos_grid,
+                rope_theta=config.rope_theta,
+            )
+            if config.decoder is not None
+            else None
+        )
+        model = Tokenizer(
+            config,
+            encoder=encoder,
+            decoder=decoder,
+            quantizer=quantizer,
+            attention_backends={e.name: e.obj for e in comps.attention.entries()},
+        )
+        if init:
+            model.apply(_init_weights)
+            if head is not None and hasattr(head, "reset_parameters"):
+                head.reset_parameters()
+    return model
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str], *, components: Components | None = None) -> Tokenizer:
+    """A preset name (freshly initialised) or a `save_pretrained` directory."""
+    name = str(name_or_path)
+    if name in PRESETS:
+        return build_tokenizer(name, components=components)
+    if Path(name).is_dir():
+        return Tokenizer.from_pretrained(name, components=components)
+    if os.sep in name or name.startswith("."):
+        raise CheckpointError(f"model directory {name!r} does not exist")
+    get_preset(name)  # raises with did-you-mean
+    raise AssertionError("unreachable")
+
+
+def describe(model: Tokenizer) -> dict[str, Any]:
+    """Parameter counts and sizes, for CLIs and logs."""
+    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    return {
+        "preset": model.config.preset,
+        "encoder_params": count(model.encoder) - count(model.encoder.head),
+        "head_params": count(model.encoder.head),
+        "decoder_params": count(model.decoder),
+        "latent_channels": model.config.latent_channels,
+        "quantizer": model.config.quantizer.name,
+        "config": json.loads(model.config.to_json()),
+    }

@@ -1,0 +1,144 @@
+"""The image adapter: an RGB image becomes one frame of 4 x 16 x 16 space-time patches.
+
+Images keep their native aspect ratio. Sides are cropped to multiples of 16 (centred at eval,
+random in training) and resized only when a side leaves ``[min_res, max_res]``; the crop and
+resize are recorded in the tokens' meta so outputs map back to input pixels. The frame is
+zero-padded to 4 frames (pixel 0 after mapping to [-1, 1]); decoding keeps frame 0.
+
+References: AToken (arXiv 2509.14476) image tokenization; the release's preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.core.patching import patchify, unpatchify
+from atoken.core.tokens import PatchTokens
+from atoken.eval.metrics import psnr, ssim
+from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
+
+PATCH = (4, 16, 16)
+CHANNELS = 3
+
+
+class ImageOptions(BaseModel):
+    """Options of the ``image`` adapter.
+
+    Attributes:
+        min_res: a shorter side below this is upscaled to it (never below 16).
+        max_res: a longer side above this is downscaled to it (None: never).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_res: int = Field(default=16, ge=16)
+    max_res: int | None = Field(default=None, ge=16)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ImageOptions:
+        if self.max_res is not None and self.max_res < self.min_res:
+            raise ValueError(f"max_res {self.max_res} is below min_res {self.min_res}")
+        return self
+
+
+class ImageAdapter:
+    """Images as `[H, W, 3]` float tensors in [-1, 1] (channels last)."""
+
+    name = "image"
+    extensions = IMAGE_EXTENSIONS
+    output_suffix = ".png"
+
+    def __init__(self, options: ImageOptions | None = None) -> None:
+        self.options = options or ImageOptions()
+
+    # ------------------------------------------------------------------ files
+    def load(self, path: str | os.PathLike[str]) -> Tensor:
+        return read_image(path)
+
+    def save(self, sample: Tensor, path: str | os.PathLike[str]) -> None:
+        write_png(sample, path)
+
+    def save_comparison(self, reference: Tensor, reconstruction: Tensor, path) -> None:
+        write_png(side_by_side(reference, reconstruction), path)
+
+    def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
+        ref, rec = reference.float().cpu(), reconstruction.float().clamp(-1, 1).cpu()
+        return {"psnr": float(psnr(ref, rec)), "ssim": float(ssim(ref, rec))}
+
+    # ------------------------------------------------------------------ tokens
+    def _check(self, sample: Tensor) -> None:
+        if not isinstance(sample, Tensor) or sample.ndim != 3 or sample.shape[-1] != CHANNELS:
+            shape = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
+            raise InputError(f"image must be a [H, W, 3] tensor in [-1, 1], got {shape}")
+        if not sample.dtype.is_floating_point:
+            raise InputError(f"image must be a float tensor in [-1, 1], got {sample.dtype}")
+        h, w = sample.shape[:2]
+        if h < 16 or w < 16:
+            raise InputError(f"image is {h}x{w} pixels; atoken needs at least 16x16 (one patch)")
+        if not torch.isfinite(sample).all():
+            raise InputError("image contains NaN or Inf values")
+
+    def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
+        lo, hi = self.options.min_res, self.options.max_res
+        scale = 1.0
+        if hi is not None and max(h, w) > hi:
+            scale = hi / max(h, w)
+        elif min(h, w) < lo:
+            scale = lo / min(h, w)
+        if scale == 1.0:
+            return None
+        return max(16, round(h * scale)), max(16, round(w * scale))
+
+    def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
+        ch, cw = h - h % 16, w - w % 16
+        if train:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+        else:
+            top, left = (h - ch) // 2, (w - cw) // 2
+        return top, left, ch, cw
+
+    def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
+        """Apply the resize and crop recorded in ``meta``; ``[h, w, 3]``."""
+        x = sample
+        if meta.get("resize") is not None:
+            rh, rw = meta["resize"]
+            x = F.interpolate(
+                x.permute(2, 0, 1)[None].float(), size=(rh, rw), mode="bilinear",
+                align_corners=False, antialias=True,
+            )[0].permute(1, 2, 0).to(sample.dtype)  # [rh, rw, 3]
+        top, left, ch, cw = meta["crop"]
+        return x[top : top + ch, left : left + cw]
+
+    def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
+        """``[H, W, 3]`` -> tokens ``[rows*cols, 3072]`` at ``(0, row, col, 0)``."""
+        self._check(sample)
+        h, w = sample.shape[:2]
+        resize = self._resize_target(h, w)
+        rh, rw = resize if resize is not None else (h, w)
+        crop = self._crop_box(rh, rw, train, generator)
+        meta = {"height": h, "width": w, "resize": list(resize) if resize else None, "crop": list(crop)}
+        img = self.prepare(sample, meta)  # [ch, cw, 3]
+        frames = img.new_zeros(PATCH[0], *img.shape)  # [4, ch, cw, 3]; frames 1..3 stay 0
+        frames[0] = img
+        feats, coords = patchify(frames, PATCH)  # [n, 3072], [n, 4]
+        return PatchTokens(feats, coords, self.name, meta)
+
+    def from_tokens(self, tokens: PatchTokens) -> Tensor:
+        """Tokens -> ``[h, w, 3]`` (frame 0 of the decoded 4-frame patches)."""
+        _, _, ch, cw = tokens.meta["crop"]
+        frames = unpatchify(
+            tokens.feats, tokens.coords, PATCH, (1, ch // 16, cw // 16), CHANNELS
+        )  # [4, ch, cw, 3]
+        return frames[0]
+
+    def target(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
+        return self.prepare(sample, meta)
