@@ -76,6 +76,7 @@ __all__ = [
     "build_plugin_manager",
     "build_tokenizer",
     "collate",
+    "collect_components",
     "default_components",
     "hookimpl",
     "load_tokenizer",

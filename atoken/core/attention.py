@@ -85,9 +85,13 @@ def _split(x: Tensor, seqlens: Sequence[int]) -> tuple[Tensor, ...]:
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, seqlens_q, seqlens_k) -> Tensor:
     """One SDPA call per sample, no batching tricks."""
     outs = []
-    for qi, ki, vi in zip(_split(q, seqlens_q), _split(k, seqlens_k), _split(v, seqlens_k), strict=True):
+    for qi, ki, vi in zip(
+        _split(q, seqlens_q), _split(k, seqlens_k), _split(v, seqlens_k), strict=True
+    ):
         # [n, H, D] -> [H, n, D]
-        o = F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1))
+        o = F.scaled_dot_product_attention(
+            qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1)
+        )
         outs.append(o.transpose(0, 1))  # [n, H, D]
     return torch.cat(outs, 0)  # [N, H, D]
 
@@ -207,7 +211,9 @@ def varlen_attention(
         seqlens = torch.diff(cu_seqlens).tolist()
     seqlens_k = seqlens if seqlens_k is None else seqlens_k
     if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
-        raise ValueError(f"q, k, v must be [N, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must be [N, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if sum(seqlens) != q.shape[0] or sum(seqlens_k) != k.shape[0] or k.shape[0] != v.shape[0]:
         raise ValueError(
             f"sequence lengths (q {sum(seqlens)}, k {sum(seqlens_k)}) do not match tensors"

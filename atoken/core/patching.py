@@ -33,7 +33,11 @@ def patchify(frames: Tensor, patch: tuple[int, int, int]) -> tuple[Tensor, Tenso
 
 
 def unpatchify(
-    feats: Tensor, coords: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int], channels: int
+    feats: Tensor,
+    coords: Tensor,
+    patch: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    channels: int,
 ) -> Tensor:
     """Scatter rows back onto a ``[nt*pt, nh*ph, nw*pw, C]`` grid (missing patches stay 0).
 

@@ -77,15 +77,15 @@ class PluginSettings(BaseModel):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise PluginError(f"cannot read plugin settings {str(path)!r}: {exc.strerror}") from None
+            raise PluginError(
+                f"cannot read plugin settings {str(path)!r}: {exc.strerror}"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise PluginError(f"{path}: not valid TOML: {exc}") from None
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            errs = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
+            errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise PluginError(
                 f"{path}: {errs} (allowed keys: autoload, blocked, enabled)"
             ) from None
@@ -180,7 +180,9 @@ def _load_entry_points(pm: AtokenPluginManager, wanted: set[str] | None) -> None
         try:
             pm.register(plugin, name=ep.name)
         except ValueError as exc:
-            raise PluginError(f"cannot register plugin {ep.name!r} from {provider}: {exc}") from None
+            raise PluginError(
+                f"cannot register plugin {ep.name!r} from {provider}: {exc}"
+            ) from None
         pm.providers[ep.name] = provider
 
 

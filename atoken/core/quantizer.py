@@ -43,8 +43,6 @@ class Quantizer(Protocol):
     #: index columns per token (0 for continuous)
     num_codebooks: int
 
-    def __call__(
-        self, z: Tensor, *, sample: bool = False, generator=None
-    ) -> QuantizerOutput: ...
+    def __call__(self, z: Tensor, *, sample: bool = False, generator=None) -> QuantizerOutput: ...
 
     def indices_to_codes(self, indices: Tensor) -> Tensor: ...

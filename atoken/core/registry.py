@@ -125,12 +125,18 @@ class Registry(Generic[T]):
             description: one line shown by ``atoken plugins``.
             provider: who registers it; filled in by the plugin host's bound view.
         """
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        if (
+            not isinstance(name, str)
+            or not name
+            or not all(c.isalnum() or c in "-_." for c in name)
+        ):
             raise ValueError(
                 f"{self.kind} name must be a non-empty string of letters, digits, '-', '_' or '.';"
                 f" got {name!r}"
             )
-        if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+        if options is not None and not (
+            isinstance(options, type) and issubclass(options, BaseModel)
+        ):
             raise TypeError(f"options for {self.kind} '{name}' must be a pydantic model class")
         prov = provider if isinstance(provider, Provider) else Provider(provider or "<unknown>")
         if name in self._entries:
@@ -173,7 +179,9 @@ class Registry(Generic[T]):
         opts = entry.validate_options(options)
         if not callable(entry.obj):
             raise TypeError(f"{self.kind} '{name}' ({entry.provider}) is not a factory")
-        return entry.obj(opts, **context) if entry.options_model is not None else entry.obj(**context)
+        return (
+            entry.obj(opts, **context) if entry.options_model is not None else entry.obj(**context)
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -186,7 +194,9 @@ class Registry(Generic[T]):
 
     def miss_message(self, name: object) -> str:
         close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.6)
-        lines = [f"no {self.kind} named {name!r}" + (f" — did you mean {close[0]!r}?" if close else "")]
+        lines = [
+            f"no {self.kind} named {name!r}" + (f" — did you mean {close[0]!r}?" if close else "")
+        ]
         available = ", ".join(f"{e.name} ({e.provider})" for e in self.entries()) or "none"
         lines.append(f"  available {self.kind}s: {available}")
         if self.blocked:

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     """``[head_dim // 8]`` float32 frequencies ``theta^(-i / head_dim)``."""
     if head_dim % 8 != 0:
-        raise ValueError(f"4D RoPE needs a head dim divisible by 8 (4 axes x pairs), got {head_dim}")
+        raise ValueError(
+            f"4D RoPE needs a head dim divisible by 8 (4 axes x pairs), got {head_dim}"
+        )
     i = torch.arange(head_dim // 8, dtype=torch.float64)
     return (theta ** (-i / head_dim)).to(torch.float32)
 

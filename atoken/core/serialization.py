@@ -24,7 +24,9 @@ class CheckpointError(AtokenError, ValueError):
     """A weights/latents file that is missing, corrupt, or does not fit the model."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "wb") -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "wb"
+) -> Path:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def save_tensors(
-    path: str | os.PathLike[str], tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``tensors`` as safetensors atomically (contiguous CPU copies)."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -83,7 +87,9 @@ def read_metadata(path: str | os.PathLike[str], what: str = "tensor file") -> di
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{what} {str(path)!r} is not a readable safetensors file ({exc})") from None
+        raise CheckpointError(
+            f"{what} {str(path)!r} is not a readable safetensors file ({exc})"
+        ) from None
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:

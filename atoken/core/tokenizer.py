@@ -26,7 +26,13 @@ from atoken.core.errors import AtokenError, InputError
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import PRESETS, get_preset
 from atoken.core.quantizer import Quantizer, QuantizerOutput
-from atoken.core.serialization import CheckpointError, atomic_write_json, load_tensors, read_json, save_tensors
+from atoken.core.serialization import (
+    CheckpointError,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+)
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.core.transformer import Decoder, Encoder
 
@@ -106,7 +112,9 @@ class Tokenizer(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(quantizer, Quantizer):
-            raise TypeError(f"quantizer {type(quantizer).__name__} does not satisfy the Quantizer protocol")
+            raise TypeError(
+                f"quantizer {type(quantizer).__name__} does not satisfy the Quantizer protocol"
+            )
         self.config = config
         self.encoder = encoder
         self.proj = nn.Linear(encoder.width, 2 * config.latent_channels, bias=False)
@@ -156,7 +164,9 @@ class Tokenizer(nn.Module):
         """``[N, 2*Cz]``: Cz posterior means followed by Cz log-variances."""
         return self.proj(dense.feats)
 
-    def quantize(self, dense: SparseTokens, *, sample: bool | None = None, generator=None) -> Latents:
+    def quantize(
+        self, dense: SparseTokens, *, sample: bool | None = None, generator=None
+    ) -> Latents:
         """Project dense features and run the quantizer."""
         z = self.project(dense)  # [N, 2Cz]
         sample = self.training if sample is None else sample
@@ -182,7 +192,9 @@ class Tokenizer(nn.Module):
             generator: RNG for the posterior sample.
             backend: attention backend override for this call.
         """
-        return self.quantize(self.encode_dense(inputs, backend=backend), sample=sample, generator=generator)
+        return self.quantize(
+            self.encode_dense(inputs, backend=backend), sample=sample, generator=generator
+        )
 
     def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
         """Head embedding ``[B, D]`` from dense encoder features."""
@@ -196,7 +208,9 @@ class Tokenizer(nn.Module):
 
     def embed(self, inputs: TokenInput, *, normalize: bool = True, backend=None) -> Tensor:
         """One semantic vector per sample, ``[B, D]`` (L2-normalised unless ``normalize=False``)."""
-        return self.pool(self.encode_dense(inputs, backend=backend), normalize=normalize, backend=backend)
+        return self.pool(
+            self.encode_dense(inputs, backend=backend), normalize=normalize, backend=backend
+        )
 
     # ------------------------------------------------------------------ decoding
     def latents_from_indices(self, indices: Tensor, layout: SparseTokens) -> Latents:
@@ -219,7 +233,9 @@ class Tokenizer(nn.Module):
         tokens = tokens.to(device=self.device, dtype=self.proj.weight.dtype)
         return self.decoder(tokens, self.attention_backend(backend))
 
-    def forward(self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None):
+    def forward(
+        self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None
+    ):
         """Encode, decode and pool in one pass (what training uses)."""
         dense = self.encode_dense(inputs, backend=backend)
         latents = self.quantize(dense, sample=sample, generator=generator)
@@ -235,7 +251,9 @@ class Tokenizer(nn.Module):
         for t in (self.proj.weight, self.encoder.input_layer.weight[:8]):
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         if self.decoder is not None:
-            h.update(self.decoder.input_layer.weight.detach().to("cpu", torch.float32).numpy().tobytes())
+            h.update(
+                self.decoder.input_layer.weight.detach().to("cpu", torch.float32).numpy().tobytes()
+            )
         return h.hexdigest()[:16]
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -249,7 +267,11 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], *, components: Components | None = None, map_location="cpu"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        components: Components | None = None,
+        map_location="cpu",
     ) -> Tokenizer:
         """Load a directory written by `save_pretrained` (no pickle is ever read)."""
         path = Path(path)
@@ -300,9 +322,15 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, Tensor], *, so
     )
     if missing or unexpected or misshaped:
         parts = [f"weights in {source} do not fit the model:"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", misshaped),
+        ):
             if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                shown = ", ".join(keys[:20]) + (
+                    f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
+                )
                 parts.append(f"  {label}: {shown}")
         raise CheckpointError("\n".join(parts))
     model.load_state_dict(dict(state), strict=True)
@@ -347,7 +375,11 @@ def build_tokenizer(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.init_seed)
         encoder = Encoder(
-            config.patch_dim, config.encoder, head=head, pos_grid=config.pos_grid, rope_theta=config.rope_theta
+            config.patch_dim,
+            config.encoder,
+            head=head,
+            pos_grid=config.pos_grid,
+            rope_theta=config.rope_theta,
         )
         decoder = (
             Decoder(
@@ -374,7 +406,9 @@ def build_tokenizer(
     return model
 
 
-def load_tokenizer(name_or_path: str | os.PathLike[str], *, components: Components | None = None) -> Tokenizer:
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str], *, components: Components | None = None
+) -> Tokenizer:
     """A preset name (freshly initialised) or a `save_pretrained` directory."""
     name = str(name_or_path)
     if name in PRESETS:

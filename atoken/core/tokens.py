@@ -123,7 +123,9 @@ class SparseTokens:
     def batch_index(self) -> Tensor:
         """``[N]`` int64: which sample each row belongs to."""
         lengths = torch.tensor(self.seqlens, device=self.feats.device)
-        return torch.repeat_interleave(torch.arange(len(self.seqlens), device=lengths.device), lengths)
+        return torch.repeat_interleave(
+            torch.arange(len(self.seqlens), device=lengths.device), lengths
+        )
 
     def split(self) -> list[PatchTokens]:
         """Unpack into per-sample `PatchTokens` (views, no copy)."""
@@ -152,7 +154,9 @@ class SparseTokens:
                 f" {list(self.seqlens)} (must start at 0 and increase by each length)"
             )
         if any(n <= 0 for n in self.seqlens):
-            raise InputError(f"SparseTokens: every sample needs at least one token, got {self.seqlens}")
+            raise InputError(
+                f"SparseTokens: every sample needs at least one token, got {self.seqlens}"
+            )
         if expected[-1] != self.feats.shape[0]:
             raise InputError(
                 f"SparseTokens: lengths sum to {expected[-1]} but feats has {self.feats.shape[0]} rows"

@@ -9,9 +9,7 @@ from atoken.plugins.heads.attention_pool import AttentionPoolHead, AttentionPool
 def _attention_pool(
     options: AttentionPoolOptions, *, width: int, num_heads: int, mlp_width: int
 ) -> AttentionPoolHead:
-    return AttentionPoolHead(
-        width, options.num_heads or num_heads, options.mlp_width or mlp_width
-    )
+    return AttentionPoolHead(width, options.num_heads or num_heads, options.mlp_width or mlp_width)
 
 
 @hookimpl

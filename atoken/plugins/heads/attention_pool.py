@@ -58,7 +58,9 @@ class AttentionPoolHead(nn.Module):
         batch = tokens.batch_size
         q = att.to_q(self.probe).view(1, att.num_heads, att.head_dim)  # [1, H, Dh]
         q = q.expand(batch, -1, -1)  # [B, H, Dh]
-        kv = att.to_kv(tokens.feats).unflatten(-1, (2, att.num_heads, att.head_dim))  # [N, 2, H, Dh]
+        kv = att.to_kv(tokens.feats).unflatten(
+            -1, (2, att.num_heads, att.head_dim)
+        )  # [N, 2, H, Dh]
         k, v = kv.unbind(1)  # [N, H, Dh]
         o = varlen_attention(
             q.contiguous(), k, v, seqlens=[1] * batch, seqlens_k=tokens.seqlens, backend=backend

@@ -73,6 +73,12 @@ class ImageAdapter:
         ref, rec = reference.float().cpu(), reconstruction.float().clamp(-1, 1).cpu()
         return {"psnr": float(psnr(ref, rec)), "ssim": float(ssim(ref, rec))}
 
+    def example(self, generator: torch.Generator | None = None) -> Tensor:
+        """A small smooth random image (40x56, not a multiple of 16) for tests and demos."""
+        coarse = torch.rand(3, 5, 7, generator=generator) * 2 - 1  # [3, 5, 7]
+        img = F.interpolate(coarse[None], size=(40, 56), mode="bilinear", align_corners=False)
+        return img[0].permute(1, 2, 0).contiguous()  # [40, 56, 3]
+
     # ------------------------------------------------------------------ tokens
     def _check(self, sample: Tensor) -> None:
         if not isinstance(sample, Tensor) or sample.ndim != 3 or sample.shape[-1] != CHANNELS:
@@ -111,10 +117,17 @@ class ImageAdapter:
         x = sample
         if meta.get("resize") is not None:
             rh, rw = meta["resize"]
-            x = F.interpolate(
-                x.permute(2, 0, 1)[None].float(), size=(rh, rw), mode="bilinear",
-                align_corners=False, antialias=True,
-            )[0].permute(1, 2, 0).to(sample.dtype)  # [rh, rw, 3]
+            x = (
+                F.interpolate(
+                    x.permute(2, 0, 1)[None].float(),
+                    size=(rh, rw),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
+                .permute(1, 2, 0)
+                .to(sample.dtype)
+            )  # [rh, rw, 3]
         top, left, ch, cw = meta["crop"]
         return x[top : top + ch, left : left + cw]
 
@@ -125,7 +138,12 @@ class ImageAdapter:
         resize = self._resize_target(h, w)
         rh, rw = resize if resize is not None else (h, w)
         crop = self._crop_box(rh, rw, train, generator)
-        meta = {"height": h, "width": w, "resize": list(resize) if resize else None, "crop": list(crop)}
+        meta = {
+            "height": h,
+            "width": w,
+            "resize": list(resize) if resize else None,
+            "crop": list(crop),
+        }
         img = self.prepare(sample, meta)  # [ch, cw, 3]
         frames = img.new_zeros(PATCH[0], *img.shape)  # [4, ch, cw, 3]; frames 1..3 stay 0
         frames[0] = img

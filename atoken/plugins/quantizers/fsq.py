@@ -112,7 +112,9 @@ class FSQuantizer(nn.Module):
             raise ValueError(f"fsq expects indices [N, {self.groups}], got {tuple(indices.shape)}")
         idx = indices.long()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
-            raise ValueError(f"fsq indices must lie in [0, {self.codebook_size}), got [{int(idx.min())}, {int(idx.max())}]")
+            raise ValueError(
+                f"fsq indices must lie in [0, {self.codebook_size}), got [{int(idx.min())}, {int(idx.max())}]"
+            )
         digits = (idx[..., None] // self._basis) % self._levels  # [N, G, d]
         half_width = (self._levels // 2).to(torch.float32)
         codes = (digits.to(torch.float32) - half_width) / half_width

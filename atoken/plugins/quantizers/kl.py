@@ -29,7 +29,9 @@ class KLOptions(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> KLOptions:
         if self.logvar_min >= self.logvar_max:
-            raise ValueError(f"logvar_min {self.logvar_min} must be below logvar_max {self.logvar_max}")
+            raise ValueError(
+                f"logvar_min {self.logvar_min} must be below logvar_max {self.logvar_max}"
+            )
         return self
 
 
@@ -48,7 +50,9 @@ class KLQuantizer(nn.Module):
     def forward(self, z: Tensor, *, sample: bool = False, generator=None) -> QuantizerOutput:
         """``z [N, 2C]`` (means, log-variances) -> codes ``[N, C]``."""
         if z.shape[-1] != 2 * self.latent_channels:
-            raise ValueError(f"kl quantizer expects [N, {2 * self.latent_channels}], got {tuple(z.shape)}")
+            raise ValueError(
+                f"kl quantizer expects [N, {2 * self.latent_channels}], got {tuple(z.shape)}"
+            )
         mean, logvar = z.chunk(2, dim=-1)  # [N, C] each
         logvar = logvar.clamp(self.options.logvar_min, self.options.logvar_max)
         var = logvar.exp()
@@ -59,7 +63,9 @@ class KLQuantizer(nn.Module):
             codes = mean
         kl = 0.5 * (mean.pow(2) + var - 1.0 - logvar).sum(-1)  # [N]
         aux = kl.mean() if kl.numel() else z.new_zeros(())
-        return QuantizerOutput(codes, None, aux, {"kl": aux.detach(), "std": var.sqrt().mean().detach()})
+        return QuantizerOutput(
+            codes, None, aux, {"kl": aux.detach(), "std": var.sqrt().mean().detach()}
+        )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         raise NotImplementedError("the kl quantizer is continuous and has no indices")

@@ -1,0 +1,5 @@
+"""``python -m atoken`` runs the command line."""
+
+from atoken.cli import main
+
+main()

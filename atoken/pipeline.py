@@ -1,0 +1,195 @@
+"""File-level operations behind the CLI: reconstruct, encode to a latents file, decode one.
+
+Everything here goes through the adapter registry, so a plugin's modality gets these for free.
+Outputs are computed completely before anything is written, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atoken.core.errors import InputError
+from atoken.core.modality import ModalityAdapter
+from atoken.core.plugins import Components, default_components
+from atoken.core.serialization import (
+    CheckpointError,
+    atomic_write_json,
+    load_tensors,
+    read_metadata,
+    save_tensors,
+)
+from atoken.core.tokenizer import Latents, Tokenizer
+from atoken.core.tokens import PatchTokens, collate
+
+LATENTS_FORMAT = "atoken-latents"
+LATENTS_VERSION = "1"
+
+
+def adapter_for(
+    path: str | os.PathLike[str],
+    modality: str | None = None,
+    options: dict[str, Any] | None = None,
+    components: Components | None = None,
+) -> ModalityAdapter:
+    """The adapter named ``modality``, or the one whose ``extensions`` include the file's suffix."""
+    comps = components or default_components()
+    if modality is None:
+        suffix = Path(path).suffix.lower()
+        matches = []
+        for entry in comps.adapters.entries():
+            adapter = comps.adapters.build(entry.name, options if options else None)
+            if suffix in getattr(adapter, "extensions", ()):
+                matches.append(adapter)
+        if not matches:
+            known = ", ".join(
+                f"{e.name} ({' '.join(comps.adapters.build(e.name).extensions)})"
+                for e in comps.adapters.entries()
+            )
+            raise InputError(
+                f"no adapter reads {suffix or 'files without a suffix'!s} files ({path});"
+                f" adapters and their suffixes: {known}. Use --modality to choose one."
+            )
+        return matches[0]
+    return comps.adapters.build(modality, options)
+
+
+@dataclass
+class Reconstruction:
+    """One input run through encode and decode."""
+
+    source: Path
+    reference: torch.Tensor
+    reconstruction: torch.Tensor
+    tokens: int
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def reconstruct_sample(
+    model: Tokenizer,
+    adapter: ModalityAdapter,
+    sample: torch.Tensor,
+    source: Path | str = "<tensor>",
+) -> Reconstruction:
+    """Tokenize, encode, decode and compare one sample (no files written)."""
+    t0 = time.perf_counter()
+    tokens = adapter.to_tokens(sample)
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        latents = model.encode([tokens])
+        t2 = time.perf_counter()
+        decoded = model.decode(latents)
+        t3 = time.perf_counter()
+    rec = adapter.from_tokens(decoded.split()[0].replace(feats=decoded.feats.float().cpu()))
+    reference = adapter.target(sample, tokens.meta)
+    return Reconstruction(
+        source=Path(source),
+        reference=reference,
+        reconstruction=rec,
+        tokens=len(tokens),
+        metrics=adapter.metrics(reference, rec),
+        timings={"tokenize_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2},
+    )
+
+
+def write_reconstruction(
+    result: Reconstruction, adapter: ModalityAdapter, out_dir: Path, extra: dict
+) -> dict[str, Path]:
+    """Write reconstruction, side-by-side view and metrics.json into ``out_dir`` (atomically)."""
+    suffix = adapter.output_suffix
+    paths = {
+        "reconstruction": out_dir / f"reconstruction{suffix}",
+        "side_by_side": out_dir / f"side_by_side{suffix}",
+        "metrics": out_dir / "metrics.json",
+    }
+    adapter.save(result.reconstruction, paths["reconstruction"])
+    adapter.save_comparison(result.reference, result.reconstruction, paths["side_by_side"])
+    atomic_write_json(
+        paths["metrics"],
+        {
+            "source": str(result.source),
+            "tokens": result.tokens,
+            **{k: round(v, 6) for k, v in result.metrics.items()},
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            **extra,
+        },
+    )
+    return paths
+
+
+def encode_to_file(
+    model: Tokenizer,
+    model_ref: str,
+    adapter: ModalityAdapter,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Encode one input file and write a latents safetensors file with what decoding needs."""
+    sample = adapter.load(source)
+    tokens = adapter.to_tokens(sample)
+    with torch.inference_mode():
+        latents = model.encode([tokens])
+    tensors = {"coords": latents.tokens.coords.cpu()}
+    if latents.indices is not None:
+        tensors["indices"] = latents.indices.cpu()
+    else:
+        tensors["codes"] = latents.codes.float().cpu()
+    meta = {
+        "format": LATENTS_FORMAT,
+        "version": LATENTS_VERSION,
+        "model_id": model.model_id,
+        "model": model_ref,
+        "quantizer": model.config.quantizer.name,
+        "modality": tokens.modality,
+        "sample_meta": json.dumps(dict(tokens.meta)),
+        "source": Path(source).name,
+    }
+    save_tensors(out, tensors, metadata=meta)
+    return {"tokens": len(tokens), **{k: list(v.shape) for k, v in tensors.items()}}
+
+
+def read_latents_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Metadata of a latents file; raises `CheckpointError` if it is not one."""
+    meta = read_metadata(path, what="latents file")
+    if meta.get("format") != LATENTS_FORMAT:
+        raise CheckpointError(f"{path} is not an atoken latents file (written by `atoken encode`)")
+    return meta
+
+
+def decode_from_file(
+    model: Tokenizer, path: str | os.PathLike[str], components: Components | None = None
+) -> tuple[torch.Tensor, ModalityAdapter]:
+    """Decode a latents file back into a sample; checks it was made by this model."""
+    meta = read_latents_header(path)
+    if meta.get("model_id") != model.model_id:
+        raise CheckpointError(
+            f"{path} was encoded by another model (model id {meta.get('model_id')}, from"
+            f" {meta.get('model')!r}); this model's id is {model.model_id}. Decode with --model"
+            f" {meta.get('model')}"
+        )
+    tensors = load_tensors(path, what="latents file")
+    comps = components or default_components()
+    adapter = comps.adapters.build(meta["modality"])
+    coords = tensors["coords"]
+    layout_feats = torch.zeros(coords.shape[0], 1)
+    layout = collate(
+        [PatchTokens(layout_feats, coords, meta["modality"], json.loads(meta["sample_meta"]))]
+    )
+    if "indices" in tensors:
+        latents = model.latents_from_indices(tensors["indices"], layout)
+    elif "codes" in tensors:
+        latents = Latents(tokens=layout.replace(tensors["codes"]))
+    else:
+        raise CheckpointError(f"{path} holds neither 'codes' nor 'indices'")
+    with torch.inference_mode():
+        decoded = model.decode(latents)
+    patch = decoded.split()[0]
+    sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
+    return sample, adapter

@@ -1,0 +1,18 @@
+"""Contract test mixins shipped for plugin authors.
+
+Subclass a contract and give it the component under test::
+
+    from atoken.testing import AdapterContract
+
+    class TestMyAdapter(AdapterContract):
+        adapter_name = "grayscale"          # registered name
+        def make_sample(self, generator):   # a valid sample for this modality
+            return torch.rand(40, 56, generator=generator) * 2 - 1
+
+pytest then runs every contract test against it; atoken's own suite parametrizes the same
+contracts over everything registered.
+"""
+
+from atoken.testing.contracts import AdapterContract, QuantizerContract
+
+__all__ = ["AdapterContract", "QuantizerContract"]

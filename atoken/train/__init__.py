@@ -1,0 +1,1 @@
+"""Training: data sources, batching, the trainer and checkpoints (sits on top of core and plugins)."""

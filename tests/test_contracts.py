@@ -1,0 +1,61 @@
+"""Every registered adapter passes the adapter contract (no new test code per plugin)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import atoken
+from atoken import InputError
+from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.testing import AdapterContract
+
+ADAPTERS = atoken.default_components().adapters.names()
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+class TestEveryAdapter(AdapterContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.adapter_name = name
+
+
+def test_image_tokens_layout_on_a_real_photo(photos) -> None:
+    img = photos["chelsea"]  # 300 x 451
+    tokens = ImageAdapter().to_tokens(img)
+    assert tokens.meta["crop"] == [6, 1, 288, 448] and tokens.meta["resize"] is None
+    assert len(tokens) == 18 * 28 and tokens.feats.shape == (504, 3072)
+    # frame 0 holds the pixels, frames 1..3 are zero padding
+    assert tokens.feats[:, 768:].abs().max() == 0
+    # token (x=2, y=5) is the patch at rows 32..48, cols 80..96 of the crop
+    row = int(((tokens.coords[:, 1] == 2) & (tokens.coords[:, 2] == 5)).nonzero())
+    patch = img[6 + 32 : 6 + 48, 1 + 80 : 1 + 96].reshape(-1)
+    assert torch.equal(tokens.feats[row, :768], patch)
+    assert tokens.coords[:, 0].eq(0).all() and tokens.coords[:, 3].eq(0).all()
+
+
+def test_image_crop_is_random_in_training_and_resize_is_recorded(photos) -> None:
+    img = photos["coffee"]  # 400 x 600
+    seen = {
+        tuple(
+            ImageAdapter()
+            .to_tokens(img, train=True, generator=torch.Generator().manual_seed(s))
+            .meta["crop"]
+        )
+        for s in range(8)
+    }
+    assert len(seen) > 1 and all(c[2:] == (400, 592) for c in seen)
+    small = ImageAdapter(ImageOptions(max_res=256)).to_tokens(img)
+    assert small.meta["resize"] == [171, 256] and small.meta["crop"] == [5, 0, 160, 256]
+    big = ImageAdapter(ImageOptions(min_res=64)).to_tokens(img[:40, :50])
+    assert big.meta["resize"] == [64, 80]
+
+
+def test_image_rejects_bad_samples() -> None:
+    adapter = ImageAdapter()
+    with pytest.raises(InputError, match="12x40 pixels; atoken needs at least 16x16"):
+        adapter.to_tokens(torch.zeros(12, 40, 3))
+    with pytest.raises(InputError, match=r"\[H, W, 3\]"):
+        adapter.to_tokens(torch.zeros(3, 32, 32))
+    with pytest.raises(InputError, match="float"):
+        adapter.to_tokens(torch.zeros(32, 32, 3, dtype=torch.uint8))
