@@ -219,6 +219,43 @@ def decode_cmd(latents, output, model) -> None:
     click.echo(f"{latents} -> {output} ({'x'.join(map(str, sample.shape))})")
 
 
+@cli.group("convert")
+def convert_group() -> None:
+    """Convert checkpoints of other layouts into atoken model directories."""
+
+
+@convert_group.command("official")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    default="So/C",
+    show_default=True,
+    help="So/C, So/D, So/C-s1, or a JSON arch_cfg file",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="model directory to write",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["keep", "float32", "bfloat16", "float16"]),
+    default="keep",
+    show_default=True,
+)
+def convert_official_cmd(checkpoint, config, output, dtype) -> None:
+    """Convert an official AToken checkpoint (.pt or .safetensors) for from_pretrained."""
+    from atoken.convert.official import convert_official
+
+    cast = None if dtype == "keep" else getattr(torch, dtype)
+    out = convert_official(checkpoint, output, config=config, dtype=cast)
+    click.echo(f"{checkpoint} -> {out} (config {config})")
+
+
 @cli.command("demo")
 @click.option("--model", "-m", default="atoken-tiny", show_default=True)
 @click.option(

@@ -1,0 +1,1 @@
+"""Converters from other checkpoint layouts into atoken ``from_pretrained`` directories."""

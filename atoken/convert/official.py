@@ -1,0 +1,251 @@
+"""Convert checkpoints of the official AToken release into atoken model directories.
+
+atoken's parameter names equal the release's, so conversion is: read the tensors without
+unpickling arbitrary objects, unwrap common containers, check every key and shape against the
+model the release's configuration describes, and write ``config.json`` + ``model.safetensors``.
+
+References: key schemas and configurations of apple/ml-atoken (snapshot 3f5afdc) as recorded in
+``shared/reference/official`` (keys-*.tsv, config-*.json); no code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from atoken.core.config import ModelConfig, TransformerConfig
+from atoken.core.errors import AtokenError
+from atoken.core.serialization import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from atoken.core.tokenizer import WEIGHTS_NAME, CONFIG_NAME, build_tokenizer, config_document
+
+#: the release's architecture configs (resolved constructor arguments), by the names users know
+_SO400M = {
+    "patch_size": [4, 16, 16],
+    "in_channels": 3072,
+    "out_channels": 3072,
+    "latent_channels": 48,
+    "encoder_model_channels": 1152,
+    "encoder_num_blocks": 27,
+    "encoder_num_heads": 16,
+    "encoder_mlp_channels": 4304,
+    "decoder_model_channels": 1152,
+    "decoder_num_blocks": 27,
+    "decoder_num_heads": 16,
+    "decoder_mlp_channels": 4304,
+    "use_quantizer": False,
+}
+OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "So/C": _SO400M,
+    "So/D": {
+        **_SO400M,
+        "use_quantizer": True,
+        "quantizer_type": "fsq",
+        "quantizer_codebook_size": 4096,
+        "quantizer_num_codebooks": 8,
+        "quantizer_feature_dim": 48,
+    },
+    "So/C-s1": {**_SO400M, "latent_channels": 32},
+}
+#: options the release supports that atoken reproduces only at these values
+_FIXED = {
+    "encoder_attn_mode": "full",
+    "decoder_attn_mode": "full",
+    "encoder_pe_mode": "joint",
+    "decoder_pe_mode": "joint",
+    "encoder_qk_rms_norm": False,
+    "encoder_use_bias": True,
+    "encoder_use_rms_norm": False,
+    "decoder_qk_rms_norm": True,
+    "decoder_use_bias": False,
+    "decoder_use_rms_norm": True,
+    "use_decoder": True,
+    "in_channels": 3072,
+    "out_channels": 3072,
+    "patch_size": [4, 16, 16],
+}
+_CONTAINER_KEYS = ("state_dict", "model", "module", "ema", "model_ema", "ema_state_dict")
+
+
+class ConversionError(AtokenError, ValueError):
+    """An official checkpoint or configuration that cannot be converted."""
+
+
+def model_config_from_official(arch: Mapping[str, Any], preset: str | None = None) -> ModelConfig:
+    """Map the release's ``AutoencoderKL`` arguments onto a `ModelConfig`.
+
+    Raises:
+        ConversionError: an option atoken does not reproduce (named, with its value).
+    """
+    for key, expected in _FIXED.items():
+        if key in arch and arch[key] != expected:
+            raise ConversionError(
+                f"official option {key}={arch[key]!r} is not supported (atoken reproduces {expected!r})"
+            )
+    latent = int(arch["latent_channels"])
+    quantizer: dict[str, Any] = {"name": "kl"}
+    if arch.get("use_quantizer"):
+        if arch.get("quantizer_type", "fsq") != "fsq":
+            raise ConversionError(
+                f"official quantizer_type {arch['quantizer_type']!r} is not supported"
+            )
+        groups = int(arch.get("quantizer_num_codebooks", 1))
+        dims = latent // groups
+        size = int(arch.get("quantizer_codebook_size", 4096))
+        level = round(size ** (1 / dims))
+        if groups * dims != latent or level**dims != size:
+            raise ConversionError(
+                f"cannot express FSQ with codebook {size}, {groups} codebooks over {latent} channels"
+                " as equal levels per dimension"
+            )
+        quantizer = {"name": "fsq", "options": {"levels": [level] * dims, "groups": groups}}
+
+    def stack(prefix: str) -> TransformerConfig:
+        return TransformerConfig(
+            width=arch[f"{prefix}_model_channels"],
+            depth=arch[f"{prefix}_num_blocks"],
+            num_heads=arch[f"{prefix}_num_heads"],
+            mlp_width=arch[f"{prefix}_mlp_channels"],
+        )
+
+    return ModelConfig(
+        preset=preset,
+        latent_channels=latent,
+        encoder=stack("encoder"),
+        decoder=stack("decoder"),
+        quantizer=quantizer,
+    )
+
+
+def resolve_official_config(config: str | os.PathLike[str]) -> tuple[dict[str, Any], str | None]:
+    """A release config by name (``So/C``, ``So/D``, ``So/C-s1``) or from a JSON file."""
+    name = str(config)
+    if name in OFFICIAL_CONFIGS:
+        return OFFICIAL_CONFIGS[name], name
+    if name == "3D-GS":
+        raise ConversionError(
+            "the 3D Gaussian decoder (3D-GS) converts with atoken-plugin-3d, which provides that"
+            " model; install it (pip install ./packages/atoken-plugin-3d)"
+        )
+    path = Path(name)
+    if not path.is_file():
+        raise ConversionError(
+            f"unknown official config {name!r}; use one of {', '.join(OFFICIAL_CONFIGS)} or a JSON"
+            " file holding the release's arch_cfg"
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"cannot read official config {name!r}: {exc}") from None
+    for key in (
+        "arch_cfg",
+        "resolved_arch_cfg (AutoencoderKLConfig defaults filled in, as passed by ATokenWrapper)",
+    ):
+        if isinstance(doc.get(key), dict):
+            return doc[key], None
+    if "latent_channels" in doc:
+        return doc, None
+    raise ConversionError(
+        f"{name} holds no AToken arch_cfg (expected keys such as latent_channels)"
+    )
+
+
+def read_official_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Tensors of an official checkpoint (``.safetensors`` or ``.pt``), never unpickling objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"official checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        state: Any = load_tensors(path, what="official checkpoint")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - pickle errors have many types
+            raise CheckpointError(
+                f"cannot read {str(path)!r} as a weights-only torch checkpoint ({type(exc).__name__}:"
+                f" {str(exc).splitlines()[0] if str(exc) else ''}); atoken never unpickles"
+                " arbitrary objects — convert it to safetensors where you trust it"
+            ) from None
+    for _ in range(3):  # unwrap {"state_dict": {...}} and similar containers
+        if isinstance(state, Mapping) and not all(isinstance(v, Tensor) for v in state.values()):
+            inner = [k for k in _CONTAINER_KEYS if isinstance(state.get(k), Mapping)]
+            if not inner:
+                break
+            state = state[inner[0]]
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if len(tensors) != len(state):
+        others = sorted(k for k, v in state.items() if not isinstance(v, Tensor))[:5]
+        raise CheckpointError(f"{path}: entries that are not tensors: {others}")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def convert_official(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] = "So/C",
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Convert an official checkpoint into an atoken directory loadable by ``from_pretrained``.
+
+    Args:
+        checkpoint: official ``.pt`` / ``.safetensors`` file.
+        out_dir: directory to write ``config.json`` + ``model.safetensors`` into.
+        config: ``So/C``, ``So/D``, ``So/C-s1`` or a JSON file with the release's ``arch_cfg``.
+        dtype: cast floating tensors to this dtype (default: keep the stored dtype).
+
+    Raises:
+        CheckpointError: unreadable file, or missing / unexpected / mis-shaped keys (all listed).
+        ConversionError: a configuration atoken does not reproduce.
+    """
+    arch, name = resolve_official_config(config)
+    model_config = model_config_from_official(arch, preset=None)
+    state = read_official_state(checkpoint)
+    with torch.device("meta"):
+        reference = build_tokenizer(model_config, init=False).state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    misshaped = sorted(
+        f"{k}: checkpoint {list(state[k].shape)} vs {name or 'config'} {list(reference[k].shape)}"
+        for k in set(reference) & set(state)
+        if state[k].shape != reference[k].shape
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"{checkpoint} does not match the official {name or 'configuration'} layout:"]
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", misshaped),
+        ):
+            if keys:
+                more = f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
+                lines.append(f"  {label}: {', '.join(keys[:20])}{more}")
+        raise CheckpointError("\n".join(lines))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(
+        out / WEIGHTS_NAME, state, metadata={"format": "atoken", "converted_from": "official"}
+    )
+    doc = config_document(model_config)
+    doc["converted_from"] = {
+        "official_config": name or str(config),
+        "checkpoint": Path(checkpoint).name,
+    }
+    atomic_write_json(out / CONFIG_NAME, doc)
+    return out
+
+
+def count_numbers(state: Mapping[str, Tensor]) -> int:
+    return sum(math.prod(v.shape) for v in state.values())
