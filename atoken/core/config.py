@@ -62,6 +62,7 @@ class ModelConfig(Strict):
         latent_channels: latent width Cz (the projection emits 2 x Cz: means, log-variances).
         pos_grid: side of the learned position table.
         rope_theta: RoPE frequency base.
+        use_rope: 4D RoPE in every attention layer (False: SigLIP2's learned positions only).
         encoder: encoder stack (LayerNorm, biases).
         decoder: decoder stack (RMSNorm, no biases, qk-RMSNorm); None for an encoder-only model.
         quantizer: registry component turning the posterior into latents (``kl`` or ``fsq``).
@@ -76,6 +77,7 @@ class ModelConfig(Strict):
     latent_channels: PositiveInt = 48
     pos_grid: PositiveInt = 16
     rope_theta: float = 10000.0
+    use_rope: bool = True
     encoder: TransformerConfig
     decoder: TransformerConfig | None
     quantizer: ComponentSpec = ComponentSpec(name="kl")

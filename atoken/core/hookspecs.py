@@ -75,6 +75,18 @@ def atoken_register_attention_backends(registry: BoundRegistry) -> None:
 
 
 @hookspec
+def atoken_register_text_encoders(registry: BoundRegistry) -> None:
+    """Register text towers for the semantic side (zero-shot, retrieval, distillation).
+
+    ``factory(options)`` returns an object with ``dim: int`` and ``encode(texts: list[str]) ->
+    Tensor [T, dim]`` (not normalised). Heavy imports belong inside the factory. Called once
+    per plugin. Not firstresult.
+
+    :param registry: the text-encoder registry, bound to the calling plugin.
+    """
+
+
+@hookspec
 def atoken_register_commands(registry: BoundRegistry) -> None:
     """Register extra ``atoken`` sub-commands.
 

@@ -47,6 +47,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "head": "atoken_register_heads",
     "loss": "atoken_register_losses",
     "attention": "atoken_register_attention_backends",
+    "text_encoder": "atoken_register_text_encoders",
     "command": "atoken_register_commands",
 }
 
@@ -218,6 +219,10 @@ class Components:
     @property
     def attention(self) -> Registry[Any]:
         return self.registries["attention"]
+
+    @property
+    def text_encoders(self) -> Registry[Any]:
+        return self.registries["text_encoder"]
 
     @property
     def commands(self) -> Registry[Any]:

@@ -380,6 +380,7 @@ def build_tokenizer(
             head=head,
             pos_grid=config.pos_grid,
             rope_theta=config.rope_theta,
+            use_rope=config.use_rope,
         )
         decoder = (
             Decoder(
@@ -388,6 +389,7 @@ def build_tokenizer(
                 config.decoder,
                 pos_grid=config.pos_grid,
                 rope_theta=config.rope_theta,
+                use_rope=config.use_rope,
             )
             if config.decoder is not None
             else None

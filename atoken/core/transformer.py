@@ -37,6 +37,7 @@ class SparseTransformer(nn.Module):
         qk_norm: per-head qk-RMSNorm in attention.
         pos_grid: side of the learned position table.
         rope_theta: RoPE base.
+        use_rope: rotate q/k by the 4D positions (False: learned 2D positions only, as SigLIP2).
     """
 
     def __init__(
@@ -49,12 +50,13 @@ class SparseTransformer(nn.Module):
         qk_norm: bool,
         pos_grid: int = 16,
         rope_theta: float = 10000.0,
+        use_rope: bool = True,
     ) -> None:
         super().__init__()
         self.width = cfg.width
         self.pos_embedder = LearnedPositionEmbedding2D(cfg.width, pos_grid)
         self.input_layer = nn.Linear(in_channels, cfg.width, bias=bias)
-        self.rope = Rope4D(cfg.width // cfg.num_heads, rope_theta)
+        self.rope = Rope4D(cfg.width // cfg.num_heads, rope_theta) if use_rope else None
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 cfg.width,
@@ -72,7 +74,7 @@ class SparseTransformer(nn.Module):
         """``tokens.feats [N, Cin]`` -> ``[N, D]`` after the last block (before any final norm)."""
         x = self.input_layer(tokens.feats)  # [N, D]
         x = x + self.pos_embedder(tokens)  # [N, D]
-        rope = self.rope.rotation(tokens.coords)  # 2 x [N, Dh/2]
+        rope = self.rope.rotation(tokens.coords) if self.rope is not None else None  # 2 x [N, Dh/2]
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, tokens, rope, backend, use_reentrant=False)
@@ -99,6 +101,7 @@ class Encoder(SparseTransformer):
         head: nn.Module | None = None,
         pos_grid: int = 16,
         rope_theta: float = 10000.0,
+        use_rope: bool = True,
     ) -> None:
         super().__init__(
             in_channels,
@@ -108,6 +111,7 @@ class Encoder(SparseTransformer):
             qk_norm=False,
             pos_grid=pos_grid,
             rope_theta=rope_theta,
+            use_rope=use_rope,
         )
         self.post_layernorm = layer_norm(cfg.width)
         self.head = head
@@ -128,6 +132,7 @@ class Decoder(SparseTransformer):
         *,
         pos_grid: int = 16,
         rope_theta: float = 10000.0,
+        use_rope: bool = True,
     ) -> None:
         super().__init__(
             latent_channels,
@@ -137,6 +142,7 @@ class Decoder(SparseTransformer):
             qk_norm=True,
             pos_grid=pos_grid,
             rope_theta=rope_theta,
+            use_rope=use_rope,
         )
         self.out_norm = RMSNorm(cfg.width, eps=1e-6)
         self.out_layer = nn.Linear(cfg.width, out_channels, bias=False)
