@@ -24,11 +24,23 @@ class CheckpointError(AtokenError, ValueError):
     """A weights/latents file that is missing, corrupt, or does not fit the model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(
     path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "wb"
 ) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it to ``path``.
+
+    Readers see the old file or the complete new one, never a part; on any error the temp file
+    is removed. The file gets the usual umask-based permissions (not mkstemp's 0600).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -36,6 +48,7 @@ def atomic_write(
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import sys
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atoken.core.errors import InputError
+from atoken.core.serialization import atomic_write
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 """Lower-case file suffixes (with the dot) of the formats :func:`read_image` accepts."""
@@ -343,35 +343,7 @@ def write_png(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
     dest = Path(os.fspath(path))
     if dest.is_dir():
         raise InputError(f"cannot write PNG '{os.fspath(path)}': is a directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open (not tempfile) so the final file gets the usual umask-based permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename on POSIX (best effort; not possible on every OS/file system)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(dest, lambda fh: Image.fromarray(pixels).save(fh, format="PNG"))
 
 
 # ------------------------------------------------------------------------------------ composing
