@@ -19,6 +19,14 @@ from atoken.core.plugins import (
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 
 
+def pytest_configure(config) -> None:
+    """Tests import transformers directly; on CPU torch the PyPI torchvision (pulled in by lpips)
+    would break that import, so apply atoken's shim before any test module is collected."""
+    from atoken.core.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+
+
 @pytest.fixture(scope="session")
 def components() -> Components:
     """The registries of the installed plugins."""

@@ -143,6 +143,7 @@ class ImageAdapter:
             "width": w,
             "resize": list(resize) if resize else None,
             "crop": list(crop),
+            "valid_frames": 1,  # frames 1..3 of every patch are zero padding
         }
         img = self.prepare(sample, meta)  # [ch, cw, 3]
         frames = img.new_zeros(PATCH[0], *img.shape)  # [4, ch, cw, 3]; frames 1..3 stay 0

@@ -1,0 +1,176 @@
+"""Perceptual reconstruction losses on 224² resizes: ``lpips`` and ``gram`` (VGG features).
+
+``lpips`` is the ``lpips`` package's LPIPS (learned linear heads shipped with it) on an ImageNet
+trunk loaded offline (see `trunk_weights`). ``gram`` compares Gram matrices
+``G(F) = F Fᵀ / (C·H·W)`` of the same trunk's activations: ``Σ_l ‖G(Φ_l(x)) − G(Φ_l(x̂))‖²``.
+Both take the pixel views of a batch (``LossInputs.images()``), resize each to 224×224 and
+average over samples.
+
+The PyPI torchvision that matches torch 2.13 is a CUDA build that cannot import on CPU torch;
+`import_lpips` applies `atoken.core.compat.ensure_torchvision_importable` first.
+
+References: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric"
+(LPIPS, 2018); Gatys et al., "Image Style Transfer Using CNNs" (Gram matrices, 2016); AToken
+(arXiv 2509.14476) loss weights ``1·L1 + 10·LPIPS + 1000·Gram`` on 224² inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from atoken.core.compat import ensure_torchvision_importable
+from atoken.core.errors import AtokenError
+from atoken.core.loss import LossInputs
+from atoken.plugins.losses.trunk_weights import CONV_INDICES, trunk_state
+
+
+class PerceptualUnavailable(AtokenError, ImportError):
+    """The lpips package (or its torchvision) cannot be imported here."""
+
+
+def import_lpips():
+    """Import ``lpips`` (making the CUDA-only torchvision wheel importable on CPU torch first)."""
+    if "lpips" in sys.modules:
+        return sys.modules["lpips"]
+    ensure_torchvision_importable()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module("lpips")
+    except Exception as exc:  # noqa: BLE001 - report any import failure the same way
+        raise PerceptualUnavailable(
+            f"the lpips loss needs the lpips package: pip install -c constraints.txt 'atoken[lpips]'"
+            f" ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def resize_batch(images: list[Tensor], size: int = 224) -> Tensor:
+    """List of ``[H, W, 3]`` in [-1, 1] -> ``[B, 3, size, size]`` (bilinear, antialiased)."""
+    out = [
+        F.interpolate(
+            img.permute(2, 0, 1)[None].float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        for img in images
+    ]
+    return torch.cat(out, 0)  # [B, 3, S, S]
+
+
+class PerceptualOptions(BaseModel):
+    """Options shared by ``lpips`` and ``gram``.
+
+    Attributes:
+        net: ImageNet trunk (``vgg`` as in the paper's usual choice, or ``alex``; gram: vgg only).
+        weights: trunk weights file (default: found offline, see trunk_weights).
+        random_trunk: use a randomly initialised trunk (tests only; numbers are meaningless).
+        size: side of the square resize before the network.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    net: Literal["vgg", "alex"] = "vgg"
+    weights: str | None = None
+    random_trunk: bool = False
+    size: int = Field(default=224, ge=32)
+
+
+class GramOptions(PerceptualOptions):
+    """Options of ``gram``: which VGG stages (1..5 = relu1_2 .. relu5_3) to compare."""
+
+    net: Literal["vgg"] = "vgg"
+    layers: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+def _lpips_model(options: PerceptualOptions):
+    lpips = import_lpips()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net=options.net, pretrained=True, pnet_rand=True, verbose=False)
+    if not options.random_trunk:
+        state = trunk_state(options.net, options.weights)
+        own = model.net.state_dict()
+        mapped = {}
+        for key in own:  # "slice{s}.{i}.weight" <- "features.{i}.weight"
+            _, index, kind = key.split(".")
+            if int(index) not in CONV_INDICES[options.net]:
+                raise RuntimeError(f"unexpected trunk layer {key}")
+            mapped[key] = state[f"features.{index}.{kind}"]
+        model.net.load_state_dict(mapped, strict=True)
+    model.eval().requires_grad_(False)
+    return model
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS distance between predicted and target pixel views (mean over samples)."""
+
+    def __init__(self, options: PerceptualOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or PerceptualOptions()
+        self.model = _lpips_model(self.options)
+
+    def distance(self, pred: Tensor, target: Tensor) -> Tensor:
+        """``[B, 3, S, S]`` pairs in [-1, 1] -> ``[B]`` LPIPS."""
+        return self.model(pred, target, normalize=False).flatten()
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        preds, targets = inputs.images()
+        if not preds:
+            return inputs.pred.feats.new_zeros((), dtype=torch.float32)
+        s = self.options.size
+        return self.distance(resize_batch(preds, s), resize_batch(targets, s)).mean()
+
+    def train(self, mode: bool = True) -> LPIPSLoss:  # the network stays frozen in eval mode
+        super().train(mode)
+        self.model.eval()
+        return self
+
+
+def gram(features: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, C]`` normalised by C·H·W."""
+    b, c, h, w = features.shape
+    f = features.float().reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+class GramLoss(nn.Module):
+    """Squared Frobenius distance of VGG Gram matrices, summed over layers, mean over samples."""
+
+    def __init__(self, options: GramOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or GramOptions()
+        bad = [layer for layer in self.options.layers if not 1 <= layer <= 5]
+        if bad:
+            raise ValueError(f"gram layers must be in 1..5 (relu1_2 .. relu5_3), got {bad}")
+        lp = _lpips_model(self.options)
+        self.scaling = lp.scaling_layer
+        self.net = lp.net
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        preds, targets = inputs.images()
+        if not preds:
+            return inputs.pred.feats.new_zeros((), dtype=torch.float32)
+        s = self.options.size
+        x = self.net(self.scaling(resize_batch(preds, s)))
+        with torch.no_grad():
+            y = self.net(self.scaling(resize_batch(targets, s)))
+        total = x[0].new_zeros(len(preds), dtype=torch.float32)
+        for layer in self.options.layers:
+            diff = gram(x[layer - 1]) - gram(y[layer - 1])  # [B, C, C]
+            total = total + diff.pow(2).sum((1, 2))
+        return total.mean()
+
+    def train(self, mode: bool = True) -> GramLoss:
+        super().train(mode)
+        self.net.eval()
+        return self

@@ -1,0 +1,67 @@
+"""Token-space reconstruction losses: ``l1`` (masked, averaged over patches) and ``kl``.
+
+References: AToken (arXiv 2509.14476) "Losses": L1 averaged over patches; KL of the LDM VAE
+(Rombach et al., 2022) ``0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2)``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from atoken.core.loss import LossInputs
+
+
+class L1Options(BaseModel):
+    """Options of ``l1``.
+
+    Attributes:
+        mask_padding: ignore zero-padded frames (an image fills 1 of a patch's 4 frames).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mask_padding: bool = True
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error per patch, averaged over patches (every token weighs the same)."""
+
+    def __init__(self, options: L1Options | None = None) -> None:
+        super().__init__()
+        self.options = options or L1Options()
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        err = (inputs.pred.feats.float() - inputs.target.feats.float()).abs()  # [N, P]
+        mask = inputs.value_mask() if self.options.mask_padding else None
+        if mask is None:
+            return err.mean()
+        per_patch = (err * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [N]
+        return per_patch.mean()
+
+
+class KLOptions(BaseModel):
+    """Options of ``kl``.
+
+    Attributes:
+        logvar_min / logvar_max: clamp of the log-variance (as the ``kl`` quantizer).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    logvar_min: float = -30.0
+    logvar_max: float = Field(default=20.0)
+
+
+class KLLoss(nn.Module):
+    """KL divergence of the diagonal Gaussian posterior to N(0, I), summed over channels,
+    averaged over tokens."""
+
+    def __init__(self, options: KLOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or KLOptions()
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        if inputs.mean is None or inputs.logvar is None:
+            raise ValueError("the kl loss needs the posterior mean and log-variance")
+        logvar = inputs.logvar.float().clamp(self.options.logvar_min, self.options.logvar_max)
+        mean = inputs.mean.float()
+        return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)).mean()
