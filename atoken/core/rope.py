@@ -22,8 +22,10 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
         raise ValueError(
             f"4D RoPE needs a head dim divisible by 8 (4 axes x pairs), got {head_dim}"
         )
-    i = torch.arange(head_dim // 8, dtype=torch.float64)
-    return (theta ** (-i / head_dim)).to(torch.float32)
+    # computed as 1 / theta^(i / head_dim) in float32, which reproduces the release bit for bit
+    # (a float64 power rounded to float32 differs by one ulp for some i, which grows with position)
+    i = torch.arange(head_dim // 8, dtype=torch.float32)
+    return 1.0 / (theta ** (i / head_dim))
 
 
 class Rope4D(nn.Module):
