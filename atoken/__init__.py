@@ -25,6 +25,7 @@ from atoken.core.plugins import (  # noqa: E402
 from atoken.core.presets import PRESETS  # noqa: E402
 from atoken.core.quantizer import Quantizer, QuantizerOutput  # noqa: E402
 from atoken.core.registry import (  # noqa: E402
+    BoundRegistry,
     DuplicateComponentError,
     OptionsError,
     Registry,
@@ -51,6 +52,7 @@ __all__ = [
     "PRESETS",
     "AtokenError",
     "AttentionBackend",
+    "BoundRegistry",
     "CheckpointError",
     "ComponentSpec",
     "Components",

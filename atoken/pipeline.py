@@ -7,6 +7,7 @@ Outputs are computed completely before anything is written, and every file is wr
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,26 +39,45 @@ def adapter_for(
     options: dict[str, Any] | None = None,
     components: Components | None = None,
 ) -> ModalityAdapter:
-    """The adapter named ``modality``, or the one whose ``extensions`` include the file's suffix."""
+    """The adapter named ``modality``, or the one whose ``extensions`` include the file's suffix.
+
+    Suffix matching builds each adapter with its default options (an adapter whose factory
+    fails, e.g. for a missing optional dependency, is skipped unless nothing else matches), then
+    builds the one match with ``options``. Two adapters claiming the suffix is an error.
+    """
     comps = components or default_components()
-    if modality is None:
-        suffix = Path(path).suffix.lower()
-        matches = []
-        for entry in comps.adapters.entries():
-            adapter = comps.adapters.build(entry.name, options if options else None)
-            if suffix in getattr(adapter, "extensions", ()):
-                matches.append(adapter)
-        if not matches:
-            known = ", ".join(
-                f"{e.name} ({' '.join(comps.adapters.build(e.name).extensions)})"
-                for e in comps.adapters.entries()
-            )
-            raise InputError(
-                f"no adapter reads {suffix or 'files without a suffix'!s} files ({path});"
-                f" adapters and their suffixes: {known}. Use --modality to choose one."
-            )
-        return matches[0]
-    return comps.adapters.build(modality, options)
+    if modality is not None:
+        return comps.adapters.build(modality, options or None)
+    suffix = Path(path).suffix.lower()
+    matches: list[str] = []
+    known: list[str] = []
+    failures: dict[str, str] = {}
+    for entry in comps.adapters.entries():
+        try:
+            extensions = tuple(getattr(comps.adapters.build(entry.name), "extensions", ()))
+        except Exception as exc:  # noqa: BLE001 - an unusable plugin must not block the others
+            failures[entry.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        known.append(f"{entry.name} ({' '.join(extensions)})")
+        if suffix in extensions:
+            matches.append(entry.name)
+    if len(matches) > 1:
+        raise InputError(
+            f"several adapters read {suffix} files ({', '.join(matches)}); choose one with --modality"
+        )
+    if not matches:
+        broken = "".join(f"; adapter {n} could not be built ({why})" for n, why in failures.items())
+        raise InputError(
+            f"no adapter reads {suffix or 'files without a suffix'!s} files ({path});"
+            f" adapters and their suffixes: {', '.join(known) or 'none'}{broken}."
+            " Use --modality to choose one."
+        )
+    return comps.adapters.build(matches[0], options or None)
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no infinities (a perfect reconstruction has PSNR inf): write them as strings."""
+    return value if math.isfinite(value) else str(value)
 
 
 @dataclass
@@ -116,7 +136,7 @@ def write_reconstruction(
         {
             "source": str(result.source),
             "tokens": result.tokens,
-            **{k: round(v, 6) for k, v in result.metrics.items()},
+            **{k: _json_number(round(v, 6)) for k, v in result.metrics.items()},
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
             **extra,
         },
@@ -130,6 +150,7 @@ def encode_to_file(
     adapter: ModalityAdapter,
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    adapter_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode one input file and write a latents safetensors file with what decoding needs."""
     sample = adapter.load(source)
@@ -148,6 +169,7 @@ def encode_to_file(
         "model": model_ref,
         "quantizer": model.config.quantizer.name,
         "modality": tokens.modality,
+        "adapter_options": json.dumps(adapter_options or {}),
         "sample_meta": json.dumps(dict(tokens.meta)),
         "source": Path(source).name,
     }
@@ -176,7 +198,9 @@ def decode_from_file(
         )
     tensors = load_tensors(path, what="latents file")
     comps = components or default_components()
-    adapter = comps.adapters.build(meta["modality"])
+    adapter = comps.adapters.build(
+        meta["modality"], json.loads(meta.get("adapter_options", "{}")) or None
+    )
     coords = tensors["coords"]
     layout_feats = torch.zeros(coords.shape[0], 1)
     layout = collate(

@@ -39,6 +39,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.quantizers",
     "atoken.plugins.heads",
     "atoken.plugins.image",
+    "atoken.plugins.text",
+    "atoken.plugins.losses",
 )
 #: registry kind -> hook that fills it
 REGISTRY_HOOKS: dict[str, str] = {

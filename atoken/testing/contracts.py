@@ -16,7 +16,9 @@ from atoken.core.tokens import collate
 
 
 class _Contract:
-    #: plugin registries to test in; None means the installed plugins
+    #: plugin registries to test in; None means the installed plugins. To test a plugin that is
+    #: registered in-process rather than installed, set it (class attribute or autouse fixture)
+    #: to ``collect_components(pm)`` of a plugin manager holding your plugin.
     components: ClassVar[Components | None] = None
 
     def comps(self) -> Components:

