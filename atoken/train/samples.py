@@ -19,7 +19,7 @@ SKIMAGE_PHOTOS: dict[str, str] = {
     "rocket.jpg": "rocket on the launch pad, 427x640 (NASA, public domain)",
     "motorcycle_left.png": "motorcycle (stereo pair, left), 500x741",
     "hubble_deep_field.jpg": "Hubble deep field, 872x1000 (NASA, public domain)",
-    "immunohistochemistry.png": "immunohistochemistry stain, 512x512",
+    "ihc.png": "immunohistochemistry stain, 512x512",
 }
 
 

@@ -1,0 +1,859 @@
+"""Training checkpoints: atomic, pickle-free, verified on resume, pruned to the newest N.
+
+A run folder looks like this::
+
+    RUN/
+      checkpoints/
+        step-00000500/
+          model.safetensors       trained (raw) weights
+          config.json             for a Tokenizer: the model config, so this folder also loads
+                                  with ``Tokenizer.from_pretrained`` (raw weights)
+          ema.safetensors         EMA weights, same names as model.safetensors (if an EMA is kept)
+          optimizer.safetensors   per-parameter optimizer state as ``state.{index}.{name}``
+          state.json              step, scheduler, data position, RNG, extra, EMA counter,
+                                  optimizer hyper-parameters, and size + sha256 of every file
+        step-00001000/
+        .tmp-step-00001500-k2j3/  a save in progress or one killed midway: ignored, removed later
+      model/                      ``from_pretrained`` directory of the newest checkpoint: EMA
+        config.json               weights if an EMA is kept, else the raw weights; it is what
+        model.safetensors         ``atoken reconstruct --model RUN/model`` and ``atoken eval``
+        source.json               take (source.json says which step and which weights)
+
+Everything is safetensors or JSON; nothing is ever unpickled. A checkpoint is written into a
+``.tmp-*`` sibling, fsynced, and renamed to ``step-XXXXXXXX`` only when complete, so a process
+killed mid-save (even by SIGKILL) leaves the previous checkpoints untouched and at most one
+checkpoint interval of work is lost. `latest` checks every file's size and sha256 against
+``state.json`` and skips (with a logged reason) a checkpoint that was truncated or corrupted
+afterwards, falling back to the one before it.
+
+``RUN/model`` is replaced by writing ``RUN/model.tmp``, renaming ``model`` to ``model.old``,
+``model.tmp`` to ``model`` and deleting ``model.old``; `repair_model_dir` (run whenever a
+`CheckpointManager` is created) restores ``model.old`` if a crash hit between the two renames.
+
+Only one process may write a run folder (rank 0 under data parallelism); every rank may load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from atoken.core.serialization import CheckpointError, load_tensors, read_json, read_metadata
+from atoken.core.tokenizer import (
+    CONFIG_NAME,
+    Tokenizer,
+    config_document,
+    load_state_dict_checked,
+)
+from atoken.train.ema import ModelEma, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+STATE_NAME = "state.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+SOURCE_NAME = "source.json"
+STATE_FORMAT = "atoken-checkpoint"
+STATE_VERSION = 1
+TMP_PREFIX = ".tmp-"
+
+_STEP_DIR = re.compile(r"step-(\d{8,})")
+_TYPE = "__type__"
+_JSON_TENSOR_LIMIT = 4096  # elements; larger tensors belong in a safetensors file
+_HASH_CHUNK = 1 << 22
+
+
+# ====================================================================== JSON codec
+def to_json(obj: Any, where: str = "state") -> Any:
+    """Encode ``obj`` as JSON data that `from_json` turns back into an equal object.
+
+    Plain JSON values pass through (floats keep every bit; nan and inf are allowed). Tuples,
+    dicts with non-string keys, small tensors and numpy values are tagged with ``"__type__"``
+    so they come back as the same types.
+
+    Args:
+        obj: the value (scheduler state, data position, optimizer hyper-parameters, ...).
+        where: what is being encoded, for the error message.
+
+    Raises:
+        CheckpointError: ``obj`` holds something JSON cannot represent exactly.
+    """
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, list):
+        return [to_json(x, where) for x in obj]
+    if isinstance(obj, tuple):
+        return {_TYPE: "tuple", "items": [to_json(x, where) for x in obj]}
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj) and _TYPE not in obj:
+            return {k: to_json(v, f"{where}.{k}") for k, v in obj.items()}
+        return {
+            _TYPE: "dict",
+            "items": [[to_json(k, where), to_json(v, where)] for k, v in obj.items()],
+        }
+    if isinstance(obj, Tensor | np.ndarray):
+        return _array_to_json(obj, where)
+    raise CheckpointError(
+        f"{where}: cannot store a {type(obj).__qualname__} in a checkpoint's JSON state; use"
+        " numbers, strings, lists, tuples, dicts, or small tensors"
+    )
+
+
+def _array_to_json(obj: Tensor | np.ndarray, where: str) -> dict[str, Any]:
+    size = obj.numel() if isinstance(obj, Tensor) else obj.size
+    if size > _JSON_TENSOR_LIMIT:
+        raise CheckpointError(
+            f"{where}: an array of {size} elements is too large for the JSON state (limit"
+            f" {_JSON_TENSOR_LIMIT}); keep large state in tensors"
+        )
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        return {
+            _TYPE: "tensor",
+            "dtype": dtype,
+            "shape": list(t.shape),
+            "data": t.reshape(-1).tolist(),
+        }
+    return {
+        _TYPE: "ndarray",
+        "dtype": obj.dtype.str,
+        "shape": list(obj.shape),
+        "data": obj.reshape(-1).tolist(),
+    }
+
+
+def from_json(data: Any) -> Any:
+    """Decode what `to_json` produced (tensors come back on the CPU)."""
+    if isinstance(data, list):
+        return [from_json(x) for x in data]
+    if not isinstance(data, dict):
+        return data
+    kind = data.get(_TYPE)
+    if kind is None:
+        return {k: from_json(v) for k, v in data.items()}
+    if kind == "tuple":
+        return tuple(from_json(x) for x in data["items"])
+    if kind == "dict":
+        return {from_json(k): from_json(v) for k, v in data["items"]}
+    if kind == "tensor":
+        dtype = getattr(torch, data["dtype"])
+        return torch.tensor(data["data"], dtype=dtype).reshape(data["shape"])
+    if kind == "ndarray":
+        return np.array(data["data"], dtype=np.dtype(data["dtype"])).reshape(data["shape"])
+    raise CheckpointError(f"unknown encoded value of type {kind!r} in a checkpoint's JSON state")
+
+
+# ====================================================================== optimizer state
+def optimizer_state_to_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into safetensors tensors and JSON metadata.
+
+    Per-parameter tensors (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) become
+    ``state.{param_index}.{name}``; other per-parameter values and the ``param_groups``
+    hyper-parameters (lr, betas, weight decay, names, ...) go into the JSON part.
+
+    Returns:
+        ``(tensors, meta)``; `load_optimizer_state` rebuilds an identical state dict from them.
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    state_meta: dict[str, dict[str, Any]] = {}
+    for index, per_param in sd["state"].items():
+        if not isinstance(index, int):
+            raise CheckpointError(f"optimizer state is keyed by {index!r}; expected int indices")
+        entry: dict[str, Any] = {}
+        for name, value in per_param.items():
+            if isinstance(value, Tensor):
+                key = f"state.{index}.{name}"
+                tensors[key] = value
+                entry[name] = {"tensor": key}
+            else:
+                entry[name] = {"value": to_json(value, f"optimizer state {index}.{name}")}
+        state_meta[str(index)] = entry
+    meta = {
+        "class": type(optimizer).__qualname__,
+        "state": state_meta,
+        "param_groups": to_json(sd["param_groups"], "optimizer param_groups"),
+    }
+    return tensors, meta
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
+    """Restore what `optimizer_state_to_tensors` split, into ``optimizer``.
+
+    Raises:
+        CheckpointError: another optimizer class, other parameter groups, or missing tensors.
+    """
+    saved_class = meta.get("class")
+    if saved_class != type(optimizer).__qualname__:
+        raise CheckpointError(
+            f"the checkpoint holds {saved_class} state but the optimizer is"
+            f" {type(optimizer).__qualname__}; resume with the same optimizer or start a new run"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for index, entry in meta["state"].items():
+        per_param = {}
+        for name, spec in entry.items():
+            if "tensor" in spec:
+                if spec["tensor"] not in tensors:
+                    raise CheckpointError(f"optimizer tensor {spec['tensor']!r} is missing")
+                per_param[name] = tensors[spec["tensor"]]
+            else:
+                per_param[name] = from_json(spec["value"])
+        state[int(index)] = per_param
+    groups = from_json(meta["param_groups"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except ValueError as exc:
+        raise CheckpointError(
+            f"the optimizer state does not fit this optimizer ({exc}); the model's trainable"
+            " parameters or groups differ from the run that saved it"
+        ) from None
+
+
+# ====================================================================== RNG state
+def capture_rng_state() -> dict[str, Any]:
+    """JSON-able state of torch's CPU RNG, every CUDA device's RNG, ``random`` and numpy's global.
+
+    These are the calling process's states; under data parallelism each rank has its own, and
+    a checkpoint written by rank 0 holds rank 0's. Explicit ``torch.Generator`` objects (e.g. a
+    data loader's) are not global: save their ``get_state()`` in ``data_state`` or ``extra``.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": _bytes_text(torch.get_rng_state()),
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": kind,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # else no CUDA draw happened
+        state["cuda"] = [_bytes_text(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what `capture_rng_state` captured (CUDA states where devices exist)."""
+    torch.set_rng_state(_text_bytes(state["torch"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["kind"],
+            np.asarray(npy["keys"], dtype=np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    _restore_cuda_rng(state.get("cuda"))
+
+
+def _restore_cuda_rng(saved: list[str] | None) -> None:
+    if not saved:
+        return
+    if not torch.cuda.is_available():
+        logger.warning("the checkpoint holds CUDA RNG states but CUDA is not available; skipped")
+        return
+    count = torch.cuda.device_count()
+    if count != len(saved):
+        logger.warning(
+            "the checkpoint holds RNG states of %d CUDA devices, this machine has %d;"
+            " restoring the first %d",
+            len(saved),
+            count,
+            min(count, len(saved)),
+        )
+    for device, text in enumerate(saved[:count]):
+        torch.cuda.set_rng_state(_text_bytes(text), device)
+
+
+def _bytes_text(state: Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _text_bytes(text: str) -> Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+# ====================================================================== files
+def step_dir_name(step: int) -> str:
+    """``step-00000500`` for step 500."""
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint directories of ``run_dir`` (renamed into place, not verified), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _cpu_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors; tied tensors get their own copy (safetensors needs it)."""
+    seen: set[int] = set()
+    data = {}
+    for name, tensor in tensors.items():
+        t = tensor.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        data[name] = t
+    return data
+
+
+def _write_tensors(
+    path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Write a safetensors file straight to disk (no in-memory copy of the bytes) and fsync it.
+
+    Returns:
+        Its size and sha256, for ``state.json``.
+    """
+    save_file(_cpu_tensors(tensors), str(path), metadata=dict(metadata) if metadata else None)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"size": path.stat().st_size, "sha256": _sha256_file(path)}
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+    """Write and fsync ``data``; returns its size and sha256 for ``state.json``."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_temp_dir(parent: Path, name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
+    return path
+
+
+def _discard_dir(path: Path) -> None:
+    """Delete a directory after renaming it to ``.tmp-*``, so a crash mid-delete leaves no husk."""
+    trash = path.with_name(f"{TMP_PREFIX}{path.name}-deleted-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ====================================================================== verification
+def verify_checkpoint(path: str | os.PathLike[str], *, check_hashes: bool = True) -> dict[str, Any]:
+    """Check a checkpoint directory against its ``state.json``; returns the parsed state.
+
+    Args:
+        path: a ``step-XXXXXXXX`` directory.
+        check_hashes: compare each file's sha256 (reads every byte); if False, compare sizes and
+            parse the safetensors headers only.
+
+    Raises:
+        CheckpointError: the state is missing or unreadable, or a file is missing, truncated
+            or corrupt. The message names the file and what is wrong.
+    """
+    path = Path(path)
+    doc = _read_state(path)
+    match = _STEP_DIR.fullmatch(path.name)
+    if match and int(match.group(1)) != doc.get("step"):
+        raise CheckpointError(f"{str(path)!r} holds the state of step {doc.get('step')}")
+    files = doc.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise CheckpointError(f"{str(path / STATE_NAME)!r} lists no {MODEL_FILE}")
+    for name, info in files.items():
+        _verify_file(path / name, info, check_hashes=check_hashes)
+    return doc
+
+
+def _verify_file(file: Path, info: Any, *, check_hashes: bool) -> None:
+    if not isinstance(info, dict) or not {"size", "sha256"} <= info.keys():
+        raise CheckpointError(f"state.json has no size and sha256 for {str(file)!r}")
+    if not file.is_file():
+        raise CheckpointError(f"{str(file)!r} is missing")
+    size = file.stat().st_size
+    if size != info["size"]:
+        raise CheckpointError(
+            f"{str(file)!r} has {size} bytes but state.json recorded {info['size']}"
+            f" ({'truncated' if size < info['size'] else 'overwritten'})"
+        )
+    if check_hashes:
+        digest = _sha256_file(file)
+        if digest != info["sha256"]:
+            raise CheckpointError(
+                f"{str(file)!r} does not match the sha256 in state.json (corrupt):"
+                f" {digest[:12]}... vs {info['sha256'][:12]}..."
+            )
+    elif file.suffix == ".safetensors":
+        read_metadata(file, what="checkpoint file")
+
+
+def latest(run_dir: str | os.PathLike[str], *, check_hashes: bool = True) -> Path | None:
+    """The newest complete, intact checkpoint of ``run_dir``, or None if there is none.
+
+    A checkpoint that fails `verify_checkpoint` is skipped with a logged warning naming it and
+    the reason, and the one before it is tried. ``.tmp-*`` directories (saves in progress or
+    killed) are never considered.
+    """
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path, check_hashes=check_hashes)
+        except CheckpointError as exc:
+            logger.warning("skipping checkpoint %s: %s; trying an older one", path.name, exc)
+            continue
+        return path
+    return None
+
+
+# ====================================================================== loading
+def load(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    ema: ModelEma | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Restore a checkpoint into the given objects (in place).
+
+    Args:
+        path: a ``step-XXXXXXXX`` directory, e.g. from `latest`.
+        model: receives the raw weights (strictly: names and shapes must match).
+        ema: receives the EMA weights and update counter. If the checkpoint has none, the EMA
+            restarts from the loaded model weights (logged).
+        optimizer: receives the optimizer state (logged and left fresh if the checkpoint has
+            none).
+        scheduler: an LR scheduler (anything with ``load_state_dict``) for the saved state.
+        restore_rng: also restore torch, CUDA, ``random`` and numpy RNG states, so the run
+            continues with the same random draws.
+        verify: check sizes and sha256 of every file first (`verify_checkpoint`).
+
+    Returns:
+        ``{"path", "step", "data_state", "extra"}``: where it came from, the step that was
+        completed when it was saved, and the data position and extra state given to ``save``.
+
+    Raises:
+        CheckpointError: a file is missing or corrupt, or the state does not fit the objects.
+    """
+    path = Path(path)
+    doc = verify_checkpoint(path, check_hashes=verify) if verify else _read_state(path)
+    module = unwrap_model(model)
+    source = str(path / MODEL_FILE)
+    load_state_dict_checked(module, load_tensors(source, what="checkpoint weights"), source=source)
+    if ema is not None:
+        _load_ema(path, doc, ema, module)
+    if optimizer is not None:
+        _load_optimizer(path, doc, optimizer)
+    if scheduler is not None:
+        if doc.get("scheduler") is None:
+            logger.warning("checkpoint %s has no scheduler state; the scheduler starts fresh", path)
+        else:
+            scheduler.load_state_dict(from_json(doc["scheduler"]))
+    if restore_rng:
+        restore_rng_state(doc["rng"])
+    return {
+        "path": path,
+        "step": int(doc["step"]),
+        "data_state": from_json(doc.get("data_state")),
+        "extra": from_json(doc.get("extra")),
+    }
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    doc = read_json(path / STATE_NAME, what="checkpoint state")
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{str(path / STATE_NAME)!r} is not an atoken checkpoint state")
+    if doc.get("format_version", 0) > STATE_VERSION:
+        raise CheckpointError(
+            f"{str(path / STATE_NAME)!r} has format_version {doc['format_version']}; this atoken"
+            f" reads up to {STATE_VERSION}. Upgrade atoken."
+        )
+    return doc
+
+
+def _load_ema(path: Path, doc: Mapping[str, Any], ema: ModelEma, module: nn.Module) -> None:
+    if doc.get("ema") is None:
+        logger.info("checkpoint %s has no EMA; the EMA restarts from the loaded weights", path)
+        ema.load_state_dict(module.state_dict(), num_updates=0)
+        return
+    weights = load_tensors(path / EMA_FILE, what="checkpoint EMA weights")
+    ema.load_state_dict(weights, num_updates=doc["ema"]["num_updates"])
+
+
+def _load_optimizer(path: Path, doc: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    if doc.get("optimizer") is None:
+        logger.warning("checkpoint %s has no optimizer state; the optimizer starts fresh", path)
+        return
+    tensors = load_tensors(path / OPTIMIZER_FILE, what="checkpoint optimizer state")
+    load_optimizer_state(optimizer, tensors, doc["optimizer"])
+
+
+# ====================================================================== model directory
+def repair_model_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Finish or undo an interrupted replacement of ``run_dir/model``.
+
+    If ``model`` is missing but ``model.old`` exists (killed between the two renames), the old
+    directory is put back; leftover ``model.old`` and ``model.tmp`` directories are removed.
+    """
+    run_dir = Path(run_dir)
+    current, old, tmp = (run_dir / f"{MODEL_DIR}{s}" for s in ("", ".old", ".tmp"))
+    if old.is_dir():
+        if current.is_dir():
+            shutil.rmtree(old)
+        else:
+            logger.info(
+                "restoring %s from %s (a previous run stopped while replacing it)", current, old
+            )
+            os.rename(old, current)
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+
+
+def export_model_dir(
+    run_dir: str | os.PathLike[str],
+    model: nn.Module,
+    ema: ModelEma | None = None,
+    *,
+    step: int | None = None,
+) -> Path:
+    """(Re)write ``run_dir/model`` as a ``from_pretrained`` directory, replacing it atomically.
+
+    It holds the EMA weights if ``ema`` is given, else ``model``'s own. A `Tokenizer` is written
+    with ``save_pretrained`` (``config.json`` + ``model.safetensors``); any other module gets
+    ``model.safetensors`` only. ``source.json`` records the step and which weights these are.
+
+    Returns:
+        The ``run_dir/model`` path.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    repair_model_dir(run_dir)
+    target = ema.module if ema is not None else unwrap_model(model)
+    tmp = run_dir / f"{MODEL_DIR}.tmp"
+    tmp.mkdir()
+    if isinstance(target, Tokenizer):
+        target.save_pretrained(tmp)
+    else:
+        _write_tensors(tmp / MODEL_FILE, target.state_dict())
+    source = {"step": step, "weights": "ema" if ema is not None else "model"}
+    if ema is not None:
+        source |= {"ema_decay": ema.decay, "ema_num_updates": ema.num_updates}
+    _write_file(tmp / SOURCE_NAME, _json_bytes(source))
+    _fsync_dir(tmp)
+    return _swap_in(tmp, run_dir / MODEL_DIR)
+
+
+def _swap_in(tmp: Path, current: Path) -> Path:
+    """Replace directory ``current`` by ``tmp``, keeping the old one until the new is in place.
+
+    A complete ``current`` exists at every moment except between the two renames, which
+    `repair_model_dir` recovers from.
+    """
+    old = current.with_name(current.name + ".old")
+    if current.exists():
+        os.rename(current, old)
+    os.rename(tmp, current)
+    _fsync_dir(current.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return current
+
+
+# ====================================================================== the manager
+class CheckpointManager:
+    """Writes, prunes, finds and loads the checkpoints of one run folder.
+
+    Creating it repairs an interrupted ``run_dir/model`` replacement and removes ``.tmp-*``
+    leftovers of killed saves.
+
+    Args:
+        run_dir: the run folder (created if needed).
+        keep_last: how many checkpoints to keep; older ones are deleted after each save.
+        check_hashes: `latest` / `resume` verify sha256 of every file (else sizes + headers).
+
+    Example::
+
+        ckpt = CheckpointManager(run_dir, keep_last=cfg.run.keep_last)
+        state = ckpt.resume(model=model, ema=ema, optimizer=opt, scheduler=sched)
+        start = 0 if state is None else state["step"]
+        for step in range(start + 1, total + 1):
+            ...
+            if step % every == 0 or step == total:
+                ckpt.save(step, model=model, ema=ema, optimizer=opt, scheduler=sched,
+                          data_state=loader.state_dict())
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike[str], keep_last: int = 3, *, check_hashes: bool = True
+    ) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.check_hashes = check_hashes
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        repair_model_dir(self.run_dir)
+        self._remove_temporaries()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS_DIR
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / MODEL_DIR
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint directories, oldest first (not verified)."""
+        return list_checkpoints(self.run_dir)
+
+    def latest(self) -> Path | None:
+        """The newest intact checkpoint (see the module-level `latest`)."""
+        return latest(self.run_dir, check_hashes=self.check_hashes)
+
+    # ------------------------------------------------------------------ saving
+    def save(
+        self,
+        step: int,
+        *,
+        model: nn.Module,
+        ema: ModelEma | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        data_state: Any = None,
+        extra: Any = None,
+        export: bool = True,
+    ) -> Path:
+        """Write the checkpoint of the completed ``step``, prune, and refresh ``run_dir/model``.
+
+        Call it after the optimizer step, EMA update and scheduler step of ``step``: the RNG
+        state captured here is the one the next step starts from.
+
+        Args:
+            step: the number of completed training steps.
+            model: the trained model (wrappers are unwrapped).
+            ema: its EMA, if one is kept.
+            optimizer: any ``torch.optim`` optimizer.
+            scheduler: an LR scheduler; its ``state_dict()`` must be JSON-encodable
+                (`to_json`).
+            data_state: JSON-encodable data position (e.g. the loader's ``state_dict()``).
+            extra: any other JSON-encodable state (curriculum stage, best metric, ...).
+            export: also rewrite ``run_dir/model`` (`export_model_dir`).
+
+        Returns:
+            The new ``checkpoints/step-XXXXXXXX`` directory.
+        """
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_temporaries()
+        final = self.checkpoint_dir / step_dir_name(step)
+        tmp = _make_temp_dir(self.checkpoint_dir, final.name)
+        try:
+            _write_checkpoint(
+                tmp,
+                step,
+                model=unwrap_model(model),
+                ema=ema,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                data_state=data_state,
+                extra=extra,
+            )
+            _fsync_dir(tmp)
+            if final.exists():
+                _discard_dir(final)  # the same step saved again (e.g. after a resume)
+            os.rename(tmp, final)
+            _fsync_dir(self.checkpoint_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune(step)
+        if export:
+            export_model_dir(self.run_dir, model, ema, step=step)
+        return final
+
+    def _prune(self, step: int) -> None:
+        """Keep the newest ``keep_last`` checkpoints up to ``step``; drop any newer than it.
+
+        Checkpoints newer than the one just saved are left from before this run resumed at an
+        older one; keeping them would make the next resume jump onto that abandoned run.
+        """
+        older, newer = [], []
+        for path in self.checkpoints():
+            (newer if int(_STEP_DIR.fullmatch(path.name).group(1)) > step else older).append(path)
+        for path in newer:
+            logger.info(
+                "removing checkpoint %s: newer than step %d, which was just saved", path.name, step
+            )
+            _discard_dir(path)
+        for path in older[: -self.keep_last]:
+            _discard_dir(path)
+
+    def _remove_temporaries(self) -> None:
+        if not self.checkpoint_dir.is_dir():
+            return
+        for path in self.checkpoint_dir.iterdir():
+            if path.name.startswith(TMP_PREFIX):
+                logger.info("removing %s (left by an interrupted save)", path)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def export_model(
+        self, model: nn.Module, ema: ModelEma | None = None, *, step: int | None = None
+    ) -> Path:
+        """Rewrite ``run_dir/model`` (e.g. at the end of a run); see `export_model_dir`."""
+        return export_model_dir(self.run_dir, model, ema, step=step)
+
+    # ------------------------------------------------------------------ loading
+    def resume(
+        self,
+        *,
+        model: nn.Module,
+        ema: ModelEma | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        restore_rng: bool = True,
+    ) -> dict[str, Any] | None:
+        """Load the newest intact checkpoint into the given objects.
+
+        Returns:
+            What `load` returns (``path``, ``step``, ``data_state``, ``extra``), or None when the
+            run folder has no usable checkpoint (start from scratch).
+        """
+        path = self.latest()
+        if path is None:
+            logger.info(
+                "no checkpoint to resume from in %s; starting from scratch", self.checkpoint_dir
+            )
+            return None
+        state = load(
+            path,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            restore_rng=restore_rng,
+            verify=False,  # latest() has just verified it
+        )
+        logger.info("resuming from %s (step %d)", path, state["step"])
+        return state
+
+
+def _write_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    ema: ModelEma | None,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    data_state: Any,
+    extra: Any,
+) -> None:
+    """Write every file of one checkpoint into ``directory``; ``state.json`` last."""
+    from atoken import __version__
+
+    # JSON parts first: a value that cannot be stored fails before any large file is written
+    doc: dict[str, Any] = {
+        "format": STATE_FORMAT,
+        "format_version": STATE_VERSION,
+        "atoken_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "step": int(step),
+        "scheduler": to_json(scheduler.state_dict(), "scheduler")
+        if scheduler is not None
+        else None,
+        "data_state": to_json(data_state, "data_state"),
+        "extra": to_json(extra, "extra"),
+        "ema": None,
+        "optimizer": None,
+        "rng": capture_rng_state(),
+    }
+    files: dict[str, Any] = {}
+    tokenizer = isinstance(model, Tokenizer)
+    metadata = {"format": "atoken"} if tokenizer else None
+    files[MODEL_FILE] = _write_tensors(directory / MODEL_FILE, model.state_dict(), metadata)
+    if tokenizer:
+        files[CONFIG_NAME] = _write_file(
+            directory / CONFIG_NAME, _json_bytes(config_document(model.config))
+        )
+    if ema is not None:
+        files[EMA_FILE] = _write_tensors(directory / EMA_FILE, ema.state_dict(), metadata)
+        doc["ema"] = {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates}
+    if optimizer is not None:
+        tensors, doc["optimizer"] = optimizer_state_to_tensors(optimizer)
+        files[OPTIMIZER_FILE] = _write_tensors(directory / OPTIMIZER_FILE, tensors)
+    doc["files"] = files
+    _write_file(directory / STATE_NAME, _json_bytes(doc))

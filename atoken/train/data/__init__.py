@@ -1,0 +1,46 @@
+"""Training data: image sources, per-rank partitioning, crops, token-budget batching, shards.
+
+The path of the data::
+
+    ImageFolderSource / WebDatasetSource / SampleImagesSource     (key, [H, W, 3] in [-1, 1])
+        --epoch_order (per-epoch shuffle, disjoint part per rank/worker)-->
+        --RandomScaleCrop--> --ImageAdapter.to_tokens--> PatchTokens
+        --TokenBudgetBatcher--> list[PatchTokens] (about max_tokens tokens each)
+
+`TrainStream` runs that path endlessly and resumably for one rank; `pack_folder` (``atoken data
+pack``) turns a folder into WebDataset shards; `build_stream` builds a stream from the config.
+"""
+
+from atoken.train.data.augment import RandomScaleCrop
+from atoken.train.data.batching import BatchStats, TokenBudgetBatcher
+from atoken.train.data.braces import expand_braces, expand_urls
+from atoken.train.data.dataset import EpochDataset
+from atoken.train.data.folder import ImageFolderSource, sample_keys
+from atoken.train.data.pack import PackedShards, pack_folder
+from atoken.train.data.partition import Partition, epoch_order
+from atoken.train.data.sample_images import HELDOUT_PHOTOS, TRAIN_PHOTOS, SampleImagesSource
+from atoken.train.data.source import ConcatSource, ImageSource
+from atoken.train.data.stream import TrainStream
+from atoken.train.data.webdataset import WebDatasetSource
+
+__all__ = [
+    "HELDOUT_PHOTOS",
+    "TRAIN_PHOTOS",
+    "BatchStats",
+    "ConcatSource",
+    "EpochDataset",
+    "ImageFolderSource",
+    "ImageSource",
+    "PackedShards",
+    "Partition",
+    "RandomScaleCrop",
+    "SampleImagesSource",
+    "TokenBudgetBatcher",
+    "TrainStream",
+    "WebDatasetSource",
+    "epoch_order",
+    "expand_braces",
+    "expand_urls",
+    "pack_folder",
+    "sample_keys",
+]

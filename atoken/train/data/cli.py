@@ -1,0 +1,87 @@
+"""``atoken data ...`` commands: `pack_command` (``atoken data pack``) and the `data_group`.
+
+The lead CLI mounts either the group (``cli.add_command(data_group)``) or the command alone.
+Failures raise `InputError`, which the ``atoken`` group reports as one line with exit status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from atoken.train.data.folder import ImageFolderSource
+from atoken.train.data.pack import pack_folder
+
+
+@click.command("pack")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="directory for the shards (created if missing)",
+)
+@click.option(
+    "--shard-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="images per shard",
+)
+@click.option("--prefix", default="shard", show_default=True, help="shard file name prefix")
+@click.option(
+    "--recursive/--no-recursive", default=True, show_default=True, help="include subdirectories"
+)
+@click.option("--overwrite", is_flag=True, help="replace existing PREFIX-*.tar shards in OUTPUT")
+def pack_command(
+    src: Path, out_dir: Path, shard_size: int, prefix: str, recursive: bool, overwrite: bool
+) -> None:
+    """Pack the images under SRC into WebDataset tar shards in OUTPUT.
+
+    Files keep their original bytes; unreadable ones are skipped and counted. Train on the
+    result with a data source such as
+    {name = "webdataset", path = "OUTPUT/PREFIX-{000000..000009}.tar"}.
+    """
+    total = len(ImageFolderSource(src, recursive=recursive))
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("packing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("pack", total=total)
+        shards = pack_folder(
+            src,
+            out_dir,
+            shard_size,
+            prefix,
+            recursive=recursive,
+            overwrite=overwrite,
+            on_file=lambda _key, _ok: progress.advance(task),
+        )
+    for reason in shards.skip_reasons:
+        click.echo(f"skipped {reason}", err=True)
+    more = shards.skipped - len(shards.skip_reasons)
+    if more > 0:
+        click.echo(f"skipped {more} more unreadable file(s)", err=True)
+    click.echo(
+        f"wrote {len(shards)} shard(s), {shards.samples} sample(s), {shards.skipped} skipped:"
+        f" {shards.pattern}"
+    )
+
+
+@click.group("data")
+def data_group() -> None:
+    """Prepare training data (WebDataset shards)."""
+
+
+data_group.add_command(pack_command)

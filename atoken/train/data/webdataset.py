@@ -1,0 +1,186 @@
+"""`WebDatasetSource`: images from local WebDataset tar shards, random access by member offset.
+
+A WebDataset shard is a plain POSIX tar whose members ``{key}.{ext}`` are grouped by key, the
+members of one sample next to each other; the key is the member name up to the first dot of its
+base name (``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg``). Each sample here is the image
+member of one key (``jpg``, ``jpeg``, ``png``, ``webp``, ``bmp``, ``tif``, ``tiff``, first present
+in that order); other members (``json``, ``txt``, ``cls``...) are ignored, as are keys without an
+image.
+
+The shards are read with the standard library's ``tarfile`` rather than the ``webdataset``
+package: opening a shard reads only the member headers (an index of key, offset and size), after
+which any sample is one seek and read. That gives what the training stream needs and the
+package's sequential pipelines make hard: a per-epoch shuffle over all samples, disjoint parts
+per rank and worker even with fewer shards than parts (the package refuses "fewer shards than
+workers"), exact resume at a sample position, and per-sample error handling with the same
+skip-and-count rule as image folders. Only local, uncompressed ``.tar`` files are supported.
+
+A corrupt sample (bad image bytes, truncated data) is skipped and counted; a shard whose headers
+break off part-way keeps the samples indexed before the break (the break is counted as one skip);
+a shard that cannot be opened at all is skipped whole. A missing shard file is an error.
+
+References: WebDataset's format, https://github.com/webdataset/webdataset ("The WebDataset
+Format"); POSIX.1-2001 pax / ustar archive layout (``tarfile``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.plugins.image.io import read_image
+from atoken.train.data.braces import expand_urls
+from atoken.train.data.source import ImageSource
+
+#: image member extensions, in order of preference when a key has several
+IMAGE_MEMBER_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+
+# key = everything up to the first dot of the base name; ext = the rest (WebDataset's rule)
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class TarMember:
+    """Where one sample's image bytes are."""
+
+    key: str
+    shard: int
+    name: str
+    offset: int
+    size: int
+    ext: str
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``"dir/0001.seg.png"`` -> ``("dir/0001", "seg.png")``; None for names without a dot."""
+    m = _KEY_EXT.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def index_shard(path: Path, shard: int) -> tuple[list[TarMember], str | None]:
+    """The image members of one shard, grouped by key, and why indexing stopped early (or None)."""
+    samples: list[TarMember] = []
+    group: dict[str, tarfile.TarInfo] = {}
+    group_key: str | None = None
+
+    def flush() -> None:
+        for ext in IMAGE_MEMBER_EXTS:
+            if ext in group:
+                info = group[ext]
+                samples.append(
+                    TarMember(group_key or "", shard, info.name, info.offset_data, info.size, ext)
+                )
+                return
+
+    problem = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            while True:
+                try:
+                    info = tar.next()
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    problem = f"shard ends early or is corrupt ({exc}); the members before are kept"
+                    break
+                if info is None:
+                    break
+                if not info.isfile():
+                    continue
+                parts = split_member_name(info.name)
+                if parts is None:
+                    continue
+                key, ext = parts
+                if key != group_key:
+                    flush()
+                    group, group_key = {}, key
+                group.setdefault(ext.lower(), info)
+    except (tarfile.TarError, OSError) as exc:
+        return [], f"not a readable uncompressed tar file ({exc})"
+    flush()
+    return samples, problem
+
+
+class WebDatasetSource(ImageSource):
+    """Images from local WebDataset shards as ``(key, [H, W, 3] image)`` samples.
+
+    Args:
+        urls: a shard path, a brace pattern (``shards/train-{000000..000009}.tar``), a glob, or a
+            list of those. Order is kept; samples are numbered shard by shard.
+
+    Raises:
+        InputError: a shard file does not exist, a URL is remote, or no shard holds any image.
+    """
+
+    def __init__(self, urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
+        patterns = [os.fspath(urls)] if isinstance(urls, str | os.PathLike) else urls
+        paths = expand_urls([os.fspath(u) for u in patterns])
+        remote = [p for p in paths if "://" in p or p.startswith("pipe:")]
+        if remote:
+            raise InputError(
+                f"WebDatasetSource reads local .tar files only, got {remote[0]!r}; download the"
+                " shards first"
+            )
+        self.paths = [Path(p) for p in paths]
+        shown = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]} ({len(paths)} shards)"
+        super().__init__(f"webdataset '{shown}'")
+        missing = [str(p) for p in self.paths if not p.is_file()]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise InputError(f"shard '{missing[0]}'{more} does not exist (from {shown!r})")
+        self.members: list[TarMember] = []
+        self._shards: list[range] = []
+        for i, path in enumerate(self.paths):
+            found, problem = index_shard(path, i)
+            if problem is not None:
+                self.skips.record(str(path), problem)
+            if found:
+                start = len(self.members)
+                self.members.extend(found)
+                self._shards.append(range(start, len(self.members)))
+        if not self.members:
+            raise InputError(
+                f"no image samples ({', '.join(IMAGE_MEMBER_EXTS)} members) in {shown!r}"
+                + (f"; {self.skips.reasons[0]}" if self.skips.reasons else "")
+            )
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def key(self, index: int) -> str:
+        return self.members[index].key
+
+    def shards(self) -> list[range]:
+        return list(self._shards)
+
+    def read_bytes(self, index: int) -> bytes:
+        """The stored (encoded) bytes of sample ``index``'s image member."""
+        m = self.members[index]
+        with open(self.paths[m.shard], "rb") as fh:
+            fh.seek(m.offset)
+            data = fh.read(m.size)
+        if len(data) != m.size:
+            raise InputError(
+                f"member '{m.name}' of '{self.paths[m.shard]}' is truncated"
+                f" ({len(data)} of {m.size} bytes)"
+            )
+        return data
+
+    def read(self, index: int) -> Tensor:
+        m = self.members[index]
+        data = self.read_bytes(index)
+        # read_image takes a path; a short-lived temp file keeps decoding identical to folders
+        with tempfile.NamedTemporaryFile(prefix="atoken-wds-", suffix=f".{m.ext}") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            try:
+                return read_image(tmp.name)  # [H, W, 3]
+            except InputError as exc:
+                where = f"{self.paths[m.shard].name}:{m.name}"
+                raise InputError(str(exc).replace(tmp.name, where)) from None
