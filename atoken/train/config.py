@@ -1,0 +1,181 @@
+"""The training configuration (a TOML file), validated strictly.
+
+Structure first (unknown keys are errors naming their path), then each component's ``options``
+against the model its plugin registered (data sources, losses, quantizers). Defaults follow the
+AToken paper: AdamW β=(0.9, 0.95), weight decay 0.1, warm-up then cosine from 3e-4 to 3e-5,
+encoder lr ×0.1, EMA 0.9999, loss weights 0.2·rec + 1.0·sem + 1e-8·KL.
+
+References: AToken (arXiv 2509.14476), "Curriculum and optimisation" and "Losses".
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from atoken.core.config import ComponentSpec, ConfigError, Strict, format_validation_error
+
+#: the tasks a stage can mix (paper's curriculum table); a modality plugin supplies the adapter
+TASKS = ("image_rec", "image_und", "video_rec", "video_und", "3d_rec", "3d_und")
+
+
+class ModelSection(Strict):
+    """Which model to train: a preset with overrides, or a ``from_pretrained`` directory."""
+
+    preset: str | None = "atoken-tiny"
+    from_pretrained: str | None = None
+    overrides: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if self.from_pretrained is not None and self.overrides:
+            raise ValueError("overrides apply to presets; a from_pretrained model keeps its config")
+        if self.preset is None and self.from_pretrained is None:
+            raise ValueError("give model.preset or model.from_pretrained")
+        return self
+
+
+class DataSource(Strict):
+    """One data source for one task, e.g. ``{name = "samples", task = "image_rec"}``."""
+
+    name: Literal["samples", "folder", "webdataset"] = "samples"
+    task: str = "image_rec"
+    path: str | None = None
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataSource:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
+        if self.name in ("folder", "webdataset") and not self.path:
+            raise ValueError(f"data source {self.name!r} needs a path")
+        return self
+
+
+class LossSpec(Strict):
+    """A loss by registry name with its weight and options."""
+
+    name: str
+    weight: float = 1.0
+    options: dict[str, Any] = {}
+
+
+class StageConfig(Strict):
+    """One curriculum stage.
+
+    Attributes:
+        name: label shown in logs.
+        steps: optimiser steps in this stage.
+        min_res / max_res: image resolution range (pixels of the longer side for max).
+        tasks: task -> sampling weight (normalised); tasks are visited round-robin by weight.
+        losses: reconstruction losses with weights (applied to reconstruction tasks).
+        quantizer: switch the quantizer at the start of the stage (e.g. ``fsq`` in stage 4).
+        train: parameter groups that learn (``encoder``, ``decoder``, ``head``, ``proj``).
+        tokens_per_batch: token budget of one micro-batch.
+    """
+
+    name: str = "stage"
+    steps: PositiveInt
+    min_res: PositiveInt = 64
+    max_res: PositiveInt = 512
+    tasks: dict[str, PositiveFloat] = {"image_rec": 1.0}
+    losses: list[LossSpec] = [LossSpec(name="l1", weight=1.0)]
+    quantizer: ComponentSpec | None = None
+    train: list[Literal["encoder", "decoder", "head", "proj"]] = [
+        "encoder",
+        "decoder",
+        "head",
+        "proj",
+    ]
+    tokens_per_batch: PositiveInt = 4096
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> StageConfig:
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
+        if self.min_res > self.max_res:
+            raise ValueError(f"min_res {self.min_res} > max_res {self.max_res}")
+        return self
+
+
+class OptimizerConfig(Strict):
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: PositiveFloat = 3e-4
+    min_lr: float = Field(default=3e-5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(default=0.1, ge=0)
+    warmup_steps: int = Field(default=2000, ge=0)
+    encoder_lr_mult: PositiveFloat = 0.1
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    grad_accum: PositiveInt = 1
+
+
+class EmaConfig(Strict):
+    decay: float = Field(default=0.9999, gt=0, lt=1)
+    warmup: bool = True
+
+
+class RunConfig(Strict):
+    """Logging, checkpoints, precision."""
+
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"
+    log_every: PositiveInt = 10
+    checkpoint_every: PositiveInt = 500
+    keep_last: PositiveInt = 3
+    sample_every: PositiveInt = 500
+    eval_images: PositiveInt = 3
+
+
+class TrainConfig(Strict):
+    """The whole training file."""
+
+    model: ModelSection = ModelSection()
+    data: list[DataSource] = [DataSource()]
+    stages: list[StageConfig] = Field(min_length=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    ema: EmaConfig = EmaConfig()
+    run: RunConfig = RunConfig()
+    kl_weight: float = Field(default=1e-8, ge=0)
+    rec_weight: float = Field(default=0.2, ge=0)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read and validate a training TOML file; errors name the file and each bad key path."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"training config {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return validate_train_config(data, where=str(path))
+
+
+def validate_train_config(data: dict[str, Any], where: str = "training config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def scale_steps(config: TrainConfig, total: int) -> TrainConfig:
+    """The same curriculum squeezed or stretched to ``total`` steps (each stage keeps its share)."""
+    if total < len(config.stages):
+        raise ConfigError(f"--steps {total} is fewer than the {len(config.stages)} stages")
+    old = config.total_steps
+    steps = [max(1, round(s.steps * total / old)) for s in config.stages]
+    steps[-1] = max(1, total - sum(steps[:-1]))
+    stages = [s.model_copy(update={"steps": n}) for s, n in zip(config.stages, steps, strict=True)]
+    return config.model_copy(update={"stages": stages})

@@ -1,0 +1,75 @@
+"""The training objective of one reconstruction batch: ``rec_weight * Σ w_i L_i + kl_weight * KL``.
+
+Losses come from the loss registry by name, each validated against its own options model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from atoken.core.loss import LossInputs
+from atoken.core.plugins import Components
+from atoken.core.tokenizer import TokenizerOutput
+from atoken.core.tokens import SparseTokens
+from atoken.train.config import LossSpec
+
+
+@dataclass
+class ObjectiveResult:
+    total: Tensor
+    terms: dict[str, float]
+
+
+class ReconstructionObjective(nn.Module):
+    """Weighted reconstruction losses plus the KL regulariser.
+
+    Args:
+        losses: (name, weight, options) specs resolved in ``components.losses``.
+        components: plugin registries.
+        rec_weight: weight of the summed reconstruction terms (paper: 0.2).
+        kl_weight: weight of the quantizer's KL term (paper: 1e-8).
+        render: ``render(pred, target) -> (pred_images, target_images)`` for perceptual losses.
+    """
+
+    def __init__(
+        self,
+        losses: list[LossSpec],
+        components: Components,
+        *,
+        rec_weight: float,
+        kl_weight: float,
+        render=None,
+    ) -> None:
+        super().__init__()
+        self.names = [spec.name for spec in losses]
+        self.weights = [spec.weight for spec in losses]
+        self.losses = nn.ModuleList(
+            components.losses.build(spec.name, spec.options) for spec in losses
+        )
+        self.rec_weight = rec_weight
+        self.kl_weight = kl_weight
+        self.render = render
+
+    def forward(self, out: TokenizerOutput, target: SparseTokens) -> ObjectiveResult:
+        inputs = LossInputs(
+            pred=out.reconstruction,
+            target=target,
+            mean=out.latents.mean,
+            logvar=out.latents.logvar,
+            render=(lambda: self.render(out.reconstruction, target))
+            if self.render is not None
+            else None,
+        )
+        terms: dict[str, float] = {}
+        rec = out.reconstruction.feats.new_zeros((), dtype=torch.float32)
+        for name, weight, loss in zip(self.names, self.weights, self.losses, strict=True):
+            value = loss(inputs)
+            terms[name] = float(value.detach())
+            rec = rec + weight * value
+        total = self.rec_weight * rec + self.kl_weight * out.latents.aux_loss.float()
+        terms["kl"] = float(out.latents.aux_loss.detach())
+        terms["loss"] = float(total.detach())
+        return ObjectiveResult(total, terms)

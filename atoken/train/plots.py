@@ -1,0 +1,135 @@
+"""Pictures of a run: a loss-curve PNG and reconstruction grids, drawn with Pillow only.
+
+No plotting library is needed (matplotlib would be a large dependency for two pictures).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from atoken.core.serialization import atomic_write
+from atoken.plugins.image.io import side_by_side, to_uint8
+
+_COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+]
+
+
+def _save(img: Image.Image, path: str | os.PathLike[str]) -> None:
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"))
+
+
+def loss_curve(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "training loss",
+    size: tuple[int, int] = (900, 500),
+    log_y: bool = True,
+) -> None:
+    """Plot ``{name: [(step, value), ...]}`` as lines on one chart (log y by default)."""
+    w, h = size
+    left, right, top, bottom = 70, 170, 40, 50
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 12), title, fill="black")
+    points = {
+        k: [(s, v) for s, v in pts if math.isfinite(v) and (v > 0 or not log_y)]
+        for k, pts in series.items()
+    }
+    points = {k: v for k, v in points.items() if v}
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    if not points:
+        draw.text((left + 10, top + 10), "no data yet", fill="black")
+        _save(img, path)
+        return
+    ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    steps = [s for pts in points.values() for s, _ in pts]
+    vals = [ty(v) for pts in points.values() for _, v in pts]
+    x0, x1 = min(steps), max(max(steps), min(steps) + 1)
+    y0, y1 = min(vals), max(vals)
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+
+    def to_px(s: float, v: float) -> tuple[float, float]:
+        px = left + (s - x0) / (x1 - x0) * (w - right - left)
+        py = (h - bottom) - (ty(v) - y0) / (y1 - y0) * (h - bottom - top)
+        return px, py
+
+    for i in range(5):  # y ticks
+        val = y0 + (y1 - y0) * i / 4
+        py = (h - bottom) - (val - y0) / (y1 - y0) * (h - bottom - top)
+        label = f"{10**val:.3g}" if log_y else f"{val:.3g}"
+        draw.line([left - 4, py, left, py], fill="black")
+        draw.text((4, py - 6), label, fill="black")
+    for i in range(5):  # x ticks
+        s = x0 + (x1 - x0) * i / 4
+        px = left + (s - x0) / (x1 - x0) * (w - right - left)
+        draw.line([px, h - bottom, px, h - bottom + 4], fill="black")
+        draw.text((px - 10, h - bottom + 8), f"{int(s)}", fill="black")
+    draw.text(((w - right + left) // 2 - 10, h - 18), "step", fill="black")
+    for i, (name, pts) in enumerate(sorted(points.items())):
+        colour = _COLOURS[i % len(_COLOURS)]
+        xy = [to_px(s, v) for s, v in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        else:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=colour)
+        draw.line(
+            [w - right + 10, top + 10 + 16 * i, w - right + 30, top + 10 + 16 * i],
+            fill=colour,
+            width=3,
+        )
+        draw.text((w - right + 36, top + 4 + 16 * i), name, fill="black")
+    _save(img, path)
+
+
+def reconstruction_grid(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    path: str | os.PathLike[str],
+    *,
+    captions: Sequence[str] | None = None,
+    max_side: int = 256,
+) -> None:
+    """Rows of ``reference | reconstruction`` (``[H, W, 3]`` in [-1, 1]), each scaled to ``max_side``."""
+    rows = []
+    for i, (ref, rec) in enumerate(pairs):
+        pair = to_uint8(side_by_side(ref.float().cpu(), rec.float().cpu().clamp(-1, 1)))
+        im = Image.fromarray(pair)
+        scale = min(1.0, max_side / max(ref.shape[0], 1))
+        if scale < 1.0:
+            im = im.resize(
+                (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR
+            )
+        if captions is not None:
+            canvas = Image.new("RGB", (im.width, im.height + 16), "white")
+            canvas.paste(im, (0, 16))
+            ImageDraw.Draw(canvas).text((2, 2), captions[i], fill="black")
+            im = canvas
+        rows.append(im)
+    if not rows:
+        return
+    width = max(r.width for r in rows)
+    grid = Image.new("RGB", (width, sum(r.height for r in rows) + 6 * (len(rows) - 1)), "white")
+    y = 0
+    for r in rows:
+        grid.paste(r, (0, y))
+        y += r.height + 6
+    _save(grid, path)
+
+
+def as_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a PNG back (tests)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

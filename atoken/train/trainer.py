@@ -1,0 +1,334 @@
+"""`atoken train`: the training loop over curriculum stages.
+
+One step: for each micro-batch (gradient accumulation), pack a token-budget batch of the task
+picked round-robin by the stage's task weights, run encode → quantize → decode, compute the
+stage's objective, backpropagate; then clip, step AdamW and the schedule, update the EMA, log.
+Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
+Checkpoints (model, EMA, optimizer, scheduler, data position, RNG) are written atomically every
+``checkpoint_every`` steps together with a ``from_pretrained`` directory of the EMA weights.
+
+References: AToken (arXiv 2509.14476), "Curriculum and optimisation"; round-robin task sampling
+with gradient accumulation as described there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from atoken.core.plugins import Components, default_components
+from atoken.core.tokenizer import Tokenizer, build_tokenizer
+from atoken.core.tokens import PatchTokens, SparseTokens, collate
+from atoken.train.config import StageConfig, TrainConfig
+from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from atoken.train.objective import ReconstructionObjective
+from atoken.train.optim import build_optimizer, build_scheduler, set_trainable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StagePlan:
+    """Where a global step falls in the curriculum."""
+
+    index: int
+    stage: StageConfig
+    start: int
+    end: int
+
+
+def stage_at(config: TrainConfig, step: int) -> StagePlan:
+    start = 0
+    for i, stage in enumerate(config.stages):
+        if step < start + stage.steps:
+            return StagePlan(i, stage, start, start + stage.steps)
+        start += stage.steps
+    last = config.stages[-1]
+    return StagePlan(len(config.stages) - 1, last, start - last.steps, start)
+
+
+def task_schedule(tasks: dict[str, float]) -> Iterator[str]:
+    """Deterministic weighted round-robin (smooth weighted round-robin, as nginx balances)."""
+    names = sorted(tasks)
+    total = sum(tasks.values())
+    current = dict.fromkeys(names, 0.0)
+    while True:
+        for n in names:
+            current[n] += tasks[n]
+        best = max(names, key=lambda n: current[n])
+        current[best] -= total
+        yield best
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run leaves behind."""
+
+    run_dir: Path
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model_dir: Path | None = None
+
+
+class Trainer:
+    """Runs a `TrainConfig` in ``run_dir``.
+
+    Args:
+        config: validated training config.
+        run_dir: output folder (checkpoints/, model/, metrics.jsonl, loss_curve.png, samples/).
+        components: plugin registries (default: installed plugins).
+        resume: continue from the newest complete checkpoint in ``run_dir``.
+        progress: show a live progress bar (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        components: Components | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        from atoken.train.checkpoint import CheckpointManager
+        from atoken.train.ema import ModelEma
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.components = components or default_components()
+        self.dist: DistInfo = init_distributed(config.run.device)
+        self.progress = progress and self.dist.is_main
+        torch.manual_seed(config.run.seed + self.dist.rank)
+        self.model = self._build_model().to(self.dist.device)
+        self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
+        self.optimizer = build_optimizer(self.model, config.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.streams: dict[str, Any] = {}
+        self._stage_index = -1
+        self._data_state: dict[str, Any] = {}
+        if resume:
+            self._resume()
+
+    # ---------------------------------------------------------------- set-up
+    def _build_model(self) -> Tokenizer:
+        m = self.config.model
+        if m.from_pretrained is not None:
+            return Tokenizer.from_pretrained(m.from_pretrained, components=self.components)
+        return build_tokenizer(m.preset, components=self.components, **m.overrides)
+
+    def _resume(self) -> None:
+        from atoken.train.checkpoint import latest, load
+
+        path = latest(self.run_dir)
+        if path is None:
+            logger.warning(
+                "--resume: no complete checkpoint in %s; starting from step 0", self.run_dir
+            )
+            return
+        state = load(
+            path, model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        self.step = int(state["step"])
+        self._data_state = state.get("data_state") or {}
+        self.history = list((state.get("extra") or {}).get("history", []))
+        if self.dist.is_main:
+            print(f"resuming from {path} (step {self.step})")
+
+    def _enter_stage(self, plan: StagePlan) -> None:
+        stage = plan.stage
+        if stage.quantizer is not None and stage.quantizer.name != self.model.config.quantizer.name:
+            quantizer = self.components.quantizers.build(
+                stage.quantizer.name,
+                stage.quantizer.options,
+                latent_channels=self.model.config.latent_channels,
+            )
+            self.model.quantizer = quantizer.to(self.dist.device)
+            self.model.config = self.model.config.model_copy(update={"quantizer": stage.quantizer})
+            self.ema.module.quantizer = self.components.quantizers.build(
+                stage.quantizer.name,
+                stage.quantizer.options,
+                latent_channels=self.model.config.latent_channels,
+            ).to(self.dist.device)
+            self.ema.module.config = self.model.config
+        groups = [g for g in stage.train if g != "head" or self._uses_head(stage)]
+        set_trainable(self.model, groups)
+        self.objective = ReconstructionObjective(
+            stage.losses,
+            self.components,
+            rec_weight=self.config.rec_weight,
+            kl_weight=self.config.kl_weight,
+            render=self._render,
+        ).to(self.dist.device)
+        previous = {task: stream.state_dict() for task, stream in self.streams.items()}
+        self.streams = {task: self._make_stream(task, stage, previous.get(task)) for task in stage.tasks}
+        self.tasks = task_schedule(stage.tasks)
+        self._stage_index = plan.index
+        if self.dist.is_main:
+            print(
+                f"stage {plan.index + 1}/{len(self.config.stages)} '{stage.name}': steps {plan.start}..{plan.end}, tasks {dict(stage.tasks)}, train {groups}"
+            )
+
+    def _uses_head(self, stage: StageConfig) -> bool:
+        return any(t.endswith("_und") for t in stage.tasks)
+
+    def _make_stream(self, task: str, stage: StageConfig, state: dict[str, Any] | None = None):
+        from atoken.train.data.build import build_stream
+
+        sources = [s for s in self.config.data if s.task == task]
+        if not sources:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError(
+                f"stage '{stage.name}' mixes task {task!r} but no [[data]] source has task = {task!r}"
+            )
+        if state is None:
+            state = self._data_state.get(task)
+        return build_stream(
+            sources,
+            stage=stage,
+            components=self.components,
+            seed=self.config.run.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            state=state,
+        )
+
+    def _render(self, pred: SparseTokens, target: SparseTokens):
+        preds, targets = [], []
+        for p, t in zip(pred.split(), target.split(), strict=True):
+            adapter = self.components.adapters.build(t.modality)
+            preds.append(adapter.from_tokens(p))
+            targets.append(adapter.from_tokens(t))
+        return preds, targets
+
+    # ---------------------------------------------------------------- loop
+    def _autocast(self):
+        precision = self.config.run.precision
+        if precision == "bf16" or (precision == "auto" and self.dist.device.type == "cuda"):
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _micro_step(self, batch: list[PatchTokens], scale: float) -> tuple[dict[str, float], int]:
+        tokens = collate(batch).to(self.dist.device)
+        with self._autocast():
+            out = self.model(tokens)
+            result = self.objective(out, tokens)
+        (result.total * scale).backward()
+        return result.terms, tokens.num_tokens
+
+    def train_step(self) -> dict[str, Any]:
+        plan = stage_at(self.config, self.step)
+        if plan.index != self._stage_index:
+            self._enter_stage(plan)
+        self.model.train()
+        t0 = time.perf_counter()
+        accum = self.config.optimizer.grad_accum
+        terms_sum: dict[str, float] = {}
+        tokens = 0
+        for _ in range(accum):
+            task = next(self.tasks)
+            batch = next(self.streams[task])
+            terms, n = self._micro_step(batch, 1.0 / accum)
+            tokens += n
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + v / accum
+        self._sync_gradients()
+        if self.config.optimizer.grad_clip is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip))
+            terms_sum["grad_norm"] = gnorm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.ema.update(self.model, step=self.step)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        terms_sum = all_reduce_mean(terms_sum, self.dist)
+        return {
+            "step": self.step,
+            "stage": plan.stage.name,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "tokens": tokens * self.dist.world_size,
+            "tokens_per_s": tokens * self.dist.world_size / dt,
+            **terms_sum,
+        }
+
+    def _sync_gradients(self) -> None:
+        """Average gradients over ranks (one flat all-reduce per dtype)."""
+        if not self.dist.enabled:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:  # every rank must send the same layout, used or not
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def data_state(self) -> dict[str, Any]:
+        return {task: stream.state_dict() for task, stream in self.streams.items()}
+
+    def save_checkpoint(self) -> Path:
+        path = self.checkpoints.save(
+            self.step,
+            model=self.model,
+            ema=self.ema,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            data_state=self.data_state(),
+            extra={
+                "history": self.history[-2000:],
+                "config": json.loads(self.config.model_dump_json()),
+            },
+        )
+        return path
+
+    def fit(self) -> TrainResult:
+        from atoken.train.monitor import Monitor
+
+        total = self.config.total_steps
+        monitor = Monitor(self, enabled=self.dist.is_main, progress=self.progress)
+        try:
+            with monitor:
+                while self.step < total:
+                    record = self.train_step()
+                    self.history.append(record)
+                    monitor.on_step(record)
+                    if self.step % self.config.run.checkpoint_every == 0 or self.step == total:
+                        if self.dist.is_main:
+                            self.save_checkpoint()
+                        barrier(self.dist)
+                    if self.dist.is_main and (
+                        self.step % self.config.run.sample_every == 0 or self.step == total
+                    ):
+                        monitor.on_sample(self.step)
+        finally:
+            shutdown(self.dist)
+        model_dir = self.run_dir / "model" if (self.run_dir / "model").is_dir() else None
+        return TrainResult(self.run_dir, self.step, self.history, model_dir)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)

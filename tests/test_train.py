@@ -1,0 +1,133 @@
+"""`atoken train`: config validation, schedule, stage hand-over, a real short run, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import atoken
+from atoken import ConfigError
+from atoken.train.config import load_train_config, scale_steps, validate_train_config
+from atoken.train.optim import group_of, lr_factor, param_groups
+from atoken.train.trainer import Trainer, stage_at, task_schedule
+
+
+def _config(**over):
+    base = {
+        "model": {"preset": "atoken-tiny"},
+        "data": [{"name": "samples", "task": "image_rec", "options": {"video_frames": False}}],
+        "stages": [
+            {"name": "s1", "steps": 3, "min_res": 32, "max_res": 96, "tokens_per_batch": 192},
+            {
+                "name": "s2",
+                "steps": 2,
+                "min_res": 32,
+                "max_res": 96,
+                "tokens_per_batch": 192,
+                "quantizer": {"name": "fsq"},
+            },
+        ],
+        "optimizer": {"lr": 1e-3, "warmup_steps": 1},
+        "run": {"log_every": 1, "checkpoint_every": 2, "sample_every": 5, "eval_images": 1},
+    }
+    base.update(over)
+    return validate_train_config(base)
+
+
+def test_config_errors_name_key_paths(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"stages\.0\.stpes: unknown key"):
+        validate_train_config({"stages": [{"stpes": 3}]})
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: Input should be greater than 0"):
+        validate_train_config({"stages": [{"steps": 3}], "optimizer": {"lr": -1}})
+    with pytest.raises(ConfigError, match="unknown task"):
+        validate_train_config({"stages": [{"steps": 3, "tasks": {"audio_rec": 1}}]})
+    path = tmp_path / "c.toml"
+    path.write_text("[[stages]]\nsteps = 'many'\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: stages\.0\.steps"):
+        load_train_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_train_config(tmp_path / "missing.toml")
+
+
+def test_repository_configs_validate() -> None:
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+        assert load_train_config(path).total_steps > 0, path
+
+
+def test_schedule_warmup_cosine_and_floor() -> None:
+    f = [lr_factor(s, total=100, warmup=10, lr=3e-4, min_lr=3e-5) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))  # monotone decay after warm-up
+    mid = lr_factor(55, total=100, warmup=10, lr=3e-4, min_lr=3e-5)
+    assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_param_groups_apply_encoder_multiplier_and_no_decay(components) -> None:
+    model = atoken.build_tokenizer("atoken-tiny", components=components)
+    cfg = _config().optimizer
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    assert groups["encoder"]["lr"] == pytest.approx(cfg.lr * cfg.encoder_lr_mult)
+    assert groups["rest"]["lr"] == pytest.approx(cfg.lr)
+    assert all(g["weight_decay"] == 0 for n, g in groups.items() if n.endswith("no_decay"))
+    assert (
+        group_of("encoder.head.probe") == "head"
+        and group_of("decoder.out_layer.weight") == "decoder"
+    )
+    n_params = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_stages_and_round_robin_tasks() -> None:
+    cfg = _config()
+    assert [stage_at(cfg, s).stage.name for s in range(5)] == ["s1", "s1", "s1", "s2", "s2"]
+    tasks = task_schedule({"image_rec": 2.0, "video_rec": 1.0})
+    seq = [next(tasks) for _ in range(9)]
+    assert seq.count("image_rec") == 6 and seq.count("video_rec") == 3
+    assert scale_steps(cfg, 10).total_steps == 10
+
+
+def test_short_run_trains_hands_over_and_resumes(tmp_path) -> None:
+    cfg = _config()
+    run = tmp_path / "run"
+    result = Trainer(cfg, run, progress=False).fit()
+    assert result.steps == 5
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["stage"] for r in records] == ["s1"] * 3 + ["s2"] * 2
+    assert all(math.isfinite(r["loss"]) and r["tokens"] <= 192 for r in records)
+    assert (run / "loss_curve.png").is_file() and (run / "samples" / "step-00000005.png").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-00000002",
+        "step-00000004",
+        "step-00000005",
+    ]
+    # the exported model loads, has switched to FSQ in stage 2, and gives indices
+    model = atoken.Tokenizer.from_pretrained(run / "model")
+    assert model.config.quantizer.name == "fsq"
+    tokens = (
+        atoken.default_components().adapters.build("image").to_tokens(torch.rand(32, 48, 3) * 2 - 1)
+    )
+    assert model.encode([tokens]).indices.shape == (6, 8)
+    # resuming a finished run continues from its last checkpoint and does nothing more
+    again = Trainer(cfg, run, resume=True, progress=False)
+    assert again.step == 5
+    # resuming from step 4 reproduces step 5 exactly
+    import shutil
+
+    from safetensors.torch import load_file
+
+    first = load_file(str(run / "checkpoints" / "step-00000005" / "model.safetensors"))
+    shutil.rmtree(run / "checkpoints" / "step-00000005")
+    resumed = Trainer(cfg, run, resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.fit()
+    second = load_file(str(run / "checkpoints" / "step-00000005" / "model.safetensors"))
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], atol=0, rtol=0, msg=key)
