@@ -11,7 +11,13 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("atoken")
 
 from atoken.core.attention import AttentionBackend, varlen_attention  # noqa: E402
-from atoken.core.config import ComponentSpec, ConfigError, ModelConfig, TransformerConfig  # noqa: E402
+from atoken.core.config import (  # noqa: E402
+    ComponentSpec,
+    ConfigError,
+    ModelConfig,
+    TemporalConfig,
+    TransformerConfig,
+)
 from atoken.core.errors import AtokenError, InputError  # noqa: E402
 from atoken.core.modality import ModalityAdapter  # noqa: E402
 from atoken.core.plugins import (  # noqa: E402
@@ -70,6 +76,7 @@ __all__ = [
     "QuantizerOutput",
     "Registry",
     "SparseTokens",
+    "TemporalConfig",
     "Tokenizer",
     "TokenizerOutput",
     "TransformerConfig",

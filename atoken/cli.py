@@ -476,15 +476,29 @@ def _eval_retrieval(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
+    from atoken.eval.reconstruction import reconstruction_metrics
+
+    return reconstruction_metrics(tok, data, progress=True)
+
+
 #: ``atoken eval --task NAME`` -> runner(model, data path, options) returning a JSON-ready dict
-EVAL_TASKS: dict[str, Any] = {"zeroshot": _eval_zeroshot, "retrieval": _eval_retrieval}
+EVAL_TASKS: dict[str, Any] = {
+    "reconstruction": _eval_reconstruction,
+    "zeroshot": _eval_zeroshot,
+    "retrieval": _eval_retrieval,
+}
 #: tasks that need the understanding head (and a text tower)
 _HEAD_TASKS = {"zeroshot", "retrieval"}
 
 
 @cli.command("eval")
 @click.option(
-    "--task", required=True, type=click.Choice(sorted(EVAL_TASKS)), help="what to measure"
+    "--task",
+    default="reconstruction",
+    show_default=True,
+    type=click.Choice(sorted(EVAL_TASKS)),
+    help="what to measure",
 )
 @click.option(
     "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
@@ -527,10 +541,10 @@ def eval_cmd(task, model, data, output, **options) -> None:
 
     if task in _HEAD_TASKS:
         tok = _understanding_model(model, options["device"])
-    else:  # pragma: no cover - e.g. reconstruction tasks added later
+    else:
         tok = load_tokenizer(model).eval()
     results = {"model": model, "model_id": tok.model_id, **EVAL_TASKS[task](tok, data, options)}
-    summary = {k: v for k, v in results.items() if k not in ("per_class", "confusion")}
+    summary = {k: v for k, v in results.items() if k not in ("per_class", "confusion", "per_image")}
     click.echo(json.dumps(summary, indent=2))
     if output is not None:
         atomic_write_json(output, results)
@@ -539,9 +553,20 @@ def eval_cmd(task, model, data, output, **options) -> None:
 
 @cli.command("train")
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", default=None, type=click.Path(path_type=Path), help="run folder (default: runs/<config name>)")
-@click.option("--resume", is_flag=True, help="continue from the newest complete checkpoint in the run folder")
-@click.option("--steps", type=int, default=None, help="override: total steps, scaled over the stages")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="run folder (default: runs/<config name>)",
+)
+@click.option(
+    "--resume", is_flag=True, help="continue from the newest complete checkpoint in the run folder"
+)
+@click.option(
+    "--steps", type=int, default=None, help="override: total steps, scaled over the stages"
+)
 def train_cmd(config: Path, out_dir: Path | None, resume: bool, steps: int | None) -> None:
     """Train from a TOML config (one process, or many under torchrun)."""
     from atoken.train.config import load_train_config, scale_steps
@@ -553,7 +578,9 @@ def train_cmd(config: Path, out_dir: Path | None, resume: bool, steps: int | Non
     run_dir = out_dir or Path("runs") / config.stem
     result = Trainer(cfg, run_dir, resume=resume).fit()
     if result.model_dir is not None:
-        click.echo(f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)")
+        click.echo(
+            f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)"
+        )
 
 
 def _mount_data_commands() -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from atoken.core.config import ModelConfig, TransformerConfig
 from atoken.core.errors import AtokenError
 from atoken.core.serialization import CheckpointError, atomic_write_json, load_tensors, save_tensors
-from atoken.core.tokenizer import WEIGHTS_NAME, CONFIG_NAME, build_tokenizer, config_document
+from atoken.core.tokenizer import CONFIG_NAME, WEIGHTS_NAME, build_tokenizer, config_document
 
 #: the release's architecture configs (resolved constructor arguments), by the names users know
 _SO400M = {

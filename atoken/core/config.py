@@ -10,7 +10,14 @@ import json
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from atoken.core.errors import AtokenError
 
@@ -52,6 +59,52 @@ class TransformerConfig(Strict):
         return self
 
 
+class TemporalConfig(Strict):
+    """Temporal tiling: how samples spanning many latent frames run through encoder and decoder.
+
+    A sample whose tokens span more than ``tile`` latent frames (distinct t values) is cut along t
+    into tiles that attend only within themselves, plus, optionally, to the keys/values of the
+    last ``encoder_cache`` / ``decoder_cache`` frames before them (a KV cache carried from tile to
+    tile). ``tile`` is the attention window: with a cache of k frames each tile adds
+    ``tile - k`` new frames. Samples spanning at most ``tile`` frames (images, 3D, short clips)
+    are left untouched. See `atoken.core.temporal`.
+
+    The defaults are the AToken release's: 16-frame tiles (4 latent frames), no cache, t restarted
+    at 0 in every tile. Its decoder KV-cache mode (``num_sample_frames_stride`` s and
+    ``kv_cache_size`` k input frames) is ``tile=(s + k) / 4, decoder_cache=k / 4``: s=12, k=4 is
+    ``tile=4, decoder_cache=1``.
+
+    Attributes:
+        tile: latent frames a tile attends over (cached + new); None disables tiling (full
+            attention over the whole clip, memory quadratic in its length).
+        encoder_cache: latent frames of keys/values the encoder carries into the next tile.
+        decoder_cache: the same for the decoder.
+        restart_t: re-base t in each tile so its first frame (cached or new) sits at t = 0
+            (RoPE is relative, so this only keeps angles small; the release does it).
+        group_tokens: without a cache, tiles (of any samples) are packed into transformer
+            passes of at most this many tokens; a larger tile runs alone.
+    """
+
+    tile: PositiveInt | None = 4
+    encoder_cache: NonNegativeInt = 0
+    decoder_cache: NonNegativeInt = 0
+    restart_t: bool = True
+    group_tokens: PositiveInt = 32768
+
+    @model_validator(mode="after")
+    def _cache_fits(self) -> TemporalConfig:
+        for name in ("encoder_cache", "decoder_cache"):
+            cache = getattr(self, name)
+            if cache and self.tile is None:
+                raise ValueError(f"{name}={cache} needs tiling: set tile, or set {name} to 0")
+            if cache and cache >= self.tile:
+                raise ValueError(
+                    f"{name}={cache} must be smaller than tile={self.tile}: the cache is part of a"
+                    " tile's attention window, which also needs at least one new frame"
+                )
+        return self
+
+
 class ModelConfig(Strict):
     """Everything needed to build a `Tokenizer` (saved as ``config.json`` beside the weights).
 
@@ -68,6 +121,7 @@ class ModelConfig(Strict):
         quantizer: registry component turning the posterior into latents (``kl`` or ``fsq``).
         head: registry component pooling encoder tokens into an embedding; None for none.
         attention_backend: default varlen attention backend (``auto``, ``sdpa``, ...).
+        temporal: default temporal tiling of long clips (overridable per call).
         init_seed: seed of the random initialisation (presets are reproducible).
     """
 
@@ -83,6 +137,7 @@ class ModelConfig(Strict):
     quantizer: ComponentSpec = ComponentSpec(name="kl")
     head: ComponentSpec | None = ComponentSpec(name="attention_pool")
     attention_backend: str = "auto"
+    temporal: TemporalConfig = TemporalConfig()
     init_seed: int = 0
 
     @property

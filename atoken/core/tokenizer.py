@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atoken.core.attention import AttentionBackend, resolve_backend
-from atoken.core.config import ConfigError, ModelConfig, validate_model_config
+from atoken.core.config import ConfigError, ModelConfig, TemporalConfig, validate_model_config
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import PRESETS, get_preset
@@ -140,6 +140,17 @@ class Tokenizer(nn.Module):
             )
         return resolve_backend(choice, self.device, self._backends)
 
+    def temporal(self, override: TemporalConfig | None = None) -> TemporalConfig:
+        """The temporal tiling for one call: ``override`` if given, else the config's."""
+        if override is None:
+            return self.config.temporal
+        if not isinstance(override, TemporalConfig):
+            raise InputError(
+                f"temporal must be a TemporalConfig or None, got {type(override).__name__};"
+                " build one with atoken.core.config.TemporalConfig(tile=..., decoder_cache=...)"
+            )
+        return override
+
     def prepare(self, inputs: TokenInput) -> SparseTokens:
         """Collate if needed, move to the model's device/dtype, and check the feature width."""
         tokens = inputs if isinstance(inputs, SparseTokens) else collate(inputs)
@@ -155,10 +166,16 @@ class Tokenizer(nn.Module):
         return tokens
 
     # ------------------------------------------------------------------ encoding
-    def encode_dense(self, inputs: TokenInput, *, backend=None) -> SparseTokens:
-        """Post-LayerNorm encoder features, ``feats [N, D]``."""
+    def encode_dense(self, inputs: TokenInput, *, backend=None, temporal=None) -> SparseTokens:
+        """Post-LayerNorm encoder features, ``feats [N, D]``.
+
+        Args:
+            inputs: packed `SparseTokens` or per-sample `PatchTokens`.
+            backend: attention backend override for this call.
+            temporal: `TemporalConfig` override for this call (None: the model config's).
+        """
         tokens = self.prepare(inputs)
-        return self.encoder(tokens, self.attention_backend(backend))
+        return self.encoder(tokens, self.attention_backend(backend), self.temporal(temporal))
 
     def project(self, dense: SparseTokens) -> Tensor:
         """``[N, 2*Cz]``: Cz posterior means followed by Cz log-variances."""
@@ -182,7 +199,13 @@ class Tokenizer(nn.Module):
         )
 
     def encode(
-        self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None
+        self,
+        inputs: TokenInput,
+        *,
+        sample: bool | None = None,
+        generator=None,
+        backend=None,
+        temporal: TemporalConfig | None = None,
     ) -> Latents:
         """Tokens -> latents.
 
@@ -191,10 +214,10 @@ class Tokenizer(nn.Module):
             sample: draw from the posterior (continuous quantizers); default: only in training.
             generator: RNG for the posterior sample.
             backend: attention backend override for this call.
+            temporal: temporal tiling override for this call (None: the model config's).
         """
-        return self.quantize(
-            self.encode_dense(inputs, backend=backend), sample=sample, generator=generator
-        )
+        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
+        return self.quantize(dense, sample=sample, generator=generator)
 
     def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
         """Head embedding ``[B, D]`` from dense encoder features."""
@@ -206,11 +229,15 @@ class Tokenizer(nn.Module):
         pooled = self.encoder.head(dense, backend=self.attention_backend(backend))  # [B, D]
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
-    def embed(self, inputs: TokenInput, *, normalize: bool = True, backend=None) -> Tensor:
-        """One semantic vector per sample, ``[B, D]`` (L2-normalised unless ``normalize=False``)."""
-        return self.pool(
-            self.encode_dense(inputs, backend=backend), normalize=normalize, backend=backend
-        )
+    def embed(
+        self, inputs: TokenInput, *, normalize: bool = True, backend=None, temporal=None
+    ) -> Tensor:
+        """One semantic vector per sample, ``[B, D]`` (L2-normalised unless ``normalize=False``).
+
+        A tiled sample is pooled over all of its tokens after tiled encoding (as the release does).
+        """
+        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
+        return self.pool(dense, normalize=normalize, backend=backend)
 
     # ------------------------------------------------------------------ decoding
     def latents_from_indices(self, indices: Tensor, layout: SparseTokens) -> Latents:
@@ -220,8 +247,20 @@ class Tokenizer(nn.Module):
         codes = self.quantizer.indices_to_codes(indices.to(self.device))
         return Latents(tokens=layout.replace(codes.to(self.proj.weight.dtype)), indices=indices)
 
-    def decode(self, latents: Latents | SparseTokens, *, backend=None) -> SparseTokens:
-        """Latents -> patch values, ``feats [N, 3072]`` in about [-1, 1], same layout."""
+    def decode(
+        self,
+        latents: Latents | SparseTokens,
+        *,
+        backend=None,
+        temporal: TemporalConfig | None = None,
+    ) -> SparseTokens:
+        """Latents -> patch values, ``feats [N, 3072]`` in about [-1, 1], same layout.
+
+        Args:
+            latents: `Latents` or their packed tokens (``feats [N, Cz]``).
+            backend: attention backend override for this call.
+            temporal: temporal tiling override for this call (None: the model config's).
+        """
         if self.decoder is None:
             raise AtokenError("this model has no decoder (config.decoder is None)")
         tokens = latents.tokens if isinstance(latents, Latents) else latents
@@ -231,15 +270,21 @@ class Tokenizer(nn.Module):
                 f" {self.config.latent_channels}"
             )
         tokens = tokens.to(device=self.device, dtype=self.proj.weight.dtype)
-        return self.decoder(tokens, self.attention_backend(backend))
+        return self.decoder(tokens, self.attention_backend(backend), self.temporal(temporal))
 
     def forward(
-        self, inputs: TokenInput, *, sample: bool | None = None, generator=None, backend=None
+        self,
+        inputs: TokenInput,
+        *,
+        sample: bool | None = None,
+        generator=None,
+        backend=None,
+        temporal: TemporalConfig | None = None,
     ):
         """Encode, decode and pool in one pass (what training uses)."""
-        dense = self.encode_dense(inputs, backend=backend)
+        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
         latents = self.quantize(dense, sample=sample, generator=generator)
-        recon = self.decode(latents, backend=backend)
+        recon = self.decode(latents, backend=backend, temporal=temporal)
         emb = self.pool(dense, normalize=False, backend=backend) if self.has_head else None
         return TokenizerOutput(reconstruction=recon, latents=latents, dense=dense, embedding=emb)
 

@@ -5,6 +5,8 @@ LayerNorm blocks with biases and 4D RoPE, post-LayerNorm; an optional pooling he
 ``encoder.head``. Decoder: input linear (Cz -> D, no bias) + its own position embedding, RMSNorm
 blocks without biases and with per-head qk-RMSNorm, output RMSNorm and a linear D -> 3072.
 Parameter names follow the official AToken release so its checkpoints load without renaming.
+Given a `TemporalConfig`, the blocks run long samples in temporal tiles (`atoken.core.temporal`);
+the per-token layers before and after them see whole samples.
 
 References: AToken (arXiv 2509.14476) and its public inference release (layout and names).
 """
@@ -19,10 +21,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from atoken.core.attention import AttentionBackend
-from atoken.core.config import TransformerConfig
+from atoken.core.config import TemporalConfig, TransformerConfig
 from atoken.core.layers import RMSNorm, TransformerBlock, layer_norm
 from atoken.core.posembed import LearnedPositionEmbedding2D
 from atoken.core.rope import Rope4D
+from atoken.core.temporal import KVCache, plan_tiles, run_tiles
 from atoken.core.tokens import SparseTokens
 
 
@@ -70,17 +73,62 @@ class SparseTransformer(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def trunk(self, tokens: SparseTokens, backend: AttentionBackend) -> Tensor:
-        """``tokens.feats [N, Cin]`` -> ``[N, D]`` after the last block (before any final norm)."""
+    def embed(self, tokens: SparseTokens) -> Tensor:
+        """Input layer plus learned position embedding: ``feats [N, Cin]`` -> ``[N, D]``."""
         x = self.input_layer(tokens.feats)  # [N, D]
-        x = x + self.pos_embedder(tokens)  # [N, D]
-        rope = self.rope.rotation(tokens.coords) if self.rope is not None else None  # 2 x [N, Dh/2]
-        for block in self.blocks:
+        return x + self.pos_embedder(tokens)  # [N, D]
+
+    def run_blocks(
+        self,
+        x: Tensor,
+        tokens: SparseTokens,
+        backend: AttentionBackend,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """``x [n, D]`` through the blocks; ``cache`` carries keys/values across temporal tiles."""
+        rope = self.rope.rotation(tokens.coords) if self.rope is not None else None  # 2 x [n, Dh/2]
+        key_rope = rope
+        if cache is not None and cache.plan.coords is not None and self.rope is not None:
+            key_rope = self.rope.rotation(cache.plan.coords)  # 2 x [M, Dh/2]
+        for i, block in enumerate(self.blocks):
+            kv = cache.layer(i, key_rope) if cache is not None else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, tokens, rope, backend, use_reentrant=False)
+                x = checkpoint(block, x, tokens, rope, backend, kv, use_reentrant=False)
             else:
-                x = block(x, tokens, rope, backend)  # [N, D]
+                x = block(x, tokens, rope, backend, kv)  # [n, D]
         return x
+
+    def trunk(
+        self,
+        tokens: SparseTokens,
+        backend: AttentionBackend,
+        temporal: TemporalConfig | None = None,
+        cache: int = 0,
+    ) -> Tensor:
+        """``tokens.feats [N, Cin]`` -> ``[N, D]`` after the last block (before any final norm).
+
+        Args:
+            tokens: the packed batch.
+            backend: attention backend.
+            temporal: temporal tiling of long samples; None: every sample attends over all of
+                its tokens.
+            cache: latent frames of keys/values carried from tile to tile.
+        """
+        x = self.embed(tokens)  # [N, D]
+        steps = None
+        if temporal is not None:
+            steps = plan_tiles(
+                tokens,
+                tile=temporal.tile,
+                cache=cache,
+                restart_t=temporal.restart_t,
+                group_tokens=temporal.group_tokens,
+            )
+        if steps is None:
+            return self.run_blocks(x, tokens, backend)  # [N, D]
+        return run_tiles(
+            x, steps, lambda xs, layout, kv: self.run_blocks(xs, layout, backend, kv)
+        )  # [N, D]
 
 
 class Encoder(SparseTransformer):
@@ -116,8 +164,15 @@ class Encoder(SparseTransformer):
         self.post_layernorm = layer_norm(cfg.width)
         self.head = head
 
-    def forward(self, tokens: SparseTokens, backend: AttentionBackend) -> SparseTokens:
-        x = self.trunk(tokens, backend)  # [N, D]
+    def forward(
+        self,
+        tokens: SparseTokens,
+        backend: AttentionBackend,
+        temporal: TemporalConfig | None = None,
+    ) -> SparseTokens:
+        """Dense features; ``temporal`` tiles long samples (its ``encoder_cache`` applies)."""
+        cache = temporal.encoder_cache if temporal is not None else 0
+        x = self.trunk(tokens, backend, temporal, cache)  # [N, D]
         return tokens.replace(self.post_layernorm(x))  # [N, D]
 
 
@@ -147,6 +202,13 @@ class Decoder(SparseTransformer):
         self.out_norm = RMSNorm(cfg.width, eps=1e-6)
         self.out_layer = nn.Linear(cfg.width, out_channels, bias=False)
 
-    def forward(self, latents: SparseTokens, backend: AttentionBackend) -> SparseTokens:
-        x = self.trunk(latents, backend)  # [N, D]
+    def forward(
+        self,
+        latents: SparseTokens,
+        backend: AttentionBackend,
+        temporal: TemporalConfig | None = None,
+    ) -> SparseTokens:
+        """Patch values; ``temporal`` tiles long samples (its ``decoder_cache`` applies)."""
+        cache = temporal.decoder_cache if temporal is not None else 0
+        x = self.trunk(latents, backend, temporal, cache)  # [N, D]
         return latents.replace(self.out_layer(self.out_norm(x)))  # [N, 3072]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from atoken.core.attention import AttentionBackend, varlen_attention
@@ -9,9 +11,15 @@ from atoken.core.layers.norm import MultiHeadRMSNorm
 from atoken.core.rope import Rope4D
 from atoken.core.tokens import SparseTokens
 
+if TYPE_CHECKING:
+    from atoken.core.temporal import LayerKV
+
 
 class SelfAttention(nn.Module):
     """Fused-qkv attention; RoPE is applied after the (optional) per-head qk norm.
+
+    With a temporal-tiling cache (``kv``), keys and values carried from earlier tiles (stored
+    after the qk norm, before RoPE) are prepended per tile and rotated at their re-based positions.
 
     Args:
         width: model channels.
@@ -39,15 +47,26 @@ class SelfAttention(nn.Module):
         tokens: SparseTokens,
         rope: tuple[Tensor, Tensor] | None,
         backend: AttentionBackend,
+        kv: LayerKV | None = None,
     ) -> Tensor:
         """``x [N, C]`` -> ``[N, C]``; ``tokens`` gives the batch layout, ``rope`` = (cos, sin)."""
         qkv = self.to_qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # [N, 3, H, Dh]
         q, k, v = qkv.unbind(1)  # [N, H, Dh] each
         if self.qk_norm:
             q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+        key_rope, seqlens_k = rope, tokens.seqlens
+        if kv is not None:
+            k, v = kv.merge(k, v)  # [M, H, Dh]: per tile, carried keys then its own
+            key_rope, seqlens_k = kv.rope, kv.seqlens
         if rope is not None:
-            q, k = Rope4D.rotate(q, *rope), Rope4D.rotate(k, *rope)
+            q, k = Rope4D.rotate(q, *rope), Rope4D.rotate(k, *key_rope)
         out = varlen_attention(
-            q, k, v, seqlens=tokens.seqlens, max_seqlen=tokens.max_seqlen, backend=backend
+            q,
+            k,
+            v,
+            seqlens=tokens.seqlens,
+            seqlens_k=seqlens_k,
+            max_seqlen=tokens.max_seqlen,
+            backend=backend,
         )  # [N, H, Dh]
         return self.to_out(out.flatten(1))  # [N, C]

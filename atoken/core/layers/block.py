@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -10,6 +11,9 @@ from atoken.core.attention import AttentionBackend
 from atoken.core.layers.attention import SelfAttention
 from atoken.core.layers.mlp import Mlp
 from atoken.core.tokens import SparseTokens
+
+if TYPE_CHECKING:
+    from atoken.core.temporal import LayerKV
 
 
 class TransformerBlock(nn.Module):
@@ -47,6 +51,7 @@ class TransformerBlock(nn.Module):
         tokens: SparseTokens,
         rope: tuple[Tensor, Tensor] | None,
         backend: AttentionBackend,
-    ) -> Tensor:  # [N, C] -> [N, C]
-        x = x + self.attn(self.norm1(x), tokens, rope, backend)
+        kv: LayerKV | None = None,
+    ) -> Tensor:  # [N, C] -> [N, C]; kv: keys/values carried across temporal tiles
+        x = x + self.attn(self.norm1(x), tokens, rope, backend, kv)
         return x + self.mlp(self.norm2(x))
