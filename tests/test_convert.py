@@ -141,3 +141,51 @@ def test_mismatched_checkpoints_list_their_keys(tmp_path) -> None:
         convert_official(ckpt, tmp_path / "out", config="So/C")
     with pytest.raises(CheckpointError, match="does not exist"):
         convert_official(tmp_path / "nope.pt", tmp_path / "out")
+
+
+@pytest.mark.official
+def test_converted_tiny_model_embeds_and_ranks_labels_end_to_end(tmp_path) -> None:
+    """`atoken embed` and `atoken zeroshot` on real photos with the converted official model."""
+    pytest.importorskip("transformers")
+    from click.testing import CliRunner
+    from PIL import Image
+    from safetensors import safe_open
+
+    from atoken.cli import cli
+    from tests.conftest import SKIMAGE_DATA
+    from tests.tiny_siglip2 import make_tiny_siglip2
+
+    ckpt, cfg = _tiny_files()
+    model_dir = convert_official(ckpt, tmp_path / "tiny", config=cfg)
+    photos = []
+    for name in ("chelsea.png", "coffee.png"):
+        with Image.open(SKIMAGE_DATA / name) as im:
+            im.convert("RGB").resize((im.width // 4, im.height // 4)).save(tmp_path / name)
+        photos.append(str(tmp_path / name))
+    runner = CliRunner()
+    out = tmp_path / "emb.safetensors"
+    res = runner.invoke(cli, ["embed", *photos, "-o", str(out), "--model", str(model_dir)])
+    assert res.exit_code == 0, res.output
+    with safe_open(str(out), "pt") as fh:
+        emb = fh.get_tensor("embeddings")
+    assert emb.shape == (2, 144)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    text_dir = make_tiny_siglip2(tmp_path / "siglip2")  # a text tower of the model's width (144)
+    res = runner.invoke(
+        cli,
+        [
+            "zeroshot",
+            *photos,
+            "--labels",
+            "a cat,a dog,a cup of coffee",
+            "--text-model",
+            str(text_dir),
+            "--model",
+            str(model_dir),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == f"{photos[0]}:" and len(lines) == 8
+    scores = [float(line.split()[-1]) for line in lines[1:4]]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=2e-4)

@@ -120,6 +120,13 @@ class Trainer:
         self._data_state: dict[str, Any] = {}
         if resume:
             self._resume()
+        elif self.checkpoints.latest() is not None:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError(
+                f"run folder {str(self.run_dir)!r} already holds checkpoints; pass --resume to"
+                " continue that run, or choose another --out"
+            )
 
     # ---------------------------------------------------------------- set-up
     def _build_model(self) -> Tokenizer:
@@ -172,7 +179,9 @@ class Trainer:
             render=self._render,
         ).to(self.dist.device)
         previous = {task: stream.state_dict() for task, stream in self.streams.items()}
-        self.streams = {task: self._make_stream(task, stage, previous.get(task)) for task in stage.tasks}
+        self.streams = {
+            task: self._make_stream(task, stage, previous.get(task)) for task in stage.tasks
+        }
         self.tasks = task_schedule(stage.tasks)
         self._stage_index = plan.index
         if self.dist.is_main:
