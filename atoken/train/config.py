@@ -24,11 +24,17 @@ TASKS = ("image_rec", "image_und", "video_rec", "video_und", "3d_rec", "3d_und")
 
 
 class ModelSection(Strict):
-    """Which model to train: a preset with overrides, or a ``from_pretrained`` directory."""
+    """Which model to train: a preset with overrides, or a ``from_pretrained`` directory.
+
+    ``init = "pca"`` starts the patch-linear first and last layers at a PCA patch tokenizer fitted
+    on ``pca_images`` training images (see `atoken.train.pca_init`); useful on small budgets.
+    """
 
     preset: str | None = "atoken-tiny"
     from_pretrained: str | None = None
     overrides: dict[str, Any] = {}
+    init: Literal["default", "pca"] = "default"
+    pca_images: PositiveInt = 64
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -36,6 +42,8 @@ class ModelSection(Strict):
             raise ValueError("overrides apply to presets; a from_pretrained model keeps its config")
         if self.preset is None and self.from_pretrained is None:
             raise ValueError("give model.preset or model.from_pretrained")
+        if self.init == "pca" and self.from_pretrained is not None:
+            raise ValueError("init = 'pca' starts a new model; it cannot apply to from_pretrained")
         return self
 
 

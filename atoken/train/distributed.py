@@ -34,7 +34,9 @@ class DistInfo:
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's CUDA device when there is one, else CPU."""
     if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)

@@ -109,6 +109,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         torch.manual_seed(config.run.seed + self.dist.rank)
         self.model = self._build_model().to(self.dist.device)
+        if config.model.init == "pca" and not resume:
+            self._pca_init()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
@@ -134,6 +136,34 @@ class Trainer:
         if m.from_pretrained is not None:
             return Tokenizer.from_pretrained(m.from_pretrained, components=self.components)
         return build_tokenizer(m.preset, components=self.components, **m.overrides)
+
+    def _pca_init(self) -> None:
+        """Fit the PCA start on training images (identical on every rank: same data, same order)."""
+        from atoken.train.data.build import build_source
+        from atoken.train.pca_init import pca_init
+
+        stage = self.config.stages[0]
+        specs = [s for s in self.config.data if s.task == "image_rec"]
+        if not specs:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError("model.init = 'pca' needs an image_rec data source to fit on")
+        adapter = self.components.adapters.build(
+            "image", {"min_res": stage.min_res, "max_res": stage.max_res}
+        )
+        feats, seen = [], 0
+        for spec in specs:
+            for _, image in build_source(spec):
+                feats.append(adapter.to_tokens(image).feats)
+                seen += 1
+                if seen >= self.config.model.pca_images:
+                    break
+        info = pca_init(self.model, feats)
+        if self.dist.is_main:
+            print(
+                f"PCA start: {info['patches']} patches of {seen} images, {info['explained_variance']:.1%}"
+                " of the patch variance in the latent"
+            )
 
     def _resume(self) -> None:
         from atoken.train.checkpoint import latest, load
