@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.quantizers",
     "atoken.plugins.heads",
     "atoken.plugins.image",
+    "atoken.plugins.video",
     "atoken.plugins.text",
     "atoken.plugins.losses",
 )

@@ -116,7 +116,13 @@ class AdapterContract(_Contract):
         if adapter.output_suffix in adapter.extensions:
             back = adapter.load(path)
             assert back.shape == target.shape
-            assert (back - target.clamp(-1, 1)).abs().max() <= 2.5 / 255 * 2
+            err = (back - target.clamp(-1, 1)).abs()
+            # lossless formats: 8-bit rounding only; lossy ones declare a mean-error budget
+            tolerance = getattr(adapter, "save_tolerance", None)
+            if tolerance is None:
+                assert err.max() <= 2.5 / 255 * 2
+            else:
+                assert err.mean() <= tolerance
 
     def test_rejects_non_finite_input(self) -> None:
         import pytest

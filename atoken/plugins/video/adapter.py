@@ -1,0 +1,272 @@
+"""The video adapter: an RGB clip becomes a grid of 4 x 16 x 16 space-time patches.
+
+Clips keep their native aspect ratio. Sides are cropped to multiples of 16 (centred at eval,
+random in training, one box for all frames) and resized only when a side leaves
+``[min_res, max_res]``. The frame count is padded up to a multiple of 4 by repeating the last
+frame: a padded patch then holds a still continuation of the clip rather than a cut to black, so
+the model spends nothing on an artificial edge and the real frames of that patch are coded as
+in the middle of a clip. Decoding drops the padding frames, so no frame is dropped from and no
+frame is added to the clip. (The AToken release instead cuts T down to a multiple of 4; that
+loses up to 3 frames, which a reconstruction tool should not do.) Token t is the latent frame
+index (input frames ``4t .. 4t + 3``); all four frames of a patch are real except in the tail,
+so ``valid_frames`` is not set. The meta records ``frames`` (original T), ``pad``, the crop, the
+resize and the frame rate (``fps``) so outputs keep the input's rate.
+
+References: AToken (arXiv 2509.14476) video tokenization (4 x 16 x 16 patches, t = latent frame);
+the release's preprocessing (crop to multiples of 16).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+from atoken.core.errors import InputError
+from atoken.core.patching import patchify, unpatchify
+from atoken.core.tokens import COORD_LIMIT, PatchTokens
+from atoken.eval.metrics import psnr, ssim
+from atoken.plugins.video.io import (
+    DEFAULT_FPS,
+    VIDEO_EXTENSIONS,
+    from_tchw,
+    read_video,
+    side_by_side,
+    write_mp4,
+)
+
+PATCH = (4, 16, 16)
+CHANNELS = 3
+
+
+class VideoOptions(BaseModel):
+    """Options of the ``video`` adapter.
+
+    Attributes:
+        min_res: a shorter side below this is upscaled to it (never below 16).
+        max_res: a longer side above this is downscaled to it (None: never).
+        crf: H.264 quality of saved MP4s (libx264 CRF; 0 lossless, 18 visually lossless).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_res: int = Field(default=16, ge=16)
+    max_res: int | None = Field(default=None, ge=16)
+    crf: int = Field(default=18, ge=0, le=51)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VideoOptions:
+        if self.max_res is not None and self.max_res < self.min_res:
+            raise ValueError(f"max_res {self.max_res} is below min_res {self.min_res}")
+        return self
+
+
+class VideoAdapter:
+    """Videos as ``[T, H, W, 3]`` float tensors in [-1, 1] (channels last).
+
+    The frame rate travels beside the pixels: ``load`` remembers it for the clip it returns,
+    ``to_tokens`` writes it into the tokens' meta (key ``fps``) and ``from_tokens`` attaches the
+    meta's rate to the clip it returns, so ``save(clip, path)`` writes the rate the clip came
+    with. An explicit ``save(..., fps=)`` wins; the last rate loaded or decoded is the fallback
+    for clips of unknown origin, then ``DEFAULT_FPS``.
+    """
+
+    name = "video"
+    extensions = VIDEO_EXTENSIONS
+    output_suffix = ".mp4"
+    #: H.264 is lossy: the contract checks a save -> load round trip by mean error in [-1, 1]
+    save_tolerance = 0.05
+
+    def __init__(self, options: VideoOptions | None = None) -> None:
+        self.options = options or VideoOptions()
+        self.fps: float | None = None  # last rate loaded or decoded (fallback for save)
+        self._rates: WeakIdKeyDictionary = WeakIdKeyDictionary()  # clip tensor -> fps
+
+    # ------------------------------------------------------------------ frame rate
+    def _remember(self, clip: Tensor, fps: float | None) -> None:
+        if fps is not None:
+            self._rates[clip] = float(fps)
+            self.fps = float(fps)
+
+    def fps_of(self, clip: Tensor) -> float | None:
+        """The frame rate this adapter knows for ``clip`` (loaded or decoded by it), or None."""
+        return self._rates.get(clip)
+
+    # ------------------------------------------------------------------ files
+    def load_with_info(self, path: str | os.PathLike[str]) -> tuple[Tensor, float]:
+        """Read every frame of a video file: ``([T, H, W, 3] in [-1, 1], fps)``."""
+        clip, fps = read_video(path)
+        self._remember(clip, fps)
+        return clip, fps
+
+    def load(self, path: str | os.PathLike[str]) -> Tensor:
+        return self.load_with_info(path)[0]
+
+    @staticmethod
+    def from_tchw(clip: Tensor) -> Tensor:
+        """``[T, C, H, W]`` (uint8 or float in [-1, 1]) -> ``[T, H, W, 3]`` float in [-1, 1]."""
+        return from_tchw(clip)
+
+    def _rate(self, clip: Tensor, fps: float | None) -> float:
+        if fps is not None:
+            return float(fps)
+        known = self.fps_of(clip)
+        if known is not None:
+            return known
+        return self.fps if self.fps is not None else DEFAULT_FPS
+
+    def save(self, sample: Tensor, path: str | os.PathLike[str], fps: float | None = None) -> None:
+        """Write an MP4 (H.264, yuv420p; an odd side gets one repeated row/column)."""
+        write_mp4(sample, path, self._rate(sample, fps), crf=self.options.crf)
+
+    def save_comparison(
+        self, reference: Tensor, reconstruction: Tensor, path, fps: float | None = None
+    ) -> None:
+        """Write ``reference | reconstruction`` side by side as one MP4 at the clip's rate."""
+        rate = fps if fps is not None else self.fps_of(reconstruction) or self.fps_of(reference)
+        write_mp4(
+            side_by_side(reference, reconstruction),
+            path,
+            rate if rate is not None else self._rate(reconstruction, None),
+            crf=self.options.crf,
+        )
+
+    def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
+        """Per-frame PSNR and SSIM averaged over frames, and the worst frame's PSNR."""
+        ref, rec = reference.float().cpu(), reconstruction.float().clamp(-1, 1).cpu()
+        if ref.shape != rec.shape or ref.ndim != 4:
+            raise InputError(
+                f"metrics: clips must both be [T, H, W, 3] of one shape, got"
+                f" {list(ref.shape)} and {list(rec.shape)}"
+            )
+        p = psnr(ref, rec)  # [T]
+        return {
+            "psnr": float(p.mean()),
+            "ssim": float(ssim(ref, rec).mean()),
+            "psnr_min_frame": float(p.min()),
+        }
+
+    def example(self, generator: torch.Generator | None = None) -> Tensor:
+        """A small moving pattern (6 frames, 40x56: T, H, W not multiples of 4/16).
+
+        A grid of random gray 16 x 16 blocks slides one block left per frame; the blocks line up
+        with the 16-pixel grid of the centre crop. Flat gray blocks are what a lossy codec
+        (H.264, yuv420p) stores almost exactly, so ``save``/``load`` round trips within one
+        8-bit level and the contract's file test holds.
+        """
+        levels = torch.randint(0, 8, (5, 11), generator=generator).float() * 32 + 16  # [5, 11]
+        grid = levels / 127.5 - 1
+        frames = torch.stack([grid[:, i : i + 6] for i in range(6)])  # [6, 5, 6]
+        pix = frames.repeat_interleave(16, 1).repeat_interleave(16, 2)  # [6, 80, 96]
+        pix = pix[:, 12:52, 12:68]  # [6, 40, 56]; centre crop (4, 4, 32, 48) hits block edges
+        return pix[..., None].expand(-1, -1, -1, CHANNELS).contiguous()  # [6, 40, 56, 3]
+
+    # ------------------------------------------------------------------ tokens
+    def _check(self, sample: Tensor) -> None:
+        if not isinstance(sample, Tensor) or sample.ndim != 4 or sample.shape[-1] != CHANNELS:
+            shape = list(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
+            raise InputError(
+                f"video must be a [T, H, W, 3] tensor in [-1, 1], got {shape}"
+                " (use VideoAdapter.from_tchw for [T, C, H, W] clips)"
+            )
+        if not sample.dtype.is_floating_point:
+            raise InputError(f"video must be a float tensor in [-1, 1], got {sample.dtype}")
+        t, h, w = sample.shape[:3]
+        if t == 0:
+            raise InputError("video has no frames (T = 0)")
+        if h < 16 or w < 16:
+            raise InputError(f"video is {h}x{w} pixels; atoken needs at least 16x16 (one patch)")
+        if -(-t // PATCH[0]) > COORD_LIMIT:
+            raise InputError(
+                f"video has {t} frames; atoken positions allow at most {COORD_LIMIT * PATCH[0]}"
+                " (cut the clip)"
+            )
+        if not torch.isfinite(sample).all():
+            raise InputError("video contains NaN or Inf values")
+
+    def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
+        lo, hi = self.options.min_res, self.options.max_res
+        scale = 1.0
+        if hi is not None and max(h, w) > hi:
+            scale = hi / max(h, w)
+        elif min(h, w) < lo:
+            scale = lo / min(h, w)
+        if scale == 1.0:
+            return None
+        return max(16, round(h * scale)), max(16, round(w * scale))
+
+    def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
+        ch, cw = h - h % 16, w - w % 16
+        if train:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+        else:
+            top, left = (h - ch) // 2, (w - cw) // 2
+        return top, left, ch, cw
+
+    def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
+        """Apply the resize and crop recorded in ``meta`` to every frame; ``[T, h, w, 3]``."""
+        x = sample
+        if meta.get("resize") is not None:
+            rh, rw = meta["resize"]
+            x = (
+                F.interpolate(
+                    x.permute(0, 3, 1, 2).float(),
+                    size=(rh, rw),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
+                .permute(0, 2, 3, 1)
+                .to(sample.dtype)
+            )  # [T, rh, rw, 3]
+        top, left, ch, cw = meta["crop"]
+        return x[:, top : top + ch, left : left + cw]
+
+    def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
+        """``[T, H, W, 3]`` -> tokens ``[ceil(T/4)*rows*cols, 3072]`` at ``(t, row, col, 0)``."""
+        self._check(sample)
+        t, h, w = sample.shape[:3]
+        resize = self._resize_target(h, w)
+        rh, rw = resize if resize is not None else (h, w)
+        crop = self._crop_box(rh, rw, train, generator)
+        pad = -t % PATCH[0]
+        meta: dict[str, Any] = {
+            "frames": t,
+            "pad": pad,
+            "height": h,
+            "width": w,
+            "resize": list(resize) if resize else None,
+            "crop": list(crop),
+        }
+        fps = self.fps_of(sample)
+        if fps is not None:
+            meta["fps"] = fps
+        clip = self.prepare(sample, meta)  # [T, ch, cw, 3]
+        if pad:
+            clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])  # [T + pad, ch, cw, 3]
+        feats, coords = patchify(clip.contiguous(), PATCH)  # [n, 3072], [n, 4]
+        return PatchTokens(feats, coords, self.name, meta)
+
+    def from_tokens(self, tokens: PatchTokens) -> Tensor:
+        """Tokens -> ``[T, h, w, 3]`` with the padding frames dropped (T = meta ``frames``)."""
+        meta = tokens.meta
+        _, _, ch, cw = meta["crop"]
+        t = int(meta["frames"])
+        nt = (t + int(meta.get("pad", -t % PATCH[0]))) // PATCH[0]
+        clip = unpatchify(
+            tokens.feats, tokens.coords, PATCH, (nt, ch // 16, cw // 16), CHANNELS
+        )  # [nt*4, ch, cw, 3]
+        out = clip[:t]
+        self._remember(out, meta.get("fps"))
+        return out
+
+    def target(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
+        """The cropped/resized clip with the original frame count."""
+        return self.prepare(sample, meta)

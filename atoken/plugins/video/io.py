@@ -1,0 +1,314 @@
+"""Video file I/O: decode clips to ``[T, H, W, 3]`` tensors in [-1, 1], write MP4s.
+
+Decoding goes through PyAV (FFmpeg). Every frame of the first video stream is decoded as 8-bit
+RGB and mapped as ``x / 255 * 2 - 1`` (black -1, white +1), like the image adapter's 8-bit rule.
+Writing encodes H.264 (libx264, ``yuv420p``, the most widely playable MP4) or, when this FFmpeg
+has no libx264, MPEG-4 Part 2. ``yuv420p`` needs even sides: an odd height or width is padded by
+one pixel that repeats the last row or column (no pixel of the clip is lost; the file is one
+pixel larger on that side). Files are written atomically: to a temporary ``.NAME.XXXX.mp4``
+beside the destination (FFmpeg needs a real path with a video suffix), then ``os.replace``.
+
+Whenever a file cannot be used, :class:`~atoken.core.errors.InputError` is raised with one line
+that names the file and says what was expected.
+
+References: FFmpeg's mov/mp4 and matroska demuxers (container names as FFmpeg reports them);
+ITU-T H.264 / libx264 CRF rate control; PyAV's encoding examples.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atoken.core.errors import InputError
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif")
+"""Lower-case file suffixes (with the dot) of the containers :func:`read_video` accepts."""
+
+DEFAULT_FPS = 25.0
+"""Frame rate used when neither the caller nor the file says one."""
+
+# FFmpeg demuxer names accepted ("mov,mp4,m4a,3gp,3g2,mj2" and "matroska,webm" are one each).
+_CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "gif"})
+_EXPECTED = "expected an MP4, MOV, WebM, MKV or GIF video"
+
+
+def _av():
+    """PyAV, imported on first use so atoken (and this plugin's registration) works without it."""
+    try:
+        import av
+    except ImportError as exc:
+        raise InputError(
+            "video files need PyAV (FFmpeg bindings): pip install 'atoken[video]'"
+        ) from exc
+    return av
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _fail(name: str, why: str) -> InputError:
+    return InputError(f"cannot read video '{name}': {why}")
+
+
+def _sniff(path: Path) -> str | None:
+    """The container a file's signature claims (for error messages), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return "MP4/MOV"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "WebM/MKV"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    return None
+
+
+def _fps_of(stream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    return DEFAULT_FPS
+
+
+def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
+    """Read every frame of a video file as float32 ``[T, H, W, 3]`` in [-1, 1] plus its fps.
+
+    Args:
+        path: an MP4, MOV, WebM, MKV or GIF file (the container is probed, not the suffix).
+
+    Returns:
+        ``(frames, fps)``: frames ``[T, H, W, 3]`` (channels last, 8-bit values mapped as
+        ``x / 255 * 2 - 1``) and the stream's average frame rate (``DEFAULT_FPS`` if unknown).
+
+    Raises:
+        InputError: the path is missing or a directory; the file is not a video in one of those
+            containers (text, a still image renamed ``.mp4``, ...), has no video stream, is
+            truncated or corrupt, has no decodable frame, or changes frame size mid-stream.
+    """
+    name = os.fspath(path)
+    p = Path(name)
+    if not p.exists():
+        raise _fail(name, "no such file")
+    if p.is_dir():
+        raise _fail(name, f"is a directory, not a video file ({_EXPECTED})")
+    av = _av()
+    try:
+        container = av.open(name, mode="r")
+    except PermissionError as exc:
+        raise _fail(name, "permission denied") from exc
+    except av.error.EOFError as exc:
+        raise _fail(name, "the file ends before any frame (empty or truncated video)") from exc
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        kind = _sniff(p)
+        if kind is None:
+            raise _fail(name, f"not a video file ({_EXPECTED}; {_one_line(exc)})") from exc
+        raise _fail(
+            name, f"its signature says {kind} but it cannot be opened (truncated or corrupt)"
+        ) from exc
+    with container:
+        formats = set(container.format.name.split(","))
+        if not formats & _CONTAINERS:
+            raise _fail(
+                name, f"is a {container.format.long_name or container.format.name}, {_EXPECTED}"
+            )
+        if not container.streams.video:
+            raise _fail(name, f"has no video stream, so no frames to read ({_EXPECTED})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = _fps_of(stream)
+        declared = stream.frames  # frame count in the header (0: not stored)
+        frames: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                arr = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+                if frames and arr.shape != frames[0].shape:
+                    raise _fail(
+                        name,
+                        f"frame {len(frames)} is {arr.shape[0]}x{arr.shape[1]} but earlier frames"
+                        f" are {frames[0].shape[0]}x{frames[0].shape[1]}; variable frame size is"
+                        " not supported",
+                    )
+                frames.append(arr)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
+    if not frames:
+        raise _fail(name, "no decodable frames (empty, truncated or corrupt video)")
+    if declared and len(frames) < declared:
+        raise _fail(
+            name,
+            f"the file is truncated or corrupt (its header lists {declared} frames, only"
+            f" {len(frames)} could be decoded)",
+        )
+    out = torch.from_numpy(np.stack(frames))  # [T, H, W, 3] uint8
+    return out.float().div_(127.5).sub_(1.0), fps
+
+
+def from_tchw(clip: torch.Tensor) -> torch.Tensor:
+    """A ``[T, C, H, W]`` clip (torchvision layout) -> ``[T, H, W, 3]`` float32 in [-1, 1].
+
+    ``uint8`` input maps as ``x / 255 * 2 - 1``; floating-point input is taken as already in
+    [-1, 1]. One channel (grayscale) is replicated to three.
+
+    Raises:
+        InputError: not a 4-D tensor with 1 or 3 channels in dim 1, or another integer dtype.
+    """
+    if not isinstance(clip, torch.Tensor) or clip.ndim != 4 or clip.shape[1] not in (1, 3):
+        shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+        raise InputError(f"from_tchw: expected a [T, C, H, W] tensor with C = 1 or 3, got {shape}")
+    if clip.dtype == torch.uint8:
+        x = clip.float().div(127.5).sub(1.0)
+    elif clip.dtype.is_floating_point:
+        x = clip.float()
+    else:
+        raise InputError(f"from_tchw: expected uint8 or float values, got {clip.dtype}")
+    x = x.permute(0, 2, 3, 1)  # [T, H, W, C]
+    if x.shape[-1] == 1:
+        x = x.expand(-1, -1, -1, 3)
+    return x.contiguous()  # [T, H, W, 3]
+
+
+# --------------------------------------------------------------------------------------- writing
+def to_uint8(clip: torch.Tensor) -> np.ndarray:
+    """``[T, H, W, 3]`` float in [-1, 1] -> uint8 ``[T, H, W, 3]`` (clamped, rounded).
+
+    Raises:
+        InputError: not a non-empty ``[T, H, W, 3]`` float tensor, or NaN values.
+    """
+    if not isinstance(clip, torch.Tensor) or clip.ndim != 4 or clip.shape[-1] != 3:
+        shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+        raise InputError(f"video must be a [T, H, W, 3] tensor in [-1, 1], got {shape}")
+    if not clip.dtype.is_floating_point:
+        raise InputError(f"video must be a float tensor in [-1, 1], got {clip.dtype}")
+    if 0 in clip.shape:
+        raise InputError(f"video is empty: shape {list(clip.shape)}")
+    x = clip.detach().to("cpu", torch.float32)
+    if torch.isnan(x).any():
+        raise InputError("video contains NaN values")
+    x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round_()  # [T, H, W, 3] in [0, 255]
+    return x.to(torch.uint8).numpy()
+
+
+def _even(pixels: np.ndarray) -> np.ndarray:
+    """Pad an odd height/width by repeating the last row/column (``yuv420p`` needs even sides)."""
+    _, h, w, _ = pixels.shape
+    if h % 2 or w % 2:
+        pixels = np.pad(pixels, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return pixels
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_mp4(
+    clip: torch.Tensor,
+    path: str | os.PathLike[str],
+    fps: float = DEFAULT_FPS,
+    *,
+    crf: int = 12,
+    codec: str | None = None,
+) -> Path:
+    """Write a clip in [-1, 1] as an MP4 file, atomically.
+
+    Args:
+        clip: ``[T, H, W, 3]`` float tensor; clamped to [-1, 1]. Odd sides are padded by one
+            repeated row/column (``yuv420p`` needs even sides).
+        path: destination; the format is MP4 whatever its suffix. Missing parents are created.
+        fps: frame rate (stored as a fraction with denominator at most 1001, so 29.97 is
+            exactly 30000/1001).
+        crf: libx264 constant rate factor (0 lossless in YUV, 18 visually lossless, 23 default).
+        codec: ``"libx264"`` or ``"mpeg4"``; None picks libx264 when available, else mpeg4.
+
+    Raises:
+        InputError: bad clip (see :func:`to_uint8`), bad fps, or ``path`` is a directory.
+        OSError: the file system refused the write.
+    """
+    pixels = _even(to_uint8(clip))  # [T, H', W', 3]
+    if not (isinstance(fps, int | float) and np.isfinite(fps) and 0 < fps <= 1000):
+        raise InputError(f"fps must be a number in (0, 1000], got {fps!r}")
+    rate = Fraction(fps).limit_denominator(1001)
+    dest = Path(os.fspath(path))
+    if dest.is_dir():
+        raise InputError(f"cannot write video '{os.fspath(path)}': is a directory")
+    av = _av()
+    if codec is None:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".mp4", dir=dest.parent)
+    os.close(fd)
+    try:
+        _encode(pixels, tmp, rate, crf, codec)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _encode(pixels: np.ndarray, filename: str, rate: Fraction, crf: int, codec: str) -> None:
+    av = _av()
+    t, h, w, _ = pixels.shape
+    with av.open(filename, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "medium"}
+        else:  # MPEG-4 Part 2 has no CRF: a generous bit rate (about 4 bits per pixel)
+            stream.bit_rate = int(max(1_000_000, 4 * w * h * float(rate)))
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(pixels[i], format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+# ------------------------------------------------------------------------------------ composing
+def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 8) -> torch.Tensor:
+    """Place two clips next to each other frame by frame, ``left | right``, on white.
+
+    Args:
+        left: ``[T, H1, W1, 3]`` float clip in [-1, 1].
+        right: ``[T, H2, W2, 3]`` float clip, same T.
+        gap: width of the white separator in pixels (>= 0).
+
+    Returns:
+        ``[T, max(H1, H2), W1 + gap + W2, 3]`` float32 on ``left``'s device.
+
+    Raises:
+        InputError: not ``[T, H, W, 3]`` float tensors, different T, or negative ``gap``.
+    """
+    for label, clip in (("left", left), ("right", right)):
+        if not isinstance(clip, torch.Tensor) or clip.ndim != 4 or clip.shape[-1] != 3:
+            shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+            raise InputError(f"side_by_side: {label} clip must be [T, H, W, 3], got {shape}")
+        if not clip.dtype.is_floating_point:
+            raise InputError(f"side_by_side: {label} clip must be a float tensor, got {clip.dtype}")
+    if left.shape[0] != right.shape[0]:
+        raise InputError(
+            f"side_by_side: clips have {left.shape[0]} and {right.shape[0]} frames; need the same"
+        )
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 0:
+        raise InputError(f"side_by_side: gap must be a non-negative int, got {gap!r}")
+    (t, h1, w1, _), (_, h2, w2, _) = left.shape, right.shape
+    canvas = left.new_ones(t, max(h1, h2), w1 + gap + w2, 3, dtype=torch.float32)
+    canvas[:, :h1, :w1] = left.detach().float()
+    canvas[:, :h2, w1 + gap :] = right.detach().to(canvas.device, torch.float32)
+    return canvas  # [T, H, W, 3]
