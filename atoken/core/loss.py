@@ -55,5 +55,7 @@ class LossInputs:
         rows = torch.tensor(frames, device=self.target.feats.device).repeat_interleave(
             torch.tensor(self.target.seqlens, device=self.target.feats.device)
         )  # [N] valid frames of each row's sample
-        frame_of_value = torch.arange(self.target.feats.shape[1], device=rows.device) // per_frame  # [P]
+        frame_of_value = (
+            torch.arange(self.target.feats.shape[1], device=rows.device) // per_frame
+        )  # [P]
         return frame_of_value[None, :] < rows[:, None]  # [N, P]

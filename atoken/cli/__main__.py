@@ -1,0 +1,5 @@
+"""``python -m atoken.cli`` runs the command line."""
+
+from atoken.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The ``atoken`` click group and the helpers its command modules share.
+
+Command modules (`atoken.cli.model`, `atoken.cli.understanding`, `atoken.cli.train`) import
+`cli` from here and add their commands to it; `atoken.cli` imports them so they register.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from atoken.core.errors import AtokenError
+from atoken.core.plugins import default_components
+
+err_console = Console(stderr=True)
+
+
+class AtokenGroup(click.Group):
+    """A click group that turns atoken errors into one line and adds plugin commands lazily."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        try:
+            registry = default_components().commands
+        except AtokenError:
+            return {}
+        return {e.name: e.obj for e in registry.entries() if e.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugin_commands()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._plugin_commands().get(name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (AtokenError, KeyError, FileNotFoundError, PermissionError) as exc:
+            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            one_line = "; ".join(part.strip() for part in msg.splitlines() if part.strip())
+            click.echo(f"atoken: error: {one_line}", err=True)
+            ctx.exit(1)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+@click.group(cls=AtokenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="atoken")
+def cli() -> None:
+    """atoken: one tokenizer for images, videos and 3D assets."""

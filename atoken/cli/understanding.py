@@ -1,0 +1,254 @@
+"""Understanding commands: ``embed``, ``zeroshot`` and ``eval`` (with its `EVAL_TASKS`).
+
+The library calls are imported from the facade `atoken.eval.understanding` when a command runs
+(keeping startup light, and letting a name patched there reach the commands).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from atoken.cli._group import _parse_options, cli
+from atoken.core.errors import InputError
+from atoken.core.tokenizer import load_tokenizer
+
+
+def _understanding_model(model: str, device: str | None):
+    """Load a tokenizer for embedding, on ``device``; fails early when it has no head."""
+    from atoken.eval.understanding import require_head, resolve_device
+
+    dev = resolve_device(device)
+    tok = load_tokenizer(model).eval()
+    require_head(tok)
+    return tok.to(dev) if dev is not None else tok
+
+
+def _text_tower(text_model, text_options, tok, device):
+    from atoken.eval.understanding import load_text_encoder, require_head
+
+    return load_text_encoder(
+        text_model,
+        _parse_options(text_options),
+        expected_dim=require_head(tok),
+        device=device,
+    )
+
+
+_text_model_option = click.option(
+    "--text-model",
+    default=None,
+    help="text tower: a registered name (siglip2, minilm, ...) or a local SigLIP2 directory"
+    " (default: the first installed tower that needs no options and has the model's width)",
+)
+_text_option_option = click.option(
+    "--text-option", "-T", "text_options", multiple=True, help="text tower option KEY=VALUE"
+)
+_device_option = click.option(
+    "--device", default=None, help="torch device, e.g. cuda (default: cpu)"
+)
+_batch_option = click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="images per pass",
+)
+
+
+@cli.command("embed")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="embeddings .safetensors"
+)
+@click.option(
+    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+)
+@click.option(
+    "--no-normalize", is_flag=True, help="keep the head's raw output (default: L2-normalised)"
+)
+@click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
+@click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
+@_batch_option
+@_device_option
+def embed_cmd(inputs, output, model, no_normalize, modality, options, batch_size, device) -> None:
+    """Write one semantic embedding per INPUT (rows in input order) to a safetensors file.
+
+    Videos (samples with a time axis) get the average of their per-frame embeddings.
+    """
+    from atoken.eval.understanding import embed_files, write_embeddings
+
+    tok = _understanding_model(model, device)
+    emb = embed_files(
+        tok,
+        inputs,
+        modality=modality,
+        options=_parse_options(options),
+        batch_size=batch_size,
+        normalize=not no_normalize,
+        progress=True,
+    )
+    write_embeddings(
+        output, emb, sources=inputs, model=tok, model_ref=model, normalized=not no_normalize
+    )
+    click.echo(
+        f"{len(inputs)} input(s) -> {output} (embeddings {emb.shape[0]} x {emb.shape[1]},"
+        f" model {tok.model_id})"
+    )
+
+
+@cli.command("zeroshot")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", required=True, help="comma-separated labels, e.g. 'a cat,a dog'")
+@_text_model_option
+@_text_option_option
+@click.option(
+    "--template",
+    default="{}",
+    show_default=True,
+    help="prompt around each label, e.g. 'a photo of {}.'",
+)
+@click.option(
+    "--top", default=5, show_default=True, type=click.IntRange(min=1), help="labels shown"
+)
+@click.option(
+    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+)
+@_batch_option
+@_device_option
+def zeroshot_cmd(
+    inputs, labels, text_model, text_options, template, top, model, batch_size, device
+) -> None:
+    """Rank LABELS for each INPUT by zero-shot score (softmax over the labels' logits)."""
+    from atoken.eval.understanding import check_templates, parse_labels, zero_shot_classify
+
+    names = parse_labels(labels)
+    check_templates(template)
+    tok = _understanding_model(model, device)
+    text = _text_tower(text_model, text_options, tok, device)
+    ranked = zero_shot_classify(
+        tok, text, inputs, names, template=template, top_k=top, batch_size=batch_size, progress=True
+    )
+    width = max(len(n) for n in names)
+    for path, rows in zip(inputs, ranked, strict=True):
+        click.echo(f"{path}:")
+        for rank, (label, score) in enumerate(rows, 1):
+            click.echo(f"  {rank:>2}. {label:<{width}}  {score:.4f}")
+
+
+def _eval_zeroshot(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
+    from atoken.eval.understanding import DEFAULT_TEMPLATES, zeroshot_accuracy
+
+    class_names = None
+    if a["class_names"] is not None:
+        from atoken.core.serialization import read_json
+
+        class_names = read_json(a["class_names"], what="class names file")
+        if not isinstance(class_names, dict) or not all(
+            isinstance(v, str) for v in class_names.values()
+        ):
+            raise InputError(
+                f"{a['class_names']}: expected a JSON object mapping directory names to class names"
+            )
+    return zeroshot_accuracy(
+        tok,
+        _text_tower(a["text_model"], a["text_options"], tok, a["device"]),
+        data,
+        templates=a["templates"] or DEFAULT_TEMPLATES,
+        class_names=class_names,
+        batch_size=a["batch_size"],
+        workers=a["workers"],
+        progress=True,
+    )
+
+
+def _eval_retrieval(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
+    from atoken.eval.understanding import retrieval_recall
+
+    return retrieval_recall(
+        tok,
+        _text_tower(a["text_model"], a["text_options"], tok, a["device"]),
+        data,
+        image_root=a["image_root"],
+        batch_size=a["batch_size"],
+        workers=a["workers"],
+        progress=True,
+    )
+
+
+def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
+    from atoken.eval.reconstruction import reconstruction_metrics
+
+    return reconstruction_metrics(tok, data, progress=True)
+
+
+#: ``atoken eval --task NAME`` -> runner(model, data path, options) returning a JSON-ready dict
+EVAL_TASKS: dict[str, Any] = {
+    "reconstruction": _eval_reconstruction,
+    "zeroshot": _eval_zeroshot,
+    "retrieval": _eval_retrieval,
+}
+#: tasks that need the understanding head (and a text tower)
+_HEAD_TASKS = {"zeroshot", "retrieval"}
+
+
+@cli.command("eval")
+@click.option(
+    "--task",
+    default="reconstruction",
+    show_default=True,
+    type=click.Choice(sorted(EVAL_TASKS)),
+    help="what to measure",
+)
+@click.option(
+    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="zeroshot: ImageFolder root (ROOT/CLASS/IMAGE); retrieval: image-caption .jsonl or TSV",
+)
+@_text_model_option
+@_text_option_option
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help="zeroshot prompt template, repeatable (default: 'a photo of a {}.')",
+)
+@click.option(
+    "--class-names",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="zeroshot: JSON file mapping class directory names to prompt names",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="retrieval: base of relative image paths (default: the captions file's directory)",
+)
+@_batch_option
+@click.option(
+    "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="reader threads"
+)
+@_device_option
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="results .json")
+def eval_cmd(task, model, data, output, **options) -> None:
+    """Evaluate a model on a data set; print a JSON summary, write the full results with -o."""
+    from atoken.core.serialization import atomic_write_json
+
+    if task in _HEAD_TASKS:
+        tok = _understanding_model(model, options["device"])
+    else:
+        tok = load_tokenizer(model).eval()
+    results = {"model": model, "model_id": tok.model_id, **EVAL_TASKS[task](tok, data, options)}
+    summary = {k: v for k, v in results.items() if k not in ("per_class", "confusion", "per_image")}
+    click.echo(json.dumps(summary, indent=2))
+    if output is not None:
+        atomic_write_json(output, results)
+        click.echo(f"results -> {output}", err=True)
