@@ -111,6 +111,68 @@ class StageConfig(Strict):
         return self
 
 
+class SemanticConfig(Strict):
+    """``[semantic]``: the image understanding task (``image_und``), KL distillation from SigLIP2.
+
+    The frozen teacher's image embeddings and atoken's pooled head embeddings are each compared
+    with a fixed bank of prompt embeddings from the same frozen text tower; the loss is
+    ``KL(teacher || student)`` of the two image-to-text similarity distributions at
+    ``temperature`` (the registered ``semantic_distill`` loss), weighted by ``weight``.
+
+    Attributes:
+        teacher: local Hugging Face SigLIP2 directory (full model or vision model); its vision
+            tower is the frozen teacher (nothing is downloaded).
+        text_model: a registered text-encoder name, or a SigLIP2 directory (``siglip2`` with
+            ``path = DIR``).
+        text_options: options of that text encoder (e.g. ``max_length``, ``device``).
+        prompts: the text bank: a list of prompts, or a path to a UTF-8 text file with one
+            prompt per line (blank lines and lines starting with ``#`` are skipped).
+        weight: weight of the semantic loss in the total (paper: 1.0).
+        temperature: softmax temperature of both distributions (paper: 2).
+    """
+
+    teacher: str
+    text_model: str
+    text_options: dict[str, Any] = {}
+    prompts: list[str] | str
+    weight: float = Field(default=1.0, ge=0)
+    temperature: PositiveFloat = 2.0
+
+    @model_validator(mode="after")
+    def _prompts_given(self) -> SemanticConfig:
+        if isinstance(self.prompts, list):
+            if not self.prompts:
+                raise ValueError("prompts: give at least one prompt (the distillation text bank)")
+            empty = [i for i, t in enumerate(self.prompts) if not t.strip()]
+            if empty:
+                raise ValueError(f"prompts: entries {empty} are empty")
+        elif not self.prompts.strip():
+            raise ValueError("prompts: give a list of prompts or a path to a prompts file")
+        return self
+
+    def prompt_list(self) -> list[str]:
+        """The prompt bank (reads the prompts file when ``prompts`` is a path)."""
+        if isinstance(self.prompts, list):
+            return list(self.prompts)
+        path = Path(self.prompts).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"semantic.prompts: prompts file {str(path)!r} does not exist"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"semantic.prompts: cannot read {str(path)!r}: {exc}") from None
+        prompts = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not prompts:
+            raise ConfigError(f"semantic.prompts: {str(path)!r} holds no prompts (one per line)")
+        return prompts
+
+
 class OptimizerConfig(Strict):
     """AdamW with linear warm-up and cosine decay."""
 
@@ -153,6 +215,18 @@ class TrainConfig(Strict):
     run: RunConfig = RunConfig()
     kl_weight: float = Field(default=1e-8, ge=0)
     rec_weight: float = Field(default=0.2, ge=0)
+    semantic: SemanticConfig | None = None
+
+    @model_validator(mode="after")
+    def _semantic_when_needed(self) -> TrainConfig:
+        if self.semantic is None:
+            users = [s.name for s in self.stages if "image_und" in s.tasks]
+            if users:
+                raise ValueError(
+                    f"stage(s) {users} mix task 'image_und', which needs a [semantic] section"
+                    " (teacher = SigLIP2 directory, text_model, prompts)"
+                )
+        return self
 
     @property
     def total_steps(self) -> int:

@@ -22,7 +22,7 @@ from atoken.train.plots import loss_curve, reconstruction_grid
 if TYPE_CHECKING:
     from atoken.train.trainer import Trainer
 
-_SHOWN = ("loss", "l1", "lpips", "gram", "kl")
+_SHOWN = ("loss", "l1", "lpips", "gram", "sem", "kl")
 
 
 class Monitor:

@@ -1,6 +1,11 @@
-"""The training objective of one reconstruction batch: ``rec_weight * Σ w_i L_i + kl_weight * KL``.
+"""The training objective of one batch: ``rec_weight * Σ w_i L_i + sem_weight * L_sem + kl_weight * KL``.
 
-Losses come from the loss registry by name, each validated against its own options model.
+Reconstruction batches (``*_rec`` tasks) weigh the reconstruction losses, understanding batches
+(``*_und``) the semantic loss the trainer computes (`atoken.train.semantic`); the quantizer's KL
+term applies to every batch. Losses come from the loss registry by name, each validated against
+its own options model.
+
+References: AToken (arXiv 2509.14476), "Losses": 0.2·L_rec + 1.0·L_sem + 1e-8·L_KL.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class ReconstructionObjective(nn.Module):
         components: plugin registries.
         rec_weight: weight of the summed reconstruction terms (paper: 0.2).
         kl_weight: weight of the quantizer's KL term (paper: 1e-8).
+        sem_weight: weight of the semantic loss on understanding batches (paper: 1.0).
         render: ``render(pred, target) -> (pred_images, target_images)`` for perceptual losses.
     """
 
@@ -41,6 +47,7 @@ class ReconstructionObjective(nn.Module):
         *,
         rec_weight: float,
         kl_weight: float,
+        sem_weight: float = 1.0,
         render=None,
     ) -> None:
         super().__init__()
@@ -51,25 +58,47 @@ class ReconstructionObjective(nn.Module):
         )
         self.rec_weight = rec_weight
         self.kl_weight = kl_weight
+        self.sem_weight = sem_weight
         self.render = render
 
-    def forward(self, out: TokenizerOutput, target: SparseTokens) -> ObjectiveResult:
-        inputs = LossInputs(
-            pred=out.reconstruction,
-            target=target,
-            mean=out.latents.mean,
-            logvar=out.latents.logvar,
-            render=(lambda: self.render(out.reconstruction, target))
-            if self.render is not None
-            else None,
-        )
+    def forward(
+        self,
+        out: TokenizerOutput,
+        target: SparseTokens,
+        *,
+        reconstruct: bool = True,
+        semantic: Tensor | None = None,
+    ) -> ObjectiveResult:
+        """Total loss and its logged terms.
+
+        Args:
+            out: the model's forward pass.
+            target: the input tokens (reconstruction target).
+            reconstruct: add the weighted reconstruction losses (reconstruction batches).
+            semantic: the semantic loss of an understanding batch, weighted by ``sem_weight``
+                and logged as ``sem``.
+        """
         terms: dict[str, float] = {}
-        rec = out.reconstruction.feats.new_zeros((), dtype=torch.float32)
-        for name, weight, loss in zip(self.names, self.weights, self.losses, strict=True):
-            value = loss(inputs)
-            terms[name] = float(value.detach())
-            rec = rec + weight * value
-        total = self.rec_weight * rec + self.kl_weight * out.latents.aux_loss.float()
+        total = self.kl_weight * out.latents.aux_loss.float()
+        if reconstruct:
+            inputs = LossInputs(
+                pred=out.reconstruction,
+                target=target,
+                mean=out.latents.mean,
+                logvar=out.latents.logvar,
+                render=(lambda: self.render(out.reconstruction, target))
+                if self.render is not None
+                else None,
+            )
+            rec = out.reconstruction.feats.new_zeros((), dtype=torch.float32)
+            for name, weight, loss in zip(self.names, self.weights, self.losses, strict=True):
+                value = loss(inputs)
+                terms[name] = float(value.detach())
+                rec = rec + weight * value
+            total = total + self.rec_weight * rec
+        if semantic is not None:
+            terms["sem"] = float(semantic.detach())
+            total = total + self.sem_weight * semantic.float()
         terms["kl"] = float(out.latents.aux_loss.detach())
         terms["loss"] = float(total.detach())
         return ObjectiveResult(total, terms)

@@ -2,7 +2,9 @@
 
 One step: for each micro-batch (gradient accumulation), pack a token-budget batch of the task
 picked round-robin by the stage's task weights, run encode → quantize → decode, compute the
-stage's objective, backpropagate; then clip, step AdamW and the schedule, update the EMA, log.
+stage's objective (reconstruction losses on ``*_rec`` batches, the semantic distillation loss on
+``image_und`` batches, see `atoken.train.semantic`), backpropagate; then clip, step AdamW and
+the schedule, update the EMA, log.
 Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
 Checkpoints (model, EMA, optimizer, scheduler, data position, RNG) are written atomically every
 ``checkpoint_every`` steps together with a ``from_pretrained`` directory of the EMA weights.
@@ -111,6 +113,7 @@ class Trainer:
         self.model = self._build_model().to(self.dist.device)
         if config.model.init == "pca" and not resume:
             self._pca_init()
+        self.semantic = self._build_semantic()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
@@ -136,6 +139,27 @@ class Trainer:
         if m.from_pretrained is not None:
             return Tokenizer.from_pretrained(m.from_pretrained, components=self.components)
         return build_tokenizer(m.preset, components=self.components, **m.overrides)
+
+    def _build_semantic(self):
+        """The `SemanticDistiller` when a stage mixes ``image_und`` (None otherwise)."""
+        if self.config.semantic is None or not any(
+            "image_und" in s.tasks for s in self.config.stages
+        ):
+            return None
+        from atoken.core.config import ConfigError
+        from atoken.train.semantic import SemanticDistiller
+
+        if not self.model.has_head:
+            raise ConfigError(
+                "task 'image_und' trains the understanding head, but this model has none"
+                " (config.head is None); use a preset with a head"
+            )
+        return SemanticDistiller.from_config(
+            self.config.semantic,
+            components=self.components,
+            student_dim=int(self.model.encoder.width),
+            device=self.dist.device,
+        )
 
     def _pca_init(self) -> None:
         """Fit the PCA start on training images (identical on every rank: same data, same order)."""
@@ -206,6 +230,7 @@ class Trainer:
             self.components,
             rec_weight=self.config.rec_weight,
             kl_weight=self.config.kl_weight,
+            sem_weight=self.config.semantic.weight if self.config.semantic is not None else 1.0,
             render=self._render,
         ).to(self.dist.device)
         previous = {task: stream.state_dict() for task, stream in self.streams.items()}
@@ -259,13 +284,31 @@ class Trainer:
             return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _micro_step(self, batch: list[PatchTokens], scale: float) -> tuple[dict[str, float], int]:
+    def _micro_step(
+        self, batch: list[PatchTokens], scale: float, task: str = "image_rec"
+    ) -> tuple[dict[str, float], int]:
         tokens = collate(batch).to(self.dist.device)
         with self._autocast():
             out = self.model(tokens)
-            result = self.objective(out, tokens)
+            if task.endswith("_und"):
+                result = self.objective(
+                    out, tokens, reconstruct=False, semantic=self._semantic_loss(task, out, batch)
+                )
+            else:
+                result = self.objective(out, tokens)
         (result.total * scale).backward()
         return result.terms, tokens.num_tokens
+
+    def _semantic_loss(self, task: str, out, batch: list[PatchTokens]) -> torch.Tensor:
+        if task != "image_und" or self.semantic is None:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError(f"no semantic objective for task {task!r} yet (only image_und)")
+        if out.embedding is None:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError("image_und needs the model's understanding head; it has none")
+        return self.semantic.loss(out.embedding, batch)
 
     def train_step(self) -> dict[str, Any]:
         plan = stage_at(self.config, self.step)
@@ -275,14 +318,20 @@ class Trainer:
         t0 = time.perf_counter()
         accum = self.config.optimizer.grad_accum
         terms_sum: dict[str, float] = {}
+        counts: dict[str, int] = {}
         tokens = 0
+        tasks: list[str] = []
         for _ in range(accum):
             task = next(self.tasks)
+            tasks.append(task)
             batch = next(self.streams[task])
-            terms, n = self._micro_step(batch, 1.0 / accum)
+            terms, n = self._micro_step(batch, 1.0 / accum, task)
             tokens += n
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + v / accum
+                terms_sum[k] = terms_sum.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        # each term is the mean over the micro-batches that have it (``sem`` only on _und ones)
+        terms_sum = {k: v / counts[k] for k, v in terms_sum.items()}
         self._sync_gradients()
         if self.config.optimizer.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
@@ -298,6 +347,7 @@ class Trainer:
         return {
             "step": self.step,
             "stage": plan.stage.name,
+            "task": "+".join(tasks),
             "lr": self.optimizer.param_groups[-1]["lr"],
             "tokens": tokens * self.dist.world_size,
             "tokens_per_s": tokens * self.dist.world_size / dt,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("atoken.train.data")
 
 #: tasks the image data sources can feed
-IMAGE_TASKS = ("image_rec",)
+IMAGE_TASKS = ("image_rec", "image_und")
 
 
 class AugmentOptions(Strict):
