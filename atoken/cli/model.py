@@ -188,6 +188,18 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
     """Convert an official AToken checkpoint (.pt or .safetensors) for from_pretrained."""
     from atoken.convert.official import convert_official
 
+    if config == "3D-GS" and "convert-gs" in default_components().commands:
+        # the Gaussian decoder belongs to atoken-plugin-3d; hand over to its converter
+        command = default_components().commands.get("convert-gs").obj
+        ctx = click.get_current_context()
+        ctx.invoke(
+            command,
+            checkpoint=str(checkpoint),
+            output=str(output),
+            config=None,
+            dtype=None if dtype == "keep" else dtype,
+        )
+        return
     cast = None if dtype == "keep" else getattr(torch, dtype)
     out = convert_official(checkpoint, output, config=config, dtype=cast)
     click.echo(f"{checkpoint} -> {out} (config {config})")
