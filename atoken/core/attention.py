@@ -88,11 +88,11 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, seqlens_q, seqlens_k) -
     for qi, ki, vi in zip(
         _split(q, seqlens_q), _split(k, seqlens_k), _split(v, seqlens_k), strict=True
     ):
-        # [n, H, D] -> [H, n, D]
+        # [n, H, D] -> [1, H, n, D]: CPU SDPA picks its fast kernels only for 4-D inputs
         o = F.scaled_dot_product_attention(
-            qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1)
+            qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None]
         )
-        outs.append(o.transpose(0, 1))  # [n, H, D]
+        outs.append(o[0].transpose(0, 1))  # [n, H, D]
     return torch.cat(outs, 0)  # [N, H, D]
 
 

@@ -56,11 +56,9 @@ class Rope4D(nn.Module):
     def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotate adjacent channel pairs of ``x [N, H, D]`` by ``cos/sin [N, D/2]`` (fp32 math)."""
         dtype = x.dtype
-        xf = x.float().unflatten(-1, (-1, 2))  # [N, H, D/2, 2]
-        a, b = xf[..., 0], xf[..., 1]  # [N, H, D/2]
-        c, s = cos[:, None, :], sin[:, None, :]  # [N, 1, D/2]
-        out = torch.stack((a * c - b * s, a * s + b * c), dim=-1)  # [N, H, D/2, 2]
-        return out.flatten(-2).to(dtype)  # [N, H, D]
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [N, H, D/2]
+        rot = torch.complex(cos, sin)[:, None, :]  # [N, 1, D/2]
+        return torch.view_as_real(xc * rot).flatten(-2).to(dtype)  # [N, H, D]
 
     def forward(self, q: Tensor, k: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate ``q, k [N, H, D]`` by the positions ``coords [N, 4]``."""
