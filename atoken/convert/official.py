@@ -22,7 +22,13 @@ from torch import Tensor
 
 from atoken.core.config import ModelConfig, TransformerConfig
 from atoken.core.errors import AtokenError
-from atoken.core.serialization import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from atoken.core.serialization import (
+    CheckpointError,
+    atomic_write_json,
+    check_state_layout,
+    load_tensors,
+    save_tensors,
+)
 from atoken.core.tokenizer import CONFIG_NAME, WEIGHTS_NAME, build_tokenizer, config_document
 
 #: the release's architecture configs (resolved constructor arguments), by the names users know
@@ -213,24 +219,12 @@ def convert_official(
     state = read_official_state(checkpoint)
     with torch.device("meta"):
         reference = build_tokenizer(model_config, init=False).state_dict()
-    missing = sorted(set(reference) - set(state))
-    unexpected = sorted(set(state) - set(reference))
-    misshaped = sorted(
-        f"{k}: checkpoint {list(state[k].shape)} vs {name or 'config'} {list(reference[k].shape)}"
-        for k in set(reference) & set(state)
-        if state[k].shape != reference[k].shape
+    check_state_layout(
+        reference,
+        state,
+        header=f"{checkpoint} does not match the official {name or 'configuration'} layout:",
+        shape_label=lambda k, got, want: f"{k}: checkpoint {got} vs {name or 'config'} {want}",
     )
-    if missing or unexpected or misshaped:
-        lines = [f"{checkpoint} does not match the official {name or 'configuration'} layout:"]
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", misshaped),
-        ):
-            if keys:
-                more = f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
-                lines.append(f"  {label}: {', '.join(keys[:20])}{more}")
-        raise CheckpointError("\n".join(lines))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out_dir)

@@ -113,3 +113,41 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         raise CheckpointError(f"{what} {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def check_state_layout(
+    reference: Mapping[str, Any],
+    state: Mapping[str, Any],
+    *,
+    header: str,
+    shape_label: Callable[[str, list[int], list[int]], str] | None = None,
+) -> None:
+    """Raise `CheckpointError` listing missing, unexpected and mis-shaped keys of ``state``.
+
+    Args:
+        reference: name -> tensor (or anything with ``.shape``) of the expected layout.
+        state: name -> tensor to check.
+        header: first line of the message (what was checked against what).
+        shape_label: formats one mis-shaped key from (name, given shape, expected shape);
+            default ``"name: [given] vs expected [expected]"``.
+    """
+    label = shape_label or (lambda k, got, want: f"{k}: {got} vs expected {want}")
+    missing = sorted(k for k in reference if k not in state)
+    unexpected = sorted(k for k in state if k not in reference)
+    misshaped = sorted(
+        label(k, list(state[k].shape), list(reference[k].shape))
+        for k in reference
+        if k in state and tuple(state[k].shape) != tuple(reference[k].shape)
+    )
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [header]
+    for name, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshaped),
+    ):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
+            lines.append(f"  {name}: {', '.join(keys[:20])}{more}")
+    raise CheckpointError("\n".join(lines))

@@ -29,6 +29,7 @@ from atoken.core.quantizer import Quantizer, QuantizerOutput
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_json,
+    check_state_layout,
     load_tensors,
     read_json,
     save_tensors,
@@ -357,27 +358,12 @@ def config_from_document(doc: Any, where: os.PathLike[str] | str) -> ModelConfig
 
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:
     """Load ``state`` strictly; any missing, unexpected or mis-shaped key is listed in the error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshaped = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(own[k].shape) != tuple(state[k].shape)
+    check_state_layout(
+        model.state_dict(),
+        state,
+        header=f"weights in {source} do not fit the model:",
+        shape_label=lambda k, got, want: f"{k}: file {got} vs model {want}",
     )
-    if missing or unexpected or misshaped:
-        parts = [f"weights in {source} do not fit the model:"]
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", misshaped),
-        ):
-            if keys:
-                shown = ", ".join(keys[:20]) + (
-                    f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
-                )
-                parts.append(f"  {label}: {shown}")
-        raise CheckpointError("\n".join(parts))
     model.load_state_dict(dict(state), strict=True)
 
 

@@ -23,6 +23,7 @@ from atoken.convert.official import read_official_state
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_json,
+    check_state_layout,
     load_tensors,
     read_json,
     save_tensors,
@@ -86,25 +87,9 @@ def check_state(
     """Raise `CheckpointError` listing missing / unexpected / mis-shaped keys, if any."""
     with torch.device("meta"):
         reference = GaussianDecoder(config).state_dict()
-    missing = [k for k in reference if k not in state]
-    unexpected = sorted(k for k in state if k not in reference)
-    misshaped = [
-        f"{k}: {list(state[k].shape)} vs expected {list(reference[k].shape)}"
-        for k in reference
-        if k in state and tuple(state[k].shape) != tuple(reference[k].shape)
-    ]
-    if not (missing or unexpected or misshaped):
-        return
-    lines = [f"{what} does not match the Gaussian decoder layout:"]
-    for label, keys in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("wrong shape", misshaped),
-    ):
-        if keys:
-            more = f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
-            lines.append(f"  {label}: {', '.join(keys[:20])}{more}")
-    raise CheckpointError("\n".join(lines))
+    check_state_layout(
+        reference, state, header=f"{what} does not match the Gaussian decoder layout:"
+    )
 
 
 def convert_gaussian_decoder(
