@@ -65,3 +65,39 @@ def unpatchify(
     out = out.index_copy(0, flat, feats)  # [nt*nh*nw, P]
     x = out.reshape(nt, nh, nw, pt, ph, pw, channels).permute(0, 3, 1, 4, 2, 5, 6)
     return x.reshape(nt * pt, nh * ph, nw * pw, channels)
+
+
+def resize_target(
+    h: int, w: int, min_res: int, max_res: int | None, floor: int = 16
+) -> tuple[int, int] | None:
+    """New ``(h, w)`` when a side leaves ``[min_res, max_res]`` (aspect kept), else None.
+
+    The longer side is brought down to ``max_res``; otherwise the shorter side up to ``min_res``.
+    """
+    scale = 1.0
+    if max_res is not None and max(h, w) > max_res:
+        scale = max_res / max(h, w)
+    elif min(h, w) < min_res:
+        scale = min_res / min(h, w)
+    if scale == 1.0:
+        return None
+    return max(floor, round(h * scale)), max(floor, round(w * scale))
+
+
+def crop_box(
+    h: int,
+    w: int,
+    *,
+    multiple: int = 16,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the largest crop with sides multiple of ``multiple``:
+    centred at eval, uniformly random in training."""
+    ch, cw = h - h % multiple, w - w % multiple
+    if train:
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    else:
+        top, left = (h - ch) // 2, (w - cw) // 2
+    return top, left, ch, cw

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from atoken.core.errors import InputError
-from atoken.core.patching import patchify, unpatchify
+from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens
 from atoken.eval.metrics import psnr, ssim
 from atoken.plugins.video.io import (
@@ -191,24 +191,10 @@ class VideoAdapter:
             raise InputError("video contains NaN or Inf values")
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        lo, hi = self.options.min_res, self.options.max_res
-        scale = 1.0
-        if hi is not None and max(h, w) > hi:
-            scale = hi / max(h, w)
-        elif min(h, w) < lo:
-            scale = lo / min(h, w)
-        if scale == 1.0:
-            return None
-        return max(16, round(h * scale)), max(16, round(w * scale))
+        return resize_target(h, w, self.options.min_res, self.options.max_res)
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
-        ch, cw = h - h % 16, w - w % 16
-        if train:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
-        else:
-            top, left = (h - ch) // 2, (w - cw) // 2
-        return top, left, ch, cw
+        return crop_box(h, w, multiple=16, train=train, generator=generator)
 
     def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
         """Apply the resize and crop recorded in ``meta`` to every frame; ``[T, h, w, 3]``."""
