@@ -35,277 +35,55 @@ Only one process may write a run folder (rank 0 under data parallelism); every r
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import os
-import random
-import re
 import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import nn
 
-from atoken.core.serialization import CheckpointError, load_tensors, read_json, read_metadata
+from atoken.core.serialization import CheckpointError, load_tensors
 from atoken.core.tokenizer import (
     CONFIG_NAME,
     Tokenizer,
     config_document,
     load_state_dict_checked,
 )
+from atoken.train.checkpoint_files import (
+    _STEP_DIR,
+    CHECKPOINTS_DIR,
+    EMA_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    SOURCE_NAME,
+    STATE_FORMAT,
+    STATE_NAME,
+    STATE_VERSION,
+    TMP_PREFIX,
+    _discard_dir,
+    _fsync_dir,
+    _json_bytes,
+    _make_temp_dir,
+    _read_state,
+    _write_file,
+    _write_tensors,
+    verify_checkpoint,
+)
 from atoken.train.ema import ModelEma, unwrap_model
+from atoken.train.rng import capture_rng_state, restore_rng_state
+from atoken.train.state_codec import (
+    from_json,
+    load_optimizer_state,
+    optimizer_state_to_tensors,
+    to_json,
+)
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINTS_DIR = "checkpoints"
-MODEL_DIR = "model"
-STATE_NAME = "state.json"
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-SOURCE_NAME = "source.json"
-STATE_FORMAT = "atoken-checkpoint"
-STATE_VERSION = 1
-TMP_PREFIX = ".tmp-"
-
-_STEP_DIR = re.compile(r"step-(\d{8,})")
-_TYPE = "__type__"
-_JSON_TENSOR_LIMIT = 4096  # elements; larger tensors belong in a safetensors file
-_HASH_CHUNK = 1 << 22
-
-
-# ====================================================================== JSON codec
-def to_json(obj: Any, where: str = "state") -> Any:
-    """Encode ``obj`` as JSON data that `from_json` turns back into an equal object.
-
-    Plain JSON values pass through (floats keep every bit; nan and inf are allowed). Tuples,
-    dicts with non-string keys, small tensors and numpy values are tagged with ``"__type__"``
-    so they come back as the same types.
-
-    Args:
-        obj: the value (scheduler state, data position, optimizer hyper-parameters, ...).
-        where: what is being encoded, for the error message.
-
-    Raises:
-        CheckpointError: ``obj`` holds something JSON cannot represent exactly.
-    """
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, list):
-        return [to_json(x, where) for x in obj]
-    if isinstance(obj, tuple):
-        return {_TYPE: "tuple", "items": [to_json(x, where) for x in obj]}
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) for k in obj) and _TYPE not in obj:
-            return {k: to_json(v, f"{where}.{k}") for k, v in obj.items()}
-        return {
-            _TYPE: "dict",
-            "items": [[to_json(k, where), to_json(v, where)] for k, v in obj.items()],
-        }
-    if isinstance(obj, Tensor | np.ndarray):
-        return _array_to_json(obj, where)
-    raise CheckpointError(
-        f"{where}: cannot store a {type(obj).__qualname__} in a checkpoint's JSON state; use"
-        " numbers, strings, lists, tuples, dicts, or small tensors"
-    )
-
-
-def _array_to_json(obj: Tensor | np.ndarray, where: str) -> dict[str, Any]:
-    size = obj.numel() if isinstance(obj, Tensor) else obj.size
-    if size > _JSON_TENSOR_LIMIT:
-        raise CheckpointError(
-            f"{where}: an array of {size} elements is too large for the JSON state (limit"
-            f" {_JSON_TENSOR_LIMIT}); keep large state in tensors"
-        )
-    if isinstance(obj, Tensor):
-        t = obj.detach().cpu()
-        dtype = str(t.dtype).removeprefix("torch.")
-        return {
-            _TYPE: "tensor",
-            "dtype": dtype,
-            "shape": list(t.shape),
-            "data": t.reshape(-1).tolist(),
-        }
-    return {
-        _TYPE: "ndarray",
-        "dtype": obj.dtype.str,
-        "shape": list(obj.shape),
-        "data": obj.reshape(-1).tolist(),
-    }
-
-
-def from_json(data: Any) -> Any:
-    """Decode what `to_json` produced (tensors come back on the CPU)."""
-    if isinstance(data, list):
-        return [from_json(x) for x in data]
-    if not isinstance(data, dict):
-        return data
-    kind = data.get(_TYPE)
-    if kind is None:
-        return {k: from_json(v) for k, v in data.items()}
-    if kind == "tuple":
-        return tuple(from_json(x) for x in data["items"])
-    if kind == "dict":
-        return {from_json(k): from_json(v) for k, v in data["items"]}
-    if kind == "tensor":
-        dtype = getattr(torch, data["dtype"])
-        return torch.tensor(data["data"], dtype=dtype).reshape(data["shape"])
-    if kind == "ndarray":
-        return np.array(data["data"], dtype=np.dtype(data["dtype"])).reshape(data["shape"])
-    raise CheckpointError(f"unknown encoded value of type {kind!r} in a checkpoint's JSON state")
-
-
-# ====================================================================== optimizer state
-def optimizer_state_to_tensors(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into safetensors tensors and JSON metadata.
-
-    Per-parameter tensors (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) become
-    ``state.{param_index}.{name}``; other per-parameter values and the ``param_groups``
-    hyper-parameters (lr, betas, weight decay, names, ...) go into the JSON part.
-
-    Returns:
-        ``(tensors, meta)``; `load_optimizer_state` rebuilds an identical state dict from them.
-    """
-    sd = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    state_meta: dict[str, dict[str, Any]] = {}
-    for index, per_param in sd["state"].items():
-        if not isinstance(index, int):
-            raise CheckpointError(f"optimizer state is keyed by {index!r}; expected int indices")
-        entry: dict[str, Any] = {}
-        for name, value in per_param.items():
-            if isinstance(value, Tensor):
-                key = f"state.{index}.{name}"
-                tensors[key] = value
-                entry[name] = {"tensor": key}
-            else:
-                entry[name] = {"value": to_json(value, f"optimizer state {index}.{name}")}
-        state_meta[str(index)] = entry
-    meta = {
-        "class": type(optimizer).__qualname__,
-        "state": state_meta,
-        "param_groups": to_json(sd["param_groups"], "optimizer param_groups"),
-    }
-    return tensors, meta
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
-) -> None:
-    """Restore what `optimizer_state_to_tensors` split, into ``optimizer``.
-
-    Raises:
-        CheckpointError: another optimizer class, other parameter groups, or missing tensors.
-    """
-    saved_class = meta.get("class")
-    if saved_class != type(optimizer).__qualname__:
-        raise CheckpointError(
-            f"the checkpoint holds {saved_class} state but the optimizer is"
-            f" {type(optimizer).__qualname__}; resume with the same optimizer or start a new run"
-        )
-    state: dict[int, dict[str, Any]] = {}
-    for index, entry in meta["state"].items():
-        per_param = {}
-        for name, spec in entry.items():
-            if "tensor" in spec:
-                if spec["tensor"] not in tensors:
-                    raise CheckpointError(f"optimizer tensor {spec['tensor']!r} is missing")
-                per_param[name] = tensors[spec["tensor"]]
-            else:
-                per_param[name] = from_json(spec["value"])
-        state[int(index)] = per_param
-    groups = from_json(meta["param_groups"])
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except ValueError as exc:
-        raise CheckpointError(
-            f"the optimizer state does not fit this optimizer ({exc}); the model's trainable"
-            " parameters or groups differ from the run that saved it"
-        ) from None
-
-
-# ====================================================================== RNG state
-def capture_rng_state() -> dict[str, Any]:
-    """JSON-able state of torch's CPU RNG, every CUDA device's RNG, ``random`` and numpy's global.
-
-    These are the calling process's states; under data parallelism each rank has its own, and
-    a checkpoint written by rank 0 holds rank 0's. Explicit ``torch.Generator`` objects (e.g. a
-    data loader's) are not global: save their ``get_state()`` in ``data_state`` or ``extra``.
-    """
-    version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "torch": _bytes_text(torch.get_rng_state()),
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "numpy": {
-            "kind": kind,
-            "keys": keys.tolist(),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # else no CUDA draw happened
-        state["cuda"] = [_bytes_text(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put back what `capture_rng_state` captured (CUDA states where devices exist)."""
-    torch.set_rng_state(_text_bytes(state["torch"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            npy["kind"],
-            np.asarray(npy["keys"], dtype=np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    _restore_cuda_rng(state.get("cuda"))
-
-
-def _restore_cuda_rng(saved: list[str] | None) -> None:
-    if not saved:
-        return
-    if not torch.cuda.is_available():
-        logger.warning("the checkpoint holds CUDA RNG states but CUDA is not available; skipped")
-        return
-    count = torch.cuda.device_count()
-    if count != len(saved):
-        logger.warning(
-            "the checkpoint holds RNG states of %d CUDA devices, this machine has %d;"
-            " restoring the first %d",
-            len(saved),
-            count,
-            min(count, len(saved)),
-        )
-    for device, text in enumerate(saved[:count]):
-        torch.cuda.set_rng_state(_text_bytes(text), device)
-
-
-def _bytes_text(state: Tensor) -> str:
-    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _text_bytes(text: str) -> Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 # ====================================================================== files
@@ -325,134 +103,6 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
         if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
-
-
-def _cpu_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, contiguous CPU tensors; tied tensors get their own copy (safetensors needs it)."""
-    seen: set[int] = set()
-    data = {}
-    for name, tensor in tensors.items():
-        t = tensor.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()
-        seen.add(ptr)
-        data[name] = t
-    return data
-
-
-def _write_tensors(
-    path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Write a safetensors file straight to disk (no in-memory copy of the bytes) and fsync it.
-
-    Returns:
-        Its size and sha256, for ``state.json``.
-    """
-    save_file(_cpu_tensors(tensors), str(path), metadata=dict(metadata) if metadata else None)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return {"size": path.stat().st_size, "sha256": _sha256_file(path)}
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _write_file(path: Path, data: bytes) -> dict[str, Any]:
-    """Write and fsync ``data``; returns its size and sha256 for ``state.json``."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _make_temp_dir(parent: Path, name: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
-    return path
-
-
-def _discard_dir(path: Path) -> None:
-    """Delete a directory after renaming it to ``.tmp-*``, so a crash mid-delete leaves no husk."""
-    trash = path.with_name(f"{TMP_PREFIX}{path.name}-deleted-{uuid.uuid4().hex[:8]}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-# ====================================================================== verification
-def verify_checkpoint(path: str | os.PathLike[str], *, check_hashes: bool = True) -> dict[str, Any]:
-    """Check a checkpoint directory against its ``state.json``; returns the parsed state.
-
-    Args:
-        path: a ``step-XXXXXXXX`` directory.
-        check_hashes: compare each file's sha256 (reads every byte); if False, compare sizes and
-            parse the safetensors headers only.
-
-    Raises:
-        CheckpointError: the state is missing or unreadable, or a file is missing, truncated
-            or corrupt. The message names the file and what is wrong.
-    """
-    path = Path(path)
-    doc = _read_state(path)
-    match = _STEP_DIR.fullmatch(path.name)
-    if match and int(match.group(1)) != doc.get("step"):
-        raise CheckpointError(f"{str(path)!r} holds the state of step {doc.get('step')}")
-    files = doc.get("files")
-    if not isinstance(files, dict) or MODEL_FILE not in files:
-        raise CheckpointError(f"{str(path / STATE_NAME)!r} lists no {MODEL_FILE}")
-    for name, info in files.items():
-        _verify_file(path / name, info, check_hashes=check_hashes)
-    return doc
-
-
-def _verify_file(file: Path, info: Any, *, check_hashes: bool) -> None:
-    if not isinstance(info, dict) or not {"size", "sha256"} <= info.keys():
-        raise CheckpointError(f"state.json has no size and sha256 for {str(file)!r}")
-    if not file.is_file():
-        raise CheckpointError(f"{str(file)!r} is missing")
-    size = file.stat().st_size
-    if size != info["size"]:
-        raise CheckpointError(
-            f"{str(file)!r} has {size} bytes but state.json recorded {info['size']}"
-            f" ({'truncated' if size < info['size'] else 'overwritten'})"
-        )
-    if check_hashes:
-        digest = _sha256_file(file)
-        if digest != info["sha256"]:
-            raise CheckpointError(
-                f"{str(file)!r} does not match the sha256 in state.json (corrupt):"
-                f" {digest[:12]}... vs {info['sha256'][:12]}..."
-            )
-    elif file.suffix == ".safetensors":
-        read_metadata(file, what="checkpoint file")
 
 
 def latest(run_dir: str | os.PathLike[str], *, check_hashes: bool = True) -> Path | None:
@@ -526,18 +176,6 @@ def load(
         "data_state": from_json(doc.get("data_state")),
         "extra": from_json(doc.get("extra")),
     }
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    doc = read_json(path / STATE_NAME, what="checkpoint state")
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{str(path / STATE_NAME)!r} is not an atoken checkpoint state")
-    if doc.get("format_version", 0) > STATE_VERSION:
-        raise CheckpointError(
-            f"{str(path / STATE_NAME)!r} has format_version {doc['format_version']}; this atoken"
-            f" reads up to {STATE_VERSION}. Upgrade atoken."
-        )
-    return doc
 
 
 def _load_ema(path: Path, doc: Mapping[str, Any], ema: ModelEma, module: nn.Module) -> None:
