@@ -72,12 +72,23 @@ _batch_option = click.option(
 )
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
 @click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
+@click.option(
+    "--video-pooling",
+    type=click.Choice(["frames", "clip"]),
+    default="frames",
+    show_default=True,
+    help="videos: 'frames' averages the embeddings of every frame embedded as an image (the"
+    " paper's video zero-shot protocol); 'clip' pools the head over the clip's space-time tokens",
+)
 @_batch_option
 @_device_option
-def embed_cmd(inputs, output, model, no_normalize, modality, options, batch_size, device) -> None:
+def embed_cmd(
+    inputs, output, model, no_normalize, modality, options, video_pooling, batch_size, device
+) -> None:
     """Write one semantic embedding per INPUT (rows in input order) to a safetensors file.
 
-    Videos (samples with a time axis) get the average of their per-frame embeddings.
+    A video gets the normalised average of its frames' embeddings (each frame embedded as an
+    image), unless --video-pooling clip. Progress counts files and images/frames embedded.
     """
     from atoken.eval.understanding import embed_files, write_embeddings
 
@@ -90,9 +101,16 @@ def embed_cmd(inputs, output, model, no_normalize, modality, options, batch_size
         batch_size=batch_size,
         normalize=not no_normalize,
         progress=True,
+        video_pooling=video_pooling,
     )
     write_embeddings(
-        output, emb, sources=inputs, model=tok, model_ref=model, normalized=not no_normalize
+        output,
+        emb,
+        sources=inputs,
+        model=tok,
+        model_ref=model,
+        normalized=not no_normalize,
+        video_pooling=video_pooling,
     )
     click.echo(
         f"{len(inputs)} input(s) -> {output} (embeddings {emb.shape[0]} x {emb.shape[1]},"
@@ -181,8 +199,19 @@ def _eval_retrieval(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
 
 def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
     from atoken.eval.reconstruction import reconstruction_metrics
+    from atoken.eval.understanding import resolve_device
 
-    return reconstruction_metrics(tok, data, progress=True)
+    dev = resolve_device(a["device"])
+    return reconstruction_metrics(
+        tok.to(dev) if dev is not None else tok,
+        data,
+        max_res=a["max_res"],
+        lpips=not a["no_lpips"],
+        limit=a["limit"],
+        progress=True,
+        i3d=a["i3d"],
+        fvd_window=a["fvd_window"],
+    )
 
 
 #: ``atoken eval --task NAME`` -> runner(model, data path, options) returning a JSON-ready dict
@@ -210,7 +239,8 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     "--data",
     required=True,
     type=click.Path(path_type=Path),
-    help="zeroshot: ImageFolder root (ROOT/CLASS/IMAGE); retrieval: image-caption .jsonl or TSV",
+    help="reconstruction: folder of images and/or videos; zeroshot: ImageFolder root"
+    " (ROOT/CLASS/IMAGE); retrieval: image-caption .jsonl or TSV",
 )
 @_text_model_option
 @_text_option_option
@@ -236,18 +266,50 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
 @click.option(
     "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="reader threads"
 )
+@click.option(
+    "--i3d",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="reconstruction: I3D weights for rFVD, i3d.safetensors (pytorch-i3d layout) or a"
+    " TorchScript i3d_torchscript.pt (default: $ATOKEN_I3D, then ~/.cache/atoken/i3d/)",
+)
+@click.option(
+    "--fvd-window",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="reconstruction: frames per rFVD sample",
+)
+@click.option(
+    "--max-res",
+    default=None,
+    type=click.IntRange(min=16),
+    help="reconstruction: downscale inputs whose longer side exceeds this",
+)
+@click.option(
+    "--limit", default=None, type=click.IntRange(min=1), help="reconstruction: first N files"
+)
+@click.option("--no-lpips", is_flag=True, help="reconstruction: skip LPIPS")
 @_device_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="results .json")
 def eval_cmd(task, model, data, output, **options) -> None:
-    """Evaluate a model on a data set; print a JSON summary, write the full results with -o."""
+    """Evaluate a model on a data set; print a JSON summary, write the full results with -o.
+
+    --task reconstruction takes a folder of images and/or video clips: PSNR/SSIM/LPIPS per image
+    and per frame (summarised), rFVD when I3D weights are found locally; progress counts files
+    and video frames.
+    """
     from atoken.core.serialization import atomic_write_json
+    from atoken.eval.video_metrics import json_safe
 
     if task in _HEAD_TASKS:
         tok = _understanding_model(model, options["device"])
     else:
         tok = load_tokenizer(model).eval()
     results = {"model": model, "model_id": tok.model_id, **EVAL_TASKS[task](tok, data, options)}
-    summary = {k: v for k, v in results.items() if k not in ("per_class", "confusion", "per_image")}
+    results = json_safe(results)  # a perfect frame's PSNR is inf; JSON has no infinities
+    detail = ("per_class", "confusion", "per_image", "per_video")
+    summary = {k: v for k, v in results.items() if k not in detail}
     click.echo(json.dumps(summary, indent=2))
     if output is not None:
         atomic_write_json(output, results)

@@ -7,7 +7,8 @@ pixels in memory.
 * Embeddings come from the model's pooling head (`Tokenizer.embed`), L2-normalised unless asked
   otherwise. A sample with a time axis (``[T, H, W, 3]``, e.g. from a video adapter) is embedded
   frame by frame through the ``image`` adapter and the per-frame embeddings are averaged (the
-  AToken video zero-shot protocol).
+  AToken video zero-shot protocol; `atoken.eval.clip_tokens.FrameTokens` tokenizes the frames as
+  they are embedded). ``video_pooling="clip"`` pools the head over the clip's space-time tokens.
 
 References: AToken (arXiv 2509.14476), average of per-frame embeddings for video.
 """
@@ -33,6 +34,12 @@ from atoken.core.plugins import Components, default_components
 from atoken.core.serialization import CheckpointError, load_tensors, read_metadata, save_tensors
 from atoken.core.tokenizer import Tokenizer
 from atoken.core.tokens import PatchTokens, collate
+from atoken.eval.clip_tokens import (
+    FRAME_OPTIONS,
+    VIDEO_POOLINGS,
+    VideoPooling,
+    sample_tokens,
+)
 
 EMBEDDINGS_FORMAT = "atoken-embeddings"
 EMBEDDINGS_VERSION = "1"
@@ -51,42 +58,20 @@ def require_head(model: Tokenizer) -> int:
     return int(model.encoder.width)
 
 
-def sample_tokens(
-    adapter: ModalityAdapter, sample: Tensor, image_adapter: ModalityAdapter | None = None
-) -> list[PatchTokens]:
-    """Tokens to embed for one sample: one entry, or one per frame for a sample with a time axis.
-
-    A sample is embedded per frame when the adapter says so (``embed_per_frame = True``), or,
-    for adapters that do not say, when it is named ``video`` or the sample is 4-D
-    ``[T, H, W, C]``; each frame then goes through ``image_adapter``.
-    """
-    per_frame = getattr(adapter, "embed_per_frame", None)
-    if per_frame is None:
-        per_frame = adapter.name == "video" or (isinstance(sample, Tensor) and sample.ndim == 4)
-    if not per_frame:
-        return [adapter.to_tokens(sample)]
-    if image_adapter is None:
-        raise InputError(
-            f"{adapter.name} samples are embedded per frame, which needs an image adapter"
-        )
-    if not isinstance(sample, Tensor) or sample.ndim != 4 or sample.shape[0] == 0:
-        shape = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
-        raise InputError(f"expected a [T, H, W, 3] {adapter.name} sample with T >= 1, got {shape}")
-    return [image_adapter.to_tokens(frame) for frame in sample]  # T x [n, 3072]
-
-
 def iter_embeddings(
     model: Tokenizer,
-    groups: Iterable[list[PatchTokens]],
+    groups: Iterable[Sequence[PatchTokens]],
     *,
     batch_size: int = 32,
     normalize: bool = True,
     backend=None,
+    on_embedded: Callable[[int], None] | None = None,
 ) -> Iterator[Tensor]:
     """One ``[D]`` float32 CPU embedding per group of tokens, in order, embedded in batches.
 
     A group of several samples (the frames of a video) gets the mean of its members' embeddings
-    (each normalised first when ``normalize``; the mean is normalised again).
+    (each normalised first when ``normalize``; the mean is normalised again). ``on_embedded``
+    is called with the number of samples (images or frames) after each forward pass.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
@@ -107,6 +92,8 @@ def iter_embeddings(
         for (g, _), e in zip(pending, emb, strict=True):
             sums[g] = sums[g] + e if g in sums else e.clone()
             left[g] -= 1
+        if on_embedded is not None:
+            on_embedded(len(pending))
         pending.clear()
 
     def ready() -> Iterator[Tensor]:
@@ -139,12 +126,18 @@ def embed_samples(
     batch_size: int = 32,
     normalize: bool = True,
     components: Components | None = None,
+    video_pooling: VideoPooling = "frames",
 ) -> Tensor:
-    """``[N, D]`` embeddings of in-memory samples of one modality (rows in input order)."""
+    """``[N, D]`` embeddings of in-memory samples of one modality (rows in input order).
+
+    Clips are embedded as `sample_tokens` says (``video_pooling``: frame average by default).
+    """
     require_head(model)
     if image_adapter is None:
         image_adapter = (components or default_components()).adapters.build("image")
-    groups = (sample_tokens(adapter, s, image_adapter) for s in samples)
+    groups = (
+        sample_tokens(adapter, s, image_adapter, video_pooling=video_pooling) for s in samples
+    )
     rows = list(iter_embeddings(model, groups, batch_size=batch_size, normalize=normalize))
     if not rows:
         raise InputError("no samples to embed")
@@ -166,7 +159,7 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iter
             yield pending.popleft().result()
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
     """A transient rich progress bar on stderr (a terminal), or a null context yielding None."""
     from rich.console import Console
 
@@ -195,18 +188,29 @@ def _progress(enabled: bool):
 
 
 class FileReader:
-    """Reads a file into the tokens to embed, choosing (and caching) the adapter by suffix."""
+    """Reads a file into the tokens to embed, choosing (and caching) the adapter by suffix.
+
+    Clips are embedded as ``video_pooling`` says (see `sample_tokens`). Their frames go through
+    the image adapter built with the resize options (``min_res``, ``max_res``) given for the
+    clip, so a frame is embedded at the size the video adapter would give it.
+    """
 
     def __init__(
         self,
         modality: str | None = None,
         options: Mapping[str, Any] | None = None,
         components: Components | None = None,
+        video_pooling: VideoPooling = "frames",
     ) -> None:
         from atoken.pipeline import adapter_for
 
+        if video_pooling not in VIDEO_POOLINGS:
+            raise InputError(
+                f"video_pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {video_pooling!r}"
+            )
         self._adapter_for = adapter_for
         self.modality = modality
+        self.video_pooling: VideoPooling = video_pooling
         self.options = dict(options or {})
         self.comps = components or default_components()
         self._by_suffix: dict[str, ModalityAdapter] = {}
@@ -222,7 +226,8 @@ class FileReader:
 
     def image_adapter(self) -> ModalityAdapter:
         if self._image is None:
-            self._image = self.comps.adapters.build("image")
+            resize = {k: v for k, v in self.options.items() if k in FRAME_OPTIONS}
+            self._image = self.comps.adapters.build("image", resize or None)
         return self._image
 
     def readable_suffixes(self) -> set[str]:
@@ -233,12 +238,14 @@ class FileReader:
             for s in getattr(self.comps.adapters.build(e.name), "extensions", ())
         }
 
-    def __call__(self, path: str | os.PathLike[str]) -> list[PatchTokens]:
+    def __call__(self, path: str | os.PathLike[str]) -> Sequence[PatchTokens]:
         path = Path(path)
         adapter = self.adapter(path)
         try:
             sample = adapter.load(path)
-            return sample_tokens(adapter, sample, self.image_adapter())
+            return sample_tokens(
+                adapter, sample, self.image_adapter(), video_pooling=self.video_pooling
+            )
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
 
@@ -266,10 +273,19 @@ def iter_file_embeddings(
     require_head(model)
     reader = reader or FileReader()
     check_files(paths)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(paths)) if bar is not None else None
+        # images and video frames embedded so far (a long clip moves this, not the file count)
+        done = bar.add_task("images/frames", total=None) if bar is not None else None
         groups = _ordered_map(reader, paths, workers)
-        for emb in iter_embeddings(model, groups, batch_size=batch_size, normalize=normalize):
+        embeddings = iter_embeddings(
+            model,
+            groups,
+            batch_size=batch_size,
+            normalize=normalize,
+            on_embedded=(lambda n: bar.advance(done, n)) if bar is not None else None,
+        )
+        for emb in embeddings:
             if bar is not None:
                 bar.advance(task)
             yield emb
@@ -286,6 +302,7 @@ def embed_files(
     workers: int = 0,
     progress: bool = False,
     components: Components | None = None,
+    video_pooling: VideoPooling = "frames",
 ) -> Tensor:
     """``[N, D]`` float32 embeddings of the files, rows in input order.
 
@@ -299,10 +316,13 @@ def embed_files(
         workers: reader threads (0: read in the calling thread).
         progress: show a rich progress bar on stderr.
         components: registries; default: the installed plugins.
+        video_pooling: ``frames`` (default): a clip's embedding is the normalised mean of its
+            frames' embeddings, each frame embedded as an image (AToken's video zero-shot
+            protocol); ``clip``: the head pools all the clip's space-time tokens.
     """
     if not paths:
         raise InputError("no input files to embed")
-    reader = FileReader(modality, options, components)
+    reader = FileReader(modality, options, components, video_pooling)
     rows = iter_file_embeddings(
         model,
         paths,
@@ -323,8 +343,12 @@ def write_embeddings(
     model: Tokenizer,
     model_ref: str,
     normalized: bool,
+    video_pooling: VideoPooling | None = None,
 ) -> Path:
-    """Write ``embeddings [N, D]`` + metadata (sources, model id, dim) atomically as safetensors."""
+    """Write ``embeddings [N, D]`` + metadata (sources, model id, dim) atomically as safetensors.
+
+    ``video_pooling`` (how clips were embedded, if any were) is recorded when given.
+    """
     if embeddings.ndim != 2 or embeddings.shape[0] != len(sources):
         raise InputError(
             f"{len(sources)} sources but embeddings of shape {tuple(embeddings.shape)}"
@@ -338,6 +362,8 @@ def write_embeddings(
         "dim": str(embeddings.shape[1]),
         "normalized": json.dumps(normalized),
     }
+    if video_pooling is not None:
+        meta["video_pooling"] = video_pooling
     return save_tensors(path, {"embeddings": embeddings.float()}, metadata=meta)
 
 

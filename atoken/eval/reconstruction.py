@@ -1,12 +1,23 @@
-"""Reconstruction quality over a folder of images: PSNR, SSIM, LPIPS (and rFID when possible).
+"""Reconstruction quality over a folder of images and video clips: PSNR, SSIM, LPIPS, rFVD, rFID.
 
-Images are read from a directory tree (every supported image file, sorted), centre-cropped to
-multiples of 16 by the image adapter (optionally downscaled to ``max_res``), encoded and decoded
-one at a time, and compared with the cropped input. LPIPS uses the VGG network of the ``lpips``
-loss with ImageNet weights found offline; rFID needs Inception weights, which atoken never
-downloads — without a local copy it is reported as unavailable, with the reason.
+Every supported image and video file under a directory tree is evaluated (sorted; images and
+clips may be mixed), one file at a time, so a folder of long clips never holds more than one
+clip, its reconstruction and its per-frame values:
 
-References: PSNR/SSIM (Wang et al., 2004); LPIPS (Zhang et al., 2018); rFID (Heusel et al., 2017).
+* **images** are centre-cropped to multiples of 16 by the image adapter (optionally downscaled
+  to ``max_res``), encoded, decoded and compared with the cropped input (PSNR, SSIM, LPIPS).
+* **clips** go through the video adapter and the model's temporal tiling; every frame is
+  compared (`atoken.eval.video_metrics`: per-frame PSNR/SSIM/LPIPS, summarised per clip and
+  over the folder) and the clip's 16-frame windows feed rFVD (`atoken.eval.fvd`) when I3D
+  weights are found locally (`atoken.eval.i3d`); otherwise rFVD is reported as unavailable
+  with the reason and where the weights may go.
+
+LPIPS uses the VGG network of the ``lpips`` loss with ImageNet weights found offline, on
+224 x 224 resizes. rFID needs Inception weights, which atoken never downloads; it is reported
+as unavailable. Files that cannot be read are listed under ``skipped``.
+
+References: PSNR/SSIM (Wang et al., 2004); LPIPS (Zhang et al., 2018); rFID (Heusel et al.,
+2017); FVD (Unterthiner et al., 2018).
 """
 
 from __future__ import annotations
@@ -18,8 +29,17 @@ from typing import Any
 import torch
 
 from atoken.core.errors import InputError
+from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer
+from atoken.eval.fvd import FVDAccumulator, VideoFeatureExtractor
+from atoken.eval.video_metrics import (
+    LPIPSFn,
+    VideoMetricsSummary,
+    load_lpips,
+    lpips_input,
+    per_frame_metrics,
+)
 
 INCEPTION_HINT = (
     "rFID needs the FID Inception weights (pt_inception-2015-12-05-6726825d.pth) in"
@@ -27,23 +47,63 @@ INCEPTION_HINT = (
 )
 
 
-def _image_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+def _media_files(root: Path, kinds: dict[str, tuple[str, ...]]) -> list[Path]:
     if not root.is_dir():
-        raise InputError(f"evaluation data {str(root)!r} is not a directory of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        raise InputError(f"evaluation data {str(root)!r} is not a directory of images or videos")
+    suffixes = {s for exts in kinds.values() for s in exts}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise InputError(f"no image files ({' '.join(extensions)}) under {root}")
+        what = "; ".join(f"{k}: {' '.join(v)}" for k, v in kinds.items())
+        raise InputError(f"no image or video files ({what}) under {root}")
     return files
 
 
-def _lpips_model(device: torch.device):
-    from atoken.plugins.losses.options import PerceptualOptions
-    from atoken.plugins.losses.perceptual import LPIPSLoss
+def _reconstruct(model: Tokenizer, adapter: ModalityAdapter, sample: torch.Tensor):
+    """``(reference, reconstruction, tokens)`` of one sample (no metrics: the caller measures)."""
+    tokens = adapter.to_tokens(sample)
+    with torch.inference_mode():
+        decoded = model.decode(model.encode([tokens]))
+    patch = decoded.split()[0]
+    rec = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
+    return adapter.target(sample, tokens.meta), rec, len(tokens)
 
-    try:
-        return LPIPSLoss(PerceptualOptions()).to(device), None
-    except Exception as exc:  # noqa: BLE001 - any reason LPIPS cannot run is reported, not fatal
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+def _fvd(
+    model: Tokenizer,
+    enabled: bool,
+    i3d: str | os.PathLike[str] | None,
+    extractor: VideoFeatureExtractor | None,
+    window: int,
+) -> tuple[FVDAccumulator | None, str | None]:
+    """The rFVD accumulator, or ``(None, reason)``; a missing or broken file named is an error."""
+    from atoken.eval.i3d import I3DUnavailable, load_i3d
+
+    if not enabled:
+        return None, "disabled"
+    if extractor is None:
+        try:
+            extractor = load_i3d(i3d, device=model.device)
+        except I3DUnavailable as exc:
+            return None, str(exc)
+    return FVDAccumulator(extractor, window=window), None
+
+
+class _Bars:
+    """Progress over files and over video frames (a no-op without a terminal)."""
+
+    def __init__(self, bar, files: int) -> None:
+        self.bar = bar
+        if bar is not None:
+            self.files = bar.add_task("files", total=files)
+            self.frames = bar.add_task("video frames", total=None)
+
+    def file_done(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.files)
+
+    def frames_done(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.frames, n)
 
 
 @torch.no_grad()
@@ -56,58 +116,108 @@ def reconstruction_metrics(
     limit: int | None = None,
     components: Components | None = None,
     progress: bool = False,
+    rfvd: bool = True,
+    i3d: str | os.PathLike[str] | None = None,
+    fvd_window: int = 16,
+    feature_extractor: VideoFeatureExtractor | None = None,
 ) -> dict[str, Any]:
-    """Mean and per-image PSNR / SSIM / LPIPS of ``model`` on the images under ``root``."""
+    """Reconstruction quality of ``model`` on the images and clips under ``root``.
+
+    Args:
+        model: the tokenizer (on the device to run on).
+        root: a directory; every image/video file under it is used (sorted by path).
+        max_res: downscale inputs whose longer side exceeds this.
+        lpips: compute LPIPS (reported unavailable, not fatal, when it cannot run here).
+        limit: use only the first ``limit`` files.
+        components: registries; default: the installed plugins.
+        progress: show progress bars (files, and video frames) on a terminal.
+        rfvd: compute rFVD for clips when an I3D (or ``feature_extractor``) is available.
+        i3d: I3D weights file (else ``$ATOKEN_I3D`` or the cache directory, see `load_i3d`).
+        fvd_window: frames per rFVD sample (16 as in FVD).
+        feature_extractor: replaces I3D for rFVD (clips ``[B, T, H, W, 3]`` -> ``[B, D]``).
+
+    Returns:
+        A JSON-ready dict (non-finite floats such as a perfect frame's PSNR stay ``inf``):
+        ``images``/``videos`` counts; for images the means ``psnr``, ``ssim``, ``lpips`` and
+        ``rfid``; for clips ``video`` (means over clips, worst frame and percentiles over
+        frames) and ``rfvd``; ``*_unavailable`` reasons; ``skipped``; ``per_image`` rows and
+        ``per_video`` rows with ``per_frame`` lists.
+
+    Raises:
+        InputError: ``root`` is not a directory or holds no readable image or video.
+        CheckpointError: the I3D file named (``i3d`` or ``$ATOKEN_I3D``) is missing or is not
+            usable safetensors/TorchScript (checked before any file is evaluated).
+    """
+    from atoken.eval.embedding import progress_bar
     from atoken.pipeline import reconstruct_sample
-    from atoken.plugins.losses.perceptual import resize_batch
 
+    root = Path(root)
     comps = components or default_components()
-    adapter = comps.adapters.build("image", {"max_res": max_res} if max_res else None)
-    files = _image_files(Path(root), adapter.extensions)[:limit]
-    lp, lpips_error = _lpips_model(model.device) if lpips else (None, "disabled")
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    bar = None
-    if progress:
-        from rich.progress import Progress
+    opts = {"max_res": max_res} if max_res else None
+    adapters: dict[str, ModalityAdapter] = {"image": comps.adapters.build("image", opts)}
+    if "video" in comps.adapters.names():
+        adapters["video"] = comps.adapters.build("video", opts)
+    kinds = {name: tuple(a.extensions) for name, a in adapters.items()}
+    files = _media_files(root, kinds)[:limit]
+    kind_of = {p: next(k for k, ext in kinds.items() if p.suffix.lower() in ext) for p in files}
+    has_video = "video" in kind_of.values()
 
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("evaluating", total=len(files))
-    try:
+    lp: LPIPSFn | None
+    lp, lpips_error = load_lpips(model.device) if lpips else (None, "disabled")
+    fvd, fvd_error = (
+        _fvd(model, rfvd, i3d, feature_extractor, fvd_window) if has_video else (None, None)
+    )
+    model = model.eval()
+    image_rows: list[dict[str, Any]] = []
+    video_rows: list[dict[str, Any]] = []
+    videos = VideoMetricsSummary()
+    skipped: list[str] = []
+    with progress_bar(progress) as bar:
+        bars = _Bars(bar, len(files))
         for path in files:
+            kind, adapter = kind_of[path], adapters[kind_of[path]]
+            name = str(path.relative_to(root))
             try:
                 sample = adapter.load(path)
-                result = reconstruct_sample(model.eval(), adapter, sample, path)
+                if kind == "image":
+                    result = reconstruct_sample(model, adapter, sample, path)
+                else:
+                    reference, recon, tokens = _reconstruct(model, adapter, sample)
             except InputError as exc:
                 skipped.append(f"{path}: {exc}")
+                bars.file_done()
                 continue
-            row: dict[str, Any] = {
-                "image": str(path.relative_to(root)),
-                "tokens": result.tokens,
-                **result.metrics,
-            }
-            if lp is not None:
-                ref = resize_batch([result.reference.to(model.device)])
-                rec = resize_batch([result.reconstruction.clamp(-1, 1).to(model.device)])
-                row["lpips"] = float(lp.distance(rec, ref)[0])
-            rows.append(row)
-            if bar is not None:
-                bar.advance(task)
-    finally:
-        if bar is not None:
-            bar.stop()
-    if not rows:
-        raise InputError(f"none of the {len(files)} images under {root} could be read")
-    keys = [k for k in ("psnr", "ssim", "lpips") if k in rows[0]]
-    means = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-    return {
-        "task": "reconstruction",
-        "images": len(rows),
-        **means,
-        "lpips_unavailable": None if lp is not None else lpips_error,
-        "rfid": None,
-        "rfid_unavailable": INCEPTION_HINT,
-        "skipped": skipped,
-        "per_image": rows,
-    }
+            if kind == "image":
+                row: dict[str, Any] = {"image": name, "tokens": result.tokens, **result.metrics}
+                if lp is not None:
+                    rec = lpips_input(result.reconstruction.clamp(-1, 1)[None], 224)
+                    row["lpips"] = float(lp(rec, lpips_input(result.reference[None], 224))[0])
+                image_rows.append(row)
+            else:
+                frames = per_frame_metrics(reference, recon, lp, device=model.device)
+                videos.add(frames)
+                row = {"video": name, "tokens": tokens, **frames.summary()}
+                if fvd is not None:
+                    row["rfvd_windows"] = fvd.add(reference, recon)
+                video_rows.append({**row, "frames": frames.frames, "per_frame": frames.per_frame})
+                bars.frames_done(frames.frames)
+                del sample, reference, recon  # one clip at a time
+            bars.file_done()
+    if not image_rows and not video_rows:
+        raise InputError(f"none of the {len(files)} files under {root} could be read")
+
+    out: dict[str, Any] = {"task": "reconstruction", "images": len(image_rows)}
+    if image_rows:
+        keys = [k for k in ("psnr", "ssim", "lpips") if k in image_rows[0]]
+        out.update({k: sum(r[k] for r in image_rows) / len(image_rows) for k in keys})
+        out.update(rfid=None, rfid_unavailable=INCEPTION_HINT)
+    out["videos"] = len(video_rows)
+    if video_rows:
+        out["video"] = videos.summary()
+        if fvd is not None:
+            out.update(fvd.result())
+        else:
+            out.update(rfvd=None, rfvd_unavailable=fvd_error)
+    out["lpips_unavailable"] = None if lp is not None else lpips_error
+    out.update(skipped=skipped, per_image=image_rows, per_video=video_rows)
+    return out
