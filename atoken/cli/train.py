@@ -26,10 +26,22 @@ from atoken.cli._group import cli
     "--steps", type=int, default=None, help="override: total steps, scaled over the stages"
 )
 def train_cmd(config: Path, out_dir: Path | None, resume: bool, steps: int | None) -> None:
-    """Train from a TOML config (one process, or many under torchrun)."""
+    """Train from a TOML config (one process, or many under torchrun).
+
+    A config with a top-level ``trainer = "NAME"`` runs the trainer a plugin registered under
+    that name (e.g. ``gaussian-decoder`` from atoken-plugin-3d).
+    """
     from atoken.train.config import load_train_config, scale_steps
     from atoken.train.trainer import Trainer
 
+    plugin_trainer = _plugin_trainer_name(config)
+    if plugin_trainer is not None:
+        from atoken.core.plugins import default_components
+
+        trainer = default_components().trainers.build(plugin_trainer)
+        run_dir = out_dir or Path("runs") / config.stem
+        trainer.fit(config, run_dir, resume=resume, steps=steps)
+        return
     cfg = load_train_config(config)
     if steps is not None:
         cfg = scale_steps(cfg, steps)
@@ -39,6 +51,22 @@ def train_cmd(config: Path, out_dir: Path | None, resume: bool, steps: int | Non
         click.echo(
             f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)"
         )
+
+
+def _plugin_trainer_name(config: Path) -> str | None:
+    """The top-level ``trainer`` of a TOML config, or None (atoken's own trainer)."""
+    import tomllib
+
+    from atoken.core.errors import InputError
+
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None  # atoken's config loader reports it, naming the file
+    name = doc.get("trainer")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"{config}: 'trainer' must be a trainer name (string), got {name!r}")
+    return name
 
 
 def _mount_data_commands() -> None:

@@ -87,6 +87,33 @@ def atoken_register_text_encoders(registry: BoundRegistry) -> None:
 
 
 @hookspec
+def atoken_register_renderers(registry: BoundRegistry) -> None:
+    """Register renderers that turn a decoded representation (e.g. 3D Gaussians) into images.
+
+    ``factory(options)`` returns an object with ``name: str``, ``available() -> bool`` and
+    ``render(...)``; the representation and the call signature belong to the plugin that
+    defines the representation (``atoken-plugin-3d`` documents its Gaussian renderers).
+    Availability (a CUDA device, an optional package) is checked when used, never at
+    registration. Called once per plugin. Not firstresult.
+
+    :param registry: the renderer registry, bound to the calling plugin.
+    """
+
+
+@hookspec
+def atoken_register_trainers(registry: BoundRegistry) -> None:
+    """Register training programs that ``atoken train`` runs for a config naming them.
+
+    A config file with a top-level ``trainer = "NAME"`` is handed whole to the trainer
+    registered as NAME: ``factory(options)`` returns an object with ``fit(config_path, out_dir,
+    *, resume: bool, steps: int | None)``; it validates the file itself (strictly). Configs
+    without ``trainer`` run atoken's tokenizer trainer. Called once per plugin.
+
+    :param registry: the trainer registry, bound to the calling plugin.
+    """
+
+
+@hookspec
 def atoken_register_commands(registry: BoundRegistry) -> None:
     """Register extra ``atoken`` sub-commands.
 

@@ -51,6 +51,8 @@ REGISTRY_HOOKS: dict[str, str] = {
     "loss": "atoken_register_losses",
     "attention": "atoken_register_attention_backends",
     "text_encoder": "atoken_register_text_encoders",
+    "renderer": "atoken_register_renderers",
+    "trainer": "atoken_register_trainers",
     "command": "atoken_register_commands",
 }
 
@@ -226,6 +228,14 @@ class Components:
     @property
     def text_encoders(self) -> Registry[Any]:
         return self.registries["text_encoder"]
+
+    @property
+    def renderers(self) -> Registry[Any]:
+        return self.registries["renderer"]
+
+    @property
+    def trainers(self) -> Registry[Any]:
+        return self.registries["trainer"]
 
     @property
     def commands(self) -> Registry[Any]:
