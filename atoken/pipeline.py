@@ -2,6 +2,14 @@
 
 Everything here goes through the adapter registry, so a plugin's modality gets these for free.
 Outputs are computed completely before anything is written, and every file is written atomically.
+
+Optional adapter extensions (looked up with ``getattr``, so the core protocol stays small):
+
+- ``bind(model)``: called with the tokenizer before the adapter is used with it (an adapter whose
+  output needs a companion network, like 3D's Gaussian decoder, finds it from the model, e.g.
+  ``model.source_dir``, set by ``Tokenizer.from_pretrained``).
+- ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
+  (3D writes Gaussians as ``.ply`` and compares rendered views in a ``.png``).
 """
 
 from __future__ import annotations
@@ -75,6 +83,14 @@ def adapter_for(
     return comps.adapters.build(matches[0], options or None)
 
 
+def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
+    """Give ``adapter`` the model it will work with, when it wants it (``adapter.bind``)."""
+    bind = getattr(adapter, "bind", None)
+    if callable(bind):
+        bind(model)
+    return adapter
+
+
 def _json_number(value: float) -> float | str:
     """JSON has no infinities (a perfect reconstruction has PSNR inf): write them as strings."""
     return value if math.isfinite(value) else str(value)
@@ -99,6 +115,7 @@ def reconstruct_sample(
     source: Path | str = "<tensor>",
 ) -> Reconstruction:
     """Tokenize, encode, decode and compare one sample (no files written)."""
+    bind_adapter(adapter, model)
     t0 = time.perf_counter()
     tokens = adapter.to_tokens(sample)
     t1 = time.perf_counter()
@@ -124,9 +141,10 @@ def write_reconstruction(
 ) -> dict[str, Path]:
     """Write reconstruction, side-by-side view and metrics.json into ``out_dir`` (atomically)."""
     suffix = adapter.output_suffix
+    comparison_suffix = getattr(adapter, "comparison_suffix", None) or suffix
     paths = {
         "reconstruction": out_dir / f"reconstruction{suffix}",
-        "side_by_side": out_dir / f"side_by_side{suffix}",
+        "side_by_side": out_dir / f"side_by_side{comparison_suffix}",
         "metrics": out_dir / "metrics.json",
     }
     adapter.save(result.reconstruction, paths["reconstruction"])
@@ -153,6 +171,7 @@ def encode_to_file(
     adapter_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode one input file and write a latents safetensors file with what decoding needs."""
+    bind_adapter(adapter, model)
     sample = adapter.load(source)
     tokens = adapter.to_tokens(sample)
     with torch.inference_mode():
@@ -201,6 +220,7 @@ def decode_from_file(
     adapter = comps.adapters.build(
         meta["modality"], json.loads(meta.get("adapter_options", "{}")) or None
     )
+    bind_adapter(adapter, model)
     coords = tensors["coords"]
     layout_feats = torch.zeros(coords.shape[0], 1)
     layout = collate(

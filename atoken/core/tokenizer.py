@@ -122,6 +122,8 @@ class Tokenizer(nn.Module):
         self.decoder = decoder
         self.quantizer = quantizer
         self._backends = dict(attention_backends)
+        #: the directory `from_pretrained` read (None for a model built in memory)
+        self.source_dir: Path | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -328,6 +330,7 @@ class Tokenizer(nn.Module):
         model = build_tokenizer(config, components=components, init=False)
         state = load_tensors(path / WEIGHTS_NAME, what="model weights")
         load_state_dict_checked(model, state, source=str(path / WEIGHTS_NAME))
+        model.source_dir = path  # plugins may keep companion weights beside the model
         return model.to(map_location)
 
 
