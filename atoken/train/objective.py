@@ -1,6 +1,7 @@
 """The training objective of one batch: ``rec_weight * Σ w_i L_i + sem_weight * L_sem + kl_weight * KL``.
 
-Reconstruction batches (``*_rec`` tasks) weigh the reconstruction losses, understanding batches
+Reconstruction batches (``*_rec`` tasks) weigh the reconstruction losses (those a loss's
+``modalities`` admit for the batch's adapter), understanding batches
 (``*_und``) the semantic loss the trainer computes (`atoken.train.semantic`); the quantizer's KL
 term applies to every batch. Losses come from the loss registry by name, each validated against
 its own options model.
@@ -53,6 +54,7 @@ class ReconstructionObjective(nn.Module):
         super().__init__()
         self.names = [spec.name for spec in losses]
         self.weights = [spec.weight for spec in losses]
+        self.modalities = [spec.modalities for spec in losses]
         self.losses = nn.ModuleList(
             components.losses.build(spec.name, spec.options) for spec in losses
         )
@@ -68,6 +70,7 @@ class ReconstructionObjective(nn.Module):
         *,
         reconstruct: bool = True,
         semantic: Tensor | None = None,
+        modality: str | None = None,
     ) -> ObjectiveResult:
         """Total loss and its logged terms.
 
@@ -77,6 +80,8 @@ class ReconstructionObjective(nn.Module):
             reconstruct: add the weighted reconstruction losses (reconstruction batches).
             semantic: the semantic loss of an understanding batch, weighted by ``sem_weight``
                 and logged as ``sem``.
+            modality: the batch's adapter; losses whose ``modalities`` leave it out are skipped
+                (None: every loss applies).
         """
         terms: dict[str, float] = {}
         total = self.kl_weight * out.latents.aux_loss.float()
@@ -91,7 +96,11 @@ class ReconstructionObjective(nn.Module):
                 else None,
             )
             rec = out.reconstruction.feats.new_zeros((), dtype=torch.float32)
-            for name, weight, loss in zip(self.names, self.weights, self.losses, strict=True):
+            for name, weight, loss, only in zip(
+                self.names, self.weights, self.losses, self.modalities, strict=True
+            ):
+                if modality is not None and only is not None and modality not in only:
+                    continue
                 value = loss(inputs)
                 terms[name] = float(value.detach())
                 rec = rec + weight * value

@@ -11,9 +11,14 @@ them out (patches flattened as (row-in-patch, col-in-patch, channel), padded, wi
 ``pixel_attention_mask`` and ``spatial_shapes = (rows, cols)``). atoken's [-1, 1] pixels are the
 processor's rescale-then-normalise (mean = std = 0.5) output, so no further mapping is needed.
 
+`CaptionContrast` is the video / 3D objective (``video_und``, ``3d_und``): the SigLIP sigmoid loss
+between pooled embeddings and the frozen text tower's embeddings of each sample's caption.
+
 References: AToken (arXiv 2509.14476), "Losses" (semantic loss for images: KL to the SigLIP2
 teacher's image-text similarity distribution, temperature 2, same frozen text encoder);
-M. Tschannen et al., "SigLIP 2" (arXiv 2502.14786) for the NaFlex input layout.
+M. Tschannen et al., "SigLIP 2" (arXiv 2502.14786) for the NaFlex input layout; X. Zhai et al.,
+"Sigmoid Loss for Language Image Pre-Training" (ICCV 2023); W. B. Johnson, J. Lindenstrauss (1984)
+for the random projection between text and model widths.
 """
 
 from __future__ import annotations
@@ -215,3 +220,129 @@ class SemanticDistiller:
         if teacher is None:
             teacher = self.teacher_embeddings(batch)
         return self.loss_fn(student.float(), teacher.to(student.device), self.text)
+
+
+# ====================================================================== video / 3D understanding
+def text_projection(text_dim: int, width: int, seed: int) -> Tensor:
+    """A fixed ``[text_dim, width]`` map with orthonormal rows or columns (seeded, no parameters).
+
+    With ``text_dim <= width`` it embeds caption embeddings isometrically (inner products are
+    kept exactly); with ``text_dim > width`` it is a random orthogonal projection, which keeps
+    inner products approximately (Johnson-Lindenstrauss).
+    """
+    g = torch.Generator().manual_seed(int(seed) & 0x7FFFFFFF)
+    rows, cols = max(text_dim, width), min(text_dim, width)
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64))  # [r, c]
+    q = q.float()
+    return q if text_dim >= width else q.T  # [text_dim, width]
+
+
+class CaptionContrast(nn.Module):
+    """The ``video_und`` / ``3d_und`` objective: pooled embeddings against caption embeddings.
+
+    Captions (``meta["caption"]`` of each sample's tokens) go through the frozen text tower
+    (embeddings cached per caption), optionally through the fixed `text_projection` to the
+    model's width, and are compared with the student's pooled embeddings by the registered loss
+    (the SigLIP sigmoid loss: matched pairs on the diagonal of the batch). The loss's own
+    parameters (learnable scale and bias) are this module's parameters.
+
+    Args:
+        encoder: a text tower (``encode(list[str]) -> [B, D]``, ``dim``); frozen, not a child.
+        loss: ``loss(embeddings [B, W], texts [B, W]) -> scalar``.
+        modality: ``video`` or ``mesh3d`` (for messages).
+        student_dim: the model's embedding width W.
+        projection: ``auto`` (map when widths differ) or ``none`` (widths must match).
+        seed: seed of the projection.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        loss: nn.Module,
+        *,
+        modality: str,
+        student_dim: int,
+        projection: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.__dict__["encoder"] = encoder  # frozen and never a child (not moved, saved or trained)
+        self.loss_fn = loss
+        self.modality = modality
+        self._cache: dict[str, Tensor] = {}
+        text_dim = int(self._encode(["a"]).shape[1])
+        self.text_dim = text_dim
+        if text_dim != student_dim and projection == "none":
+            raise ConfigError(
+                f"semantic.{modality}: the model's pooled embeddings are {student_dim}-d but the"
+                f" text tower gives {text_dim}-d embeddings; use projection = 'auto' or a text"
+                " tower of the model's width"
+            )
+        self.proj: Tensor | None
+        if text_dim != student_dim:
+            self.register_buffer(
+                "proj", text_projection(text_dim, student_dim, seed), persistent=False
+            )
+        else:
+            self.proj = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config,
+        *,
+        modality: str,
+        fallback_text_model: str | None,
+        components: Components,
+        student_dim: int,
+        seed: int = 0,
+    ) -> CaptionContrast:
+        """Build from a `ContrastiveConfig` (``[semantic.video]``): text tower and loss."""
+        from atoken.core.errors import AtokenError
+        from atoken.eval.text_towers import load_text_encoder
+
+        name = config.text_model or fallback_text_model
+        try:
+            encoder = load_text_encoder(name, config.text_options or None, components=components)
+            loss = components.losses.build(config.loss, config.loss_options or None)
+        except ConfigError:
+            raise
+        except AtokenError as exc:
+            raise ConfigError(f"semantic.{modality}: {exc}") from None
+        return cls(
+            encoder,
+            loss,
+            modality=modality,
+            student_dim=student_dim,
+            projection=config.projection,
+            seed=seed,
+        )
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        with torch.no_grad():
+            return F.normalize(self.encoder.encode(list(texts)).detach().float().cpu(), dim=-1)
+
+    def text_embeddings(self, captions: Sequence[str]) -> Tensor:
+        """``[B, W]`` caption embeddings (normalised; projected when widths differ)."""
+        new = sorted({c for c in captions if c not in self._cache})
+        if new:
+            for text, emb in zip(new, self._encode(new), strict=True):
+                self._cache[text] = emb
+        out = torch.stack([self._cache[c] for c in captions])  # [B, D]
+        if self.proj is not None:
+            out = out.to(self.proj.device) @ self.proj  # [B, W]
+        return F.normalize(out, dim=-1)
+
+    def loss(self, student: Tensor, batch: Sequence[PatchTokens]) -> Tensor:
+        """Scalar loss for ``student [B, W]`` (pooled head output) and the batch's captions."""
+        captions = []
+        for tokens in batch:
+            caption = tokens.meta.get("caption")
+            if not caption:
+                raise ConfigError(
+                    f"{self.modality} understanding: a sample has no caption (its source must"
+                    " give one: a .txt next to each file or a txt member in shards)"
+                )
+            captions.append(str(caption))
+        texts = self.text_embeddings(captions).to(student.device)
+        return self.loss_fn(student.float(), texts)

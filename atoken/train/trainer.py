@@ -2,8 +2,9 @@
 
 One step: for each micro-batch (gradient accumulation), pack a token-budget batch of the task
 picked round-robin by the stage's task weights, run encode → quantize → decode, compute the
-stage's objective (reconstruction losses on ``*_rec`` batches, the semantic distillation loss on
-``image_und`` batches, see `atoken.train.semantic`), backpropagate; then clip, step AdamW and
+stage's objective (reconstruction losses on ``*_rec`` batches of any modality, the semantic
+distillation loss on ``image_und`` batches, the caption sigmoid loss on ``video_und`` /
+``3d_und`` batches, see `atoken.train.semantic`), backpropagate; then clip, step AdamW and
 the schedule, update the EMA, log.
 Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
 Checkpoints (model, EMA, optimizer, scheduler, data position, RNG) are written atomically every
@@ -30,7 +31,7 @@ from torch import nn
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer, build_tokenizer
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
-from atoken.train.config import StageConfig, TrainConfig
+from atoken.train.config import StageConfig, TrainConfig, task_modality
 from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from atoken.train.objective import ReconstructionObjective
 from atoken.train.optim import build_optimizer, build_scheduler, set_trainable
@@ -107,6 +108,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.components = components or default_components()
+        self._check_tasks()  # a missing modality plugin fails before anything is loaded
         self.dist: DistInfo = init_distributed(config.run.device)
         self.progress = progress and self.dist.is_main
         torch.manual_seed(config.run.seed + self.dist.rank)
@@ -114,8 +116,10 @@ class Trainer:
         if config.model.init == "pca" and not resume:
             self._pca_init()
         self.semantic = self._build_semantic()
+        self.contrastive = self._build_contrastive()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
         self.optimizer = build_optimizer(self.model, config.optimizer)
+        self._add_objective_params()
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
         self.step = 0
@@ -161,6 +165,65 @@ class Trainer:
             device=self.dist.device,
         )
 
+    def _check_tasks(self) -> None:
+        """Every task of the curriculum has its adapter installed (clear error otherwise)."""
+        from atoken.train.data.build import task_adapter
+
+        for task in sorted({t for s in self.config.stages for t in s.tasks}):
+            task_adapter(task, self.components)
+
+    def _build_contrastive(self) -> dict[str, nn.Module]:
+        """A `CaptionContrast` per modality whose ``*_und`` task a stage mixes (video, 3D)."""
+        from atoken.core.config import ConfigError
+        from atoken.train.semantic import CaptionContrast
+
+        tasks = sorted({t for s in self.config.stages for t in s.tasks if t.endswith("_und")})
+        out: dict[str, nn.Module] = {}
+        for task in tasks:
+            modality = task_modality(task)
+            if modality == "image":
+                continue
+            sem = self.config.semantic
+            section = sem.for_modality(modality) if sem is not None else None
+            if section is None:  # the config validator already says this; kept for safety
+                raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
+            if not self.model.has_head:
+                raise ConfigError(
+                    f"task {task!r} trains the understanding head, but this model has none"
+                    " (config.head is None); use a preset with a head"
+                )
+            out[modality] = CaptionContrast.from_config(
+                section,
+                modality=modality,
+                fallback_text_model=sem.text_model if sem is not None else None,
+                components=self.components,
+                student_dim=int(self.model.encoder.width),
+                seed=self.config.run.seed,
+            ).to(self.dist.device)
+        return out
+
+    def _add_objective_params(self) -> None:
+        """Learnable loss parameters (SigLIP scale and bias) join AdamW, without weight decay."""
+        params = [p for m in self.contrastive.values() for p in m.parameters() if p.requires_grad]
+        if params:
+            lr = self.config.optimizer.lr
+            self.optimizer.add_param_group(
+                {"params": params, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "name": "loss"}
+            )
+
+    def _objective_state(self) -> dict[str, Any]:
+        return {
+            modality: {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            for modality, module in self.contrastive.items()
+        }
+
+    def _load_objective_state(self, state: dict[str, Any]) -> None:
+        for modality, module in self.contrastive.items():
+            if modality in state:
+                module.load_state_dict(
+                    {k: torch.as_tensor(v) for k, v in state[modality].items()}, strict=True
+                )
+
     def _pca_init(self) -> None:
         """Fit the PCA start on training images (identical on every rank: same data, same order)."""
         from atoken.train.data.build import build_source
@@ -204,6 +267,7 @@ class Trainer:
         self.step = int(state["step"])
         self._data_state = state.get("data_state") or {}
         self.history = list((state.get("extra") or {}).get("history", []))
+        self._load_objective_state((state.get("extra") or {}).get("objective", {}))
         if self.dist.is_main:
             print(f"resuming from {path} (step {self.step})")
 
@@ -295,20 +359,24 @@ class Trainer:
                     out, tokens, reconstruct=False, semantic=self._semantic_loss(task, out, batch)
                 )
             else:
-                result = self.objective(out, tokens)
+                result = self.objective(out, tokens, modality=task_modality(task))
         (result.total * scale).backward()
         return result.terms, tokens.num_tokens
 
     def _semantic_loss(self, task: str, out, batch: list[PatchTokens]) -> torch.Tensor:
-        if task != "image_und" or self.semantic is None:
-            from atoken.core.config import ConfigError
+        """KL distillation for ``image_und``; the caption contrast for ``video_und`` / ``3d_und``."""
+        from atoken.core.config import ConfigError
 
-            raise ConfigError(f"no semantic objective for task {task!r} yet (only image_und)")
         if out.embedding is None:
-            from atoken.core.config import ConfigError
-
-            raise ConfigError("image_und needs the model's understanding head; it has none")
-        return self.semantic.loss(out.embedding, batch)
+            raise ConfigError(f"{task} needs the model's understanding head; it has none")
+        modality = task_modality(task)
+        if modality == "image":
+            if self.semantic is None:
+                raise ConfigError("image_und needs the [semantic] teacher section")
+            return self.semantic.loss(out.embedding, batch)
+        if modality not in self.contrastive:
+            raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
+        return self.contrastive[modality].loss(out.embedding, batch)
 
     def train_step(self) -> dict[str, Any]:
         plan = stage_at(self.config, self.step)
@@ -361,6 +429,7 @@ class Trainer:
         import torch.distributed as dist
 
         params = [p for p in self.model.parameters() if p.requires_grad]
+        params += [p for m in self.contrastive.values() for p in m.parameters() if p.requires_grad]
         for p in params:  # every rank must send the same layout, used or not
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -389,6 +458,7 @@ class Trainer:
             data_state=self.data_state(),
             extra={
                 "history": self.history[-2000:],
+                "objective": self._objective_state(),
                 "config": json.loads(self.config.model_dump_json()),
             },
         )

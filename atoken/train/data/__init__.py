@@ -1,4 +1,4 @@
-"""Training data: image sources, per-rank partitioning, crops, token-budget batching, shards.
+"""Training data: image and video sources, per-rank partitioning, crops, token-budget batching, shards.
 
 The path of the data::
 
@@ -6,6 +6,10 @@ The path of the data::
         --epoch_order (per-epoch shuffle, disjoint part per rank/worker)-->
         --RandomScaleCrop--> --ImageAdapter.to_tokens--> PatchTokens
         --TokenBudgetBatcher--> list[PatchTokens] (about max_tokens tokens each)
+
+Video sources (`VideoFolderSource`, `VideoWebDatasetSource`, `SampleClipsSource`) yield clips
+``[T, H, W, 3]`` sampled by `ClipSampling` (length, frame stride, random start) and cropped by
+`ClipCrop` (one box per clip) before `VideoAdapter.to_tokens`.
 
 `TrainStream` runs that path endlessly and resumably for one rank; `pack_folder` (``atoken data
 pack``) turns a folder into WebDataset shards; `build_stream` builds a stream from the config.
@@ -21,12 +25,21 @@ from atoken.train.data.partition import Partition, epoch_order
 from atoken.train.data.sample_images import HELDOUT_PHOTOS, TRAIN_PHOTOS, SampleImagesSource
 from atoken.train.data.source import ConcatSource, ImageSource
 from atoken.train.data.stream import TrainStream
+from atoken.train.data.video import (
+    ClipCrop,
+    ClipSampling,
+    SampleClipsSource,
+    VideoFolderSource,
+    VideoWebDatasetSource,
+)
 from atoken.train.data.webdataset import WebDatasetSource
 
 __all__ = [
     "HELDOUT_PHOTOS",
     "TRAIN_PHOTOS",
     "BatchStats",
+    "ClipCrop",
+    "ClipSampling",
     "ConcatSource",
     "EpochDataset",
     "ImageFolderSource",
@@ -34,9 +47,12 @@ __all__ = [
     "PackedShards",
     "Partition",
     "RandomScaleCrop",
+    "SampleClipsSource",
     "SampleImagesSource",
     "TokenBudgetBatcher",
     "TrainStream",
+    "VideoFolderSource",
+    "VideoWebDatasetSource",
     "WebDatasetSource",
     "epoch_order",
     "expand_braces",

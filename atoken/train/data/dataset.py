@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from atoken.train.data.partition import Partition, epoch_order
+from atoken.train.data.partition import Partition, epoch_order, mix_seed
 from atoken.train.data.source import ImageSource
 
 
 class EpochDataset(IterableDataset):
-    """``(key, [H, W, 3] image)`` of one epoch for one rank (see the module docstring).
+    """``(key, [H, W, 3] image)`` (or ``(key, [T, H, W, 3] clip)`` from a video source) of one
+    epoch for one rank (see the module docstring).
 
     Args:
         source: the images.
@@ -68,6 +70,13 @@ class EpochDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         for index in self.indices():
-            image = self.source.load(index)
+            # a video source draws its clip start from this (as `TrainStream` does); images
+            # ignore it; unshuffled epochs read the deterministic (centred) clip
+            generator = (
+                torch.Generator().manual_seed(mix_seed("crop", self.seed, self.epoch, index))
+                if self.shuffle
+                else None
+            )
+            image = self.source.load(index, generator)
             if image is not None:
                 yield self.source.key(index), image

@@ -1,10 +1,14 @@
-"""Image sources: indexed collections of ``(key, image)`` samples that skip what they cannot read.
+"""Sources: indexed collections of ``(key, image)`` (or clip) samples that skip what they cannot read.
 
 A source knows how many samples it has, each sample's key, and how to read sample ``i`` as a
 ``[H, W, 3]`` float tensor in [-1, 1]. Reading goes through `ImageSource.load`, which never
 raises for a bad sample: a corrupt, truncated or unreadable file (or one smaller than a 16 x 16
 patch) is skipped, counted once in `ImageSource.skipped`, its reason kept (the first few), and the
 first skip of a source is logged as a warning. A sample that failed once is not read again.
+
+Video sources (`atoken.train.data.video`) are the same kind of object: their samples are clips
+``[T, H, W, 3]``, drawn by `ImageSource.read_sample` with the stream's per-sample generator (the
+clip start), and checked by their own `ImageSource.check`.
 
 Sources are random access so that the stream built on them can shuffle per epoch, hand disjoint
 parts to ranks and workers, and resume at an exact position.
@@ -18,6 +22,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
@@ -103,23 +108,38 @@ class ImageSource(ABC):
         """Index ranges of groups read together (tar shards), or None for single samples."""
         return None
 
-    # ------------------------------------------------------------------ provided
-    def load(self, index: int) -> Tensor | None:
-        """Sample ``index`` as ``[H, W, 3]`` float in [-1, 1], or None when it cannot be used.
+    def check(self, sample: Tensor) -> None:
+        """Raise `InputError` unless ``sample`` is usable (images: `check_image`)."""
+        check_image(sample)
 
-        A failure is counted in `skipped` (once per sample) and the sample is not read again.
+    def read_sample(self, index: int, generator: torch.Generator | None) -> Tensor:
+        """Read sample ``index`` for training; ``generator`` draws any per-sample randomness
+        (a video source's clip start). Images ignore it and return `read`."""
+        return self.read(index)
+
+    def caption(self, index: int) -> str | None:
+        """The caption of sample ``index`` (understanding tasks), or None when it has none."""
+        return None
+
+    # ------------------------------------------------------------------ provided
+    def load(self, index: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """Sample ``index`` (``[H, W, 3]`` float in [-1, 1] for images), or None when unusable.
+
+        ``generator`` is passed to `read_sample` (training draws); without it `read` gives the
+        deterministic sample. A failure is counted in `skipped` (once per sample) and the sample
+        is not read again.
         """
         if index in self._bad:
             return None
         try:
-            image = self.read(index)
-            check_image(image)
+            sample = self.read(index) if generator is None else self.read_sample(index, generator)
+            self.check(sample)
         except Exception as exc:  # a bad sample must never stop training; the reason is kept
             self._bad.add(index)
             reason = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
             self.skips.record(self.key(index), " ".join(reason.split()))
             return None
-        return image
+        return sample
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         """All readable samples in index order as ``(key, [H, W, 3] image)``."""
@@ -189,9 +209,13 @@ class ConcatSource(ImageSource):
         source, i = self._locate(index)
         return source.read(i)
 
-    def load(self, index: int) -> Tensor | None:
+    def load(self, index: int, generator: torch.Generator | None = None) -> Tensor | None:
         source, i = self._locate(index)
-        return source.load(i)  # the part counts its own skips
+        return source.load(i, generator)  # the part counts its own skips
+
+    def caption(self, index: int) -> str | None:
+        source, i = self._locate(index)
+        return source.caption(i)
 
     def shards(self) -> list[range] | None:
         out: list[range] = []

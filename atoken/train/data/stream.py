@@ -1,5 +1,9 @@
 """`TrainStream`: an endless, resumable stream of token-budget batches for one rank.
 
+The same stream serves images and clips: the source gives ``[H, W, 3]`` images or
+``[T, H, W, 3]`` clips (a video source draws the clip start from the per-sample generator), the
+adapter of the task's modality tokenizes them.
+
 Sample ``p`` of epoch ``e`` is a pure function of ``(seed, e, p)`` and this rank's part:
 the source index comes from `epoch_order` (a fresh permutation per epoch, this rank's disjoint
 part), and the crop comes from a `torch.Generator` seeded with a hash of
@@ -42,14 +46,17 @@ class TrainStream:
     """Endless batches (``list[PatchTokens]``) of one rank, resumable at any batch.
 
     Args:
-        source: where images come from.
-        adapter: turns an image into tokens; an `ImageAdapter` (its ``options.min_res`` /
-            ``max_res`` bound the resolution, and ``max_res`` is lowered for oversize samples).
+        source: where images (or clips) come from.
+        adapter: turns a sample into tokens; an `ImageAdapter` or `VideoAdapter` (its
+            ``options.min_res`` / ``max_res`` bound the resolution, and ``max_res`` is lowered
+            for oversize samples).
         batcher: the token-budget batcher (its ``max_tokens`` is the budget).
         seed: run seed; the same on every rank.
         rank: this process's rank.
         world_size: number of ranks; each reads a disjoint part of the source per epoch.
-        augment: crop applied before tokenizing (None: whole images, adapter crops only).
+        augment: crop applied before tokenizing (None: whole images, adapter crops only); for
+            clips a `ClipCrop` (one box for all frames).
+        captions: attach each sample's caption to its tokens' meta (``*_und`` tasks with text).
 
     Raises:
         InputError: rank outside the world, or this rank's part of the source is empty.
@@ -64,6 +71,7 @@ class TrainStream:
         rank: int = 0,
         world_size: int = 1,
         augment: RandomScaleCrop | None = RandomScaleCrop(),
+        captions: bool = False,
     ) -> None:
         self.source = source
         self.adapter = adapter
@@ -72,6 +80,7 @@ class TrainStream:
         self.part = Partition.of(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.augment = augment
+        self.captions = captions
         self.epoch = 0
         self.position = 0
         self._waiting: list[tuple[int, int, PatchTokens]] = []  # (epoch, position, tokens)
@@ -116,7 +125,7 @@ class TrainStream:
         budget = self.batcher.max_tokens
         if len(tokens) <= budget:
             return tokens
-        limit = max(int(image.shape[0]), int(image.shape[1]))  # longer side the adapter sees
+        limit = max(int(image.shape[-3]), int(image.shape[-2]))  # longer side the adapter sees
         if self.adapter.options.max_res is not None:
             limit = min(limit, self.adapter.options.max_res)
         while len(tokens) > budget:
@@ -127,13 +136,29 @@ class TrainStream:
         return tokens
 
     def sample(self, epoch: int, position: int) -> PatchTokens | None:
-        """Tokens of sample ``position`` of ``epoch`` (None when the source cannot read it)."""
+        """Tokens of sample ``position`` of ``epoch`` (None when the source cannot read it).
+
+        With ``captions`` on, the sample's caption is put in the tokens' meta (``caption``).
+
+        Raises:
+            InputError: ``captions`` is on and the sample has no caption.
+        """
         index = self.index_at(epoch, position)
-        image = self.source.load(index)  # [H, W, 3] or None
-        if image is None:
-            return None
         generator = torch.Generator().manual_seed(mix_seed("crop", self.seed, epoch, index))
-        return self.tokenize(image, generator)
+        sample = self.source.load(index, generator)  # [H, W, 3], [T, H, W, 3] or None
+        if sample is None:
+            return None
+        tokens = self.tokenize(sample, generator)
+        if self.captions:
+            caption = self.source.caption(index)
+            if caption is None:
+                raise InputError(
+                    f"{self.source.what}: sample {self.source.key(index)!r} has no caption; an"
+                    " understanding task needs one per sample (a .txt file next to each clip, or"
+                    " a .txt member of the same key in a shard)"
+                )
+            tokens = tokens.replace(meta={**tokens.meta, "caption": caption})
+        return tokens
 
     def _pull(self) -> tuple[int, int, PatchTokens]:
         """The next readable sample at the cursor (advancing it across epochs)."""

