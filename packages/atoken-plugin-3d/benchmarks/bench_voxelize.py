@@ -1,6 +1,6 @@
 """Mesh rendering and voxelization throughput on the Stanford bunny (CPU).
 
-Run with ``pytest packages/atoken-plugin-3d/benchmarks/test_voxelize.py`` (pytest-benchmark).
+Run with ``pytest packages/atoken-plugin-3d/benchmarks/bench_voxelize.py`` (pytest-benchmark).
 Rendering is Embree ray casting (`render_mesh`), reported in views/s; voxelization is
 `voxelize` of the release's default view set (16 views, 256², radius 2, FoV 40°), reported in
 seconds per asset. Each row records its rates in ``extra_info``.

@@ -1,0 +1,158 @@
+"""Turntables of decoded Gaussians: N views on a circle, saved as a PNG grid and an MP4.
+
+Cameras come from `atoken_plugin_3d.cameras.turntable_cameras` (constant elevation around the
+``z`` axis, looking at the origin). The frames are tiled row-major into one PNG (``cols`` per row;
+``cols = views`` gives a strip) and, when PyAV is installed, encoded as an H.264 MP4 (yuv420p, so
+the frame size is rounded down to even numbers). Both files are written atomically.
+
+References: TRELLIS render set-up (radius 2, FoV 40°); PyAV (FFmpeg bindings) for encoding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from atoken.core.errors import InputError
+from PIL import Image
+from torch import Tensor
+
+from atoken_plugin_3d.cameras import turntable_cameras
+from atoken_plugin_3d.gaussians import Gaussians
+from atoken_plugin_3d.render_gaussians import gaussian_tensors, render_tensors
+
+logger = logging.getLogger("atoken_plugin_3d.turntable")
+
+
+@dataclass(frozen=True)
+class Turntable:
+    """What `write_turntable` produced.
+
+    Attributes:
+        frames: ``[N, H, W, 3]`` uint8 rendered views.
+        png: path of the grid image.
+        mp4: path of the video, or ``None`` when no video was written.
+    """
+
+    frames: Tensor
+    png: Path
+    mp4: Path | None
+
+
+def _atomic_write(out: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def grid_image(frames: Tensor, cols: int) -> np.ndarray:
+    """``[N, H, W, 3]`` uint8 -> ``[rows * H, cols * W, 3]`` row-major grid (black padding)."""
+    n, h, w, _ = frames.shape
+    rows = math.ceil(n / cols)
+    canvas = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, frame in enumerate(frames.numpy()):
+        r, c = divmod(i, cols)
+        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = frame
+    return canvas
+
+
+def encode_mp4(frames: Tensor, fps: int) -> bytes:
+    """H.264 MP4 bytes of ``[N, H, W, 3]`` uint8 frames (cropped to even sizes), via PyAV."""
+    import av
+
+    n, h, w, _ = frames.shape
+    h2, w2 = h - h % 2, w - w % 2
+    if h2 < 2 or w2 < 2:
+        raise InputError(f"turntable: frames of {w}x{h} are too small for an MP4")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in frames[:, :h2, :w2].numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def write_turntable(
+    gaussians: Gaussians,
+    out_dir: str | os.PathLike[str],
+    *,
+    views: int = 24,
+    size: int = 256,
+    radius: float = 2.0,
+    elevation_deg: float = 20.0,
+    fov_deg: float = 40.0,
+    cols: int | None = None,
+    fps: int = 12,
+    mp4: bool | None = None,
+    stem: str = "turntable",
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    backend: str = "auto",
+) -> Turntable:
+    """Render ``views`` turntable frames of ``gaussians`` and save ``{stem}.png`` (and ``.mp4``).
+
+    Args:
+        gaussians: decoded Gaussians.
+        out_dir: output folder (created when missing).
+        views: number of frames around the circle.
+        size: frame width and height in pixels.
+        radius, elevation_deg, fov_deg: the orbit (`turntable_cameras`).
+        cols: frames per PNG row (default ``ceil(sqrt(views))``; ``views`` for a strip).
+        fps: MP4 frame rate.
+        mp4: write the MP4: ``True`` (PyAV required), ``False``, or ``None`` (when PyAV exists).
+        stem: file name stem.
+        background: colour behind the asset.
+        backend: renderer backend (see `render_gaussians.render`).
+    """
+    if views < 1:
+        raise InputError(f"turntable: views must be >= 1, got {views}")
+    if size < 2:
+        raise InputError(f"turntable: size must be >= 2 pixels, got {size}")
+    cols = math.ceil(math.sqrt(views)) if cols is None else cols
+    if cols < 1:
+        raise InputError(f"turntable: cols must be >= 1, got {cols}")
+    has_av = importlib.util.find_spec("av") is not None
+    if mp4 and not has_av:
+        raise InputError("turntable: mp4=True needs PyAV (pip install av)")
+    want_mp4 = has_av if mp4 is None else mp4
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cams = turntable_cameras(
+        views, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg, size=size
+    )
+    frames = []
+    with torch.no_grad():
+        tensors = gaussian_tensors(gaussians)
+        for i, cam in enumerate(cams):
+            rgb = render_tensors(*tensors, cam, background=background, backend=backend).rgb
+            frames.append((rgb.float().cpu() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
+            logger.info("turntable: rendered view %d/%d", i + 1, views)
+    stack = torch.stack(frames)
+    png = out / f"{stem}.png"
+    buf = io.BytesIO()
+    Image.fromarray(grid_image(stack, cols)).save(buf, format="PNG")
+    _atomic_write(png, buf.getvalue())
+    video = None
+    if want_mp4:
+        video = out / f"{stem}.mp4"
+        _atomic_write(video, encode_mp4(stack, fps))
+    logger.info("turntable: wrote %s%s", png, f" and {video}" if video else "")
+    return Turntable(frames=stack, png=png, mp4=video)
