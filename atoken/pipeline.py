@@ -1,7 +1,9 @@
 """File-level operations behind the CLI: reconstruct, encode to a latents file, decode one.
 
 Everything here goes through the adapter registry, so a plugin's modality gets these for free.
-Outputs are computed completely before anything is written, and every file is written atomically.
+Outputs are computed completely before anything is written, and every file is written atomically
+(streamed video files are written to a temporary file while decoding and moved into place at the
+end, so a failure leaves nothing half-written).
 
 Optional adapter extensions (looked up with ``getattr``, so the core protocol stays small):
 
@@ -10,6 +12,11 @@ Optional adapter extensions (looked up with ``getattr``, so the core protocol st
   ``model.source_dir``, set by ``Tokenizer.from_pretrained``).
 - ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
   (3D writes Gaussians as ``.ply`` and compares rendered views in a ``.png``).
+- ``stream_sink(meta, coords, output, *, comparison=None, reference=None, fps=None,
+  progress=None)``: a context manager with ``add(coords, feats)`` and ``metrics()`` that writes
+  output while `Tokenizer.decode_stream` decodes (video: frames go to the MP4 a tile step at a
+  time, so a long clip is never held decoded). Its files are committed when the block ends
+  without error; `reconstruct_to_dir` and `decode_to_file` use it when the adapter has it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +212,13 @@ def read_latents_header(path: str | os.PathLike[str]) -> dict[str, str]:
     return meta
 
 
-def decode_from_file(
+def load_latents(
     model: Tokenizer, path: str | os.PathLike[str], components: Components | None = None
-) -> tuple[torch.Tensor, ModalityAdapter]:
-    """Decode a latents file back into a sample; checks it was made by this model."""
+) -> tuple[Latents, ModalityAdapter, dict[str, Any]]:
+    """A latents file's latents, the adapter that decodes them and the sample meta.
+
+    Checks that the file was made by this model.
+    """
     meta = read_latents_header(path)
     if meta.get("model_id") != model.model_id:
         raise CheckpointError(
@@ -222,18 +233,141 @@ def decode_from_file(
     )
     bind_adapter(adapter, model)
     coords = tensors["coords"]
+    sample_meta = json.loads(meta["sample_meta"])
     layout_feats = torch.zeros(coords.shape[0], 1)
-    layout = collate(
-        [PatchTokens(layout_feats, coords, meta["modality"], json.loads(meta["sample_meta"]))]
-    )
+    layout = collate([PatchTokens(layout_feats, coords, meta["modality"], sample_meta)])
     if "indices" in tensors:
         latents = model.latents_from_indices(tensors["indices"], layout)
     elif "codes" in tensors:
         latents = Latents(tokens=layout.replace(tensors["codes"]))
     else:
         raise CheckpointError(f"{path} holds neither 'codes' nor 'indices'")
+    return latents, adapter, sample_meta
+
+
+def decode_from_file(
+    model: Tokenizer, path: str | os.PathLike[str], components: Components | None = None
+) -> tuple[torch.Tensor, ModalityAdapter]:
+    """Decode a latents file back into a sample; checks it was made by this model."""
+    latents, adapter, _ = load_latents(model, path, components)
     with torch.inference_mode():
         decoded = model.decode(latents)
     patch = decoded.split()[0]
     sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
     return sample, adapter
+
+
+#: ``progress(done, total)`` in the adapter's units (video: frames)
+ProgressFn = Callable[[int, int], None]
+
+
+def decode_to_file(
+    model: Tokenizer,
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    components: Components | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Decode a latents file and write the sample to ``output`` (atomically).
+
+    An adapter with ``stream_sink`` (video) gets the decoded rows a temporal tile step at a
+    time and writes them as they come; others decode whole and ``save``.
+
+    Returns:
+        ``{"streamed": bool, "shape": [...]}`` of what was written.
+    """
+    latents, adapter, meta = load_latents(model, path, components)
+    sink_factory = getattr(adapter, "stream_sink", None)
+    if not callable(sink_factory):
+        with torch.inference_mode():
+            decoded = model.decode(latents)
+        patch = decoded.split()[0]
+        sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
+        adapter.save(sample, output)
+        return {"streamed": False, "shape": list(sample.shape)}
+    sink = sink_factory(meta, latents.tokens.coords, output, progress=progress)
+    with sink, torch.inference_mode():
+        for chunk in model.decode_stream(latents):
+            sink.add(chunk.coords, chunk.feats)
+    return {"streamed": True, "shape": [sink.frames_done, *_frame_shape(meta)]}
+
+
+def _frame_shape(meta: dict[str, Any]) -> list[int]:
+    _, _, h, w = meta["crop"]
+    return [h, w, 3]
+
+
+@dataclass
+class StreamedReconstruction:
+    """What `reconstruct_to_dir` wrote for one input."""
+
+    source: Path
+    tokens: int
+    metrics: dict[str, float]
+    paths: dict[str, Path]
+    streamed: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def reconstruct_to_dir(
+    model: Tokenizer,
+    adapter: ModalityAdapter,
+    sample: torch.Tensor,
+    source: Path | str,
+    out_dir: Path,
+    extra: dict,
+    progress: ProgressFn | None = None,
+) -> StreamedReconstruction:
+    """Reconstruct one sample into ``out_dir``: reconstruction, side-by-side, metrics.json.
+
+    With an adapter that has ``stream_sink`` (video) the decoded output is streamed: frames go
+    to the reconstruction and side-by-side files and into the per-frame metrics a tile step at
+    a time, so a long clip is never held decoded. Otherwise `reconstruct_sample` and
+    `write_reconstruction`.
+    """
+    sink_factory = getattr(adapter, "stream_sink", None)
+    if not callable(sink_factory):
+        result = reconstruct_sample(model, adapter, sample, source)
+        paths = write_reconstruction(result, adapter, out_dir, extra)
+        return StreamedReconstruction(
+            Path(source), result.tokens, result.metrics, paths, False, result.timings
+        )
+    bind_adapter(adapter, model)
+    suffix = adapter.output_suffix
+    comparison_suffix = getattr(adapter, "comparison_suffix", None) or suffix
+    paths = {
+        "reconstruction": out_dir / f"reconstruction{suffix}",
+        "side_by_side": out_dir / f"side_by_side{comparison_suffix}",
+        "metrics": out_dir / "metrics.json",
+    }
+    t0 = time.perf_counter()
+    tokens = adapter.to_tokens(sample)
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        latents = model.encode([tokens])
+        t2 = time.perf_counter()
+        sink = sink_factory(
+            tokens.meta,
+            latents.tokens.coords,
+            paths["reconstruction"],
+            comparison=paths["side_by_side"],
+            reference=sample,
+            progress=progress,
+        )
+        with sink:
+            for chunk in model.decode_stream(latents):
+                sink.add(chunk.coords, chunk.feats)
+        t3 = time.perf_counter()
+    metrics = sink.metrics()
+    timings = {"tokenize_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2}
+    atomic_write_json(
+        paths["metrics"],
+        {
+            "source": str(source),
+            "tokens": len(tokens),
+            **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            **extra,
+        },
+    )
+    return StreamedReconstruction(Path(source), len(tokens), metrics, paths, True, timings)

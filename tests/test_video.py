@@ -132,9 +132,13 @@ def test_metrics_are_per_frame(carphone) -> None:
     rec = ref.clone()
     rec[2] = (rec[2] + 0.1).clamp(-1, 1)
     m = adapter.metrics(ref, rec)
-    assert set(m) == {"psnr", "ssim", "psnr_min_frame"}
+    for name in ("psnr", "ssim"):
+        assert {name, f"{name}_min_frame", f"{name}_p05", f"{name}_median"} <= set(m)
+    assert m["frames"] == 4
     assert m["psnr"] == math.inf and m["ssim"] < 1  # three perfect frames
-    assert 15 < m["psnr_min_frame"] < 40
+    assert 15 < m["psnr_min_frame"] < 40 and m["psnr_min_frame"] == m["psnr_p05"]
+    assert m["psnr_median"] == math.inf and m["ssim_median"] == 1.0
+    assert m["ssim_min_frame"] < 1
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -234,7 +238,11 @@ def test_cli_reconstruct_keeps_frames_size_and_rate(tmp_path, clip_file) -> None
     assert _stream_info(rec) == (21, 64, 96, NTSC)
     assert _stream_info(rec.parent / "side_by_side.mp4") == (21, 64, 200, NTSC)
     metrics = json.loads((rec.parent / "metrics.json").read_text())
-    assert {"psnr", "ssim", "psnr_min_frame"} <= set(metrics) and metrics["tokens"] == 6 * 4 * 6
+    assert metrics["tokens"] == 6 * 4 * 6 and metrics["frames"] == 21
+    for key in ("psnr", "psnr_min_frame", "psnr_p05", "psnr_median", "ssim", "ssim_median"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key])
+    assert metrics["psnr_min_frame"] <= metrics["psnr_median"]
+    assert -1 <= metrics["ssim_min_frame"] <= metrics["ssim"] <= 1  # a random-init model
 
 
 def test_cli_encode_then_decode(tmp_path, clip_file) -> None:
@@ -243,6 +251,7 @@ def test_cli_encode_then_decode(tmp_path, clip_file) -> None:
     result = run("decode", str(lat), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert _stream_info(out) == (21, 64, 96, NTSC)
+    assert "decoded 21/21 frames" in result.stderr  # progress (not a terminal: log lines)
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -16,7 +16,9 @@ learned position embedding, final norm, output layer) and the pooling head see w
 a tiled clip's embedding pools all of its tokens, as in the release. (The release resizes the
 position table per tile; per sample is the same whenever a clip's frames share one grid.)
 Peak memory is that of one pass (at most ``group_tokens`` tokens, or one tile per sample) plus
-the inputs and outputs; attention across all tiles is never formed.
+the inputs and outputs; attention across all tiles is never formed. `stream_tiles` runs the same
+passes as a generator, so a decoder can hand each step's rows on (to a video file) and never hold
+the whole output.
 
 References: AToken (Lu et al., arXiv 2509.14476), temporal tiling with a KV cache for video;
 the public AToken inference release (apple/ml-atoken) for 16-frame tiles with t restarted at 0
@@ -25,7 +27,7 @@ and a decoder cache of keys before RoPE whose positions are re-based.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -320,10 +322,32 @@ def run_tiles(
         ``[N, D]`` outputs, row i for input row i.
     """
     out = torch.empty_like(x)  # [N, D]
+    for rows, y in stream_tiles(lambda r: x.index_select(0, r), steps, blocks):
+        out.index_copy_(0, rows, y)
+    return out
+
+
+def stream_tiles(
+    embed: Callable[[Tensor], Tensor],
+    steps: Sequence[TileStep],
+    blocks: Callable[[Tensor, SparseTokens, KVCache | None], Tensor],
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """`run_tiles` one step at a time: yields ``(rows [n], outputs [n, D])`` per step, in order.
+
+    Only one step's inputs and outputs (plus the carried keys/values) are alive at a time, so a
+    caller that consumes each step (writes its frames out) never holds the whole batch's
+    activations. With a cache the steps must run in this order, which the generator keeps.
+
+    Args:
+        embed: ``embed(rows [n]) -> [n, D]`` embedded tokens of those input rows.
+        steps: from `plan_tiles`.
+        blocks: as for `run_tiles`.
+    """
     carried = None
     for step in steps:
-        xs = x.index_select(0, step.rows)  # [n, D]
+        xs = embed(step.rows)  # [n, D]
         cache = KVCache(step.keys, carried) if step.keys is not None else None
-        out.index_copy_(0, step.rows, blocks(xs, step.layout.replace(xs), cache))
+        ys = blocks(xs, step.layout.replace(xs), cache)  # [n, D]
         carried = cache.carry() if cache is not None else None
-    return out
+        del xs, cache
+        yield step.rows, ys

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from atoken.core.serialization import (
     read_json,
     save_tensors,
 )
+from atoken.core.temporal import TileStep, plan_tiles, stream_tiles
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.core.transformer import Decoder, Encoder
 
@@ -43,6 +44,11 @@ FORMAT = "atoken"
 FORMAT_VERSION = 1
 
 TokenInput = SparseTokens | PatchTokens | Sequence[PatchTokens]
+
+#: token budget of one `Tokenizer.decode_stream` step when tiles are independent (no decoder
+#: cache): tiles are packed into steps of at most this many tokens (a larger tile runs alone),
+#: so a step's patches and pixels stay small; packing does not change the result
+STREAM_GROUP_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,54 @@ class Latents:
     @property
     def codes(self) -> Tensor:
         return self.tokens.feats
+
+
+@dataclass(frozen=True)
+class DecodedRows:
+    """One step of `Tokenizer.decode_stream`.
+
+    Attributes:
+        rows: ``[n]`` int64 rows of the input batch these values belong to.
+        feats: ``[n, 3072]`` decoded patch values.
+        coords: ``[n, 4]`` the rows' (t, x, y, z).
+        sample: ``[n]`` the rows' sample index in the batch.
+    """
+
+    rows: Tensor
+    feats: Tensor
+    coords: Tensor
+    sample: Tensor
+
+
+class _RowPositions:
+    """A learned 2D position embedding read for any rows, the table sized per whole sample.
+
+    Equal to ``pos_embedder(tokens)[rows]`` without forming the ``[N, D]`` embedding.
+    """
+
+    def __init__(self, embedder: nn.Module, tokens: SparseTokens, sample: Tensor) -> None:
+        self.embedder = embedder
+        self.x, self.y = tokens.coords[:, 1].long(), tokens.coords[:, 2].long()  # [N], [N]
+        slices = tokens.sample_slices()
+        self.extents = torch.stack(
+            [torch.stack((self.x[s].max() + 1, self.y[s].max() + 1)) for s in slices]
+        ).tolist()  # [B, 2]
+        self.sample = sample
+        self.dtype = tokens.feats.dtype
+        self.tables: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        width = self.embedder.position_embedding.weight.shape[1]
+        out = torch.empty(len(rows), width, dtype=self.dtype, device=rows.device)  # [n, D]
+        owner = self.sample.index_select(0, rows)  # [n]
+        x, y = self.x.index_select(0, rows), self.y.index_select(0, rows)
+        for b in torch.unique(owner).tolist():
+            key = tuple(self.extents[b])
+            if key not in self.tables:
+                self.tables[key] = self.embedder.table(*key)
+            m = owner == b
+            out[m] = self.tables[key][x[m], y[m]].to(out.dtype)  # [n_b, D]
+        return out
 
 
 @dataclass(frozen=True)
@@ -264,16 +318,74 @@ class Tokenizer(nn.Module):
             backend: attention backend override for this call.
             temporal: temporal tiling override for this call (None: the model config's).
         """
+        tokens = self._decoder_input(latents)
+        return self.decoder(tokens, self.attention_backend(backend), self.temporal(temporal))
+
+    def _decoder_input(self, latents: Latents | SparseTokens) -> SparseTokens:
         if self.decoder is None:
             raise AtokenError("this model has no decoder (config.decoder is None)")
         tokens = latents.tokens if isinstance(latents, Latents) else latents
+        if not isinstance(tokens, SparseTokens):
+            raise InputError(f"decode needs Latents or SparseTokens, got {type(latents).__name__}")
         if tokens.feats.shape[1] != self.config.latent_channels:
             raise InputError(
                 f"latents have {tokens.feats.shape[1]} channels, this model's decoder expects"
                 f" {self.config.latent_channels}"
             )
-        tokens = tokens.to(device=self.device, dtype=self.proj.weight.dtype)
-        return self.decoder(tokens, self.attention_backend(backend), self.temporal(temporal))
+        return tokens.to(device=self.device, dtype=self.proj.weight.dtype)
+
+    def decode_stream(
+        self,
+        latents: Latents | SparseTokens,
+        *,
+        backend=None,
+        temporal: TemporalConfig | None = None,
+    ) -> Iterator[DecodedRows]:
+        """`decode` one temporal tile step at a time, for clips too long to hold decoded.
+
+        Yields the decoded rows of each step of the tiling (`atoken.core.temporal.plan_tiles`
+        with the decoder cache; without a cache, independent tiles packed into steps of at most
+        ``STREAM_GROUP_TOKENS`` tokens), in the order the steps must run; one step when nothing
+        is tiled. The per-token layers (input layer, position embedding, output norm and layer)
+        run per step, the position table sized per whole sample as in `decode`, so the rows
+        equal `decode`'s rows (up to float rounding) and only one step's activations and
+        patch values are alive at a time. Every input row is yielded exactly once.
+
+        Args:
+            latents: `Latents` or their packed tokens (``feats [N, Cz]``).
+            backend: attention backend override for this call.
+            temporal: temporal tiling override for this call (None: the model config's).
+
+        Yields:
+            `DecodedRows`: input row indices ``[n]``, patch values ``[n, 3072]``, their coords
+            ``[n, 4]`` and sample indices ``[n]``.
+        """
+        tokens = self._decoder_input(latents)
+        dec, att, tiling = self.decoder, self.attention_backend(backend), self.temporal(temporal)
+        steps = plan_tiles(
+            tokens,
+            tile=tiling.tile,
+            cache=tiling.decoder_cache,
+            restart_t=tiling.restart_t,
+            group_tokens=min(tiling.group_tokens, STREAM_GROUP_TOKENS),
+        )
+        if steps is None:  # nothing to tile: one pass over the batch as it is
+            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
+            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
+        sample = tokens.batch_index()  # [N]
+        pos = _RowPositions(dec.pos_embedder, tokens, sample)
+
+        def embed(rows: Tensor) -> Tensor:
+            return dec.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
+
+        blocks = lambda xs, layout, kv: dec.run_blocks(xs, layout, att, kv)  # noqa: E731
+        for rows, hidden in stream_tiles(embed, steps, blocks):
+            yield DecodedRows(
+                rows=rows,
+                feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]
+                coords=tokens.coords.index_select(0, rows),
+                sample=sample.index_select(0, rows),
+            )
 
     def forward(
         self,

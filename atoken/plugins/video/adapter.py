@@ -12,6 +12,10 @@ index (input frames ``4t .. 4t + 3``); all four frames of a patch are real excep
 so ``valid_frames`` is not set. The meta records ``frames`` (original T), ``pad``, the crop, the
 resize and the frame rate (``fps``) so outputs keep the input's rate.
 
+Long clips need not be held decoded: ``stream_sink`` returns a `VideoSink` that takes the rows
+`Tokenizer.decode_stream` yields (one temporal tile step at a time) and appends the finished
+frames to the MP4 (and a side-by-side MP4 and per-frame metrics), committing the files at the end.
+
 References: AToken (arXiv 2509.14476) video tokenization (4 x 16 x 16 patches, t = latent frame);
 the release's preprocessing (crop to multiples of 16).
 """
@@ -31,7 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens
-from atoken.eval.metrics import psnr, ssim
+from atoken.eval.video_metrics import per_frame_metrics
 from atoken.plugins.video.io import (
     DEFAULT_FPS,
     VIDEO_EXTENSIONS,
@@ -40,6 +44,7 @@ from atoken.plugins.video.io import (
     side_by_side,
     write_mp4,
 )
+from atoken.plugins.video.stream import Progress, VideoSink
 
 PATCH = (4, 16, 16)
 CHANNELS = 3
@@ -138,19 +143,52 @@ class VideoAdapter:
         )
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
-        """Per-frame PSNR and SSIM averaged over frames, and the worst frame's PSNR."""
-        ref, rec = reference.float().cpu(), reconstruction.float().clamp(-1, 1).cpu()
-        if ref.shape != rec.shape or ref.ndim != 4:
-            raise InputError(
-                f"metrics: clips must both be [T, H, W, 3] of one shape, got"
-                f" {list(ref.shape)} and {list(rec.shape)}"
-            )
-        p = psnr(ref, rec)  # [T]
-        return {
-            "psnr": float(p.mean()),
-            "ssim": float(ssim(ref, rec).mean()),
-            "psnr_min_frame": float(p.min()),
-        }
+        """Per-frame PSNR and SSIM summarised over frames, and the frame count.
+
+        Keys: ``psnr``, ``psnr_min_frame``, ``psnr_p05``, ``psnr_median``, the same for
+        ``ssim``, and ``frames`` (see `atoken.eval.video_metrics.per_frame_metrics`; no LPIPS,
+        which needs its network: `atoken eval` adds it).
+        """
+        if not isinstance(reference, Tensor) or not isinstance(reconstruction, Tensor):
+            raise InputError("metrics: clips must be [T, H, W, 3] tensors")
+        fm = per_frame_metrics(reference.detach().cpu(), reconstruction.detach().cpu())
+        return {**fm.summary(), "frames": float(fm.frames)}
+
+    def stream_sink(
+        self,
+        meta: Mapping[str, Any],
+        coords: Tensor,
+        output: str | os.PathLike[str],
+        *,
+        comparison: str | os.PathLike[str] | None = None,
+        reference: Tensor | None = None,
+        fps: float | None = None,
+        progress: Progress | None = None,
+    ) -> VideoSink:
+        """A `VideoSink` writing this clip's decoded rows to ``output`` as they arrive.
+
+        Args:
+            meta: the clip's token meta (``to_tokens``); its ``fps`` sets the files' rate.
+            coords: ``[N, 4]`` coords of the clip's tokens.
+            output: reconstruction MP4 path.
+            comparison: optional side-by-side MP4 path (needs ``reference``).
+            reference: the source clip ``[T, H, W, 3]``; enables per-frame metrics.
+            fps: rate override (default: the meta's, else this adapter's fallback).
+            progress: ``progress(frames_done, frames_total)`` after each chunk.
+        """
+        rate = fps if fps is not None else meta.get("fps")
+        if rate is None:
+            rate = self.fps if self.fps is not None else DEFAULT_FPS
+        return VideoSink(
+            self,
+            meta,
+            coords,
+            output,
+            fps=float(rate),
+            comparison=comparison,
+            reference=reference,
+            progress=progress,
+        )
 
     def example(self, generator: torch.Generator | None = None) -> Tensor:
         """A small moving pattern (6 frames, 40x56: T, H, W not multiples of 4/16).

@@ -1,0 +1,211 @@
+"""Streamed video output: decoded rows in, frames out to MP4 files as they complete.
+
+`FrameAssembler` collects the decoded patch rows of one clip (from `Tokenizer.decode_stream`,
+a temporal tile step at a time) and hands out pixel frames in order as soon as every token of a
+latent frame has arrived; the padding frames of the last patch are dropped. `VideoSink` feeds
+those frames to an `Mp4Writer` (and optionally a side-by-side writer with the reference) and
+accumulates per-frame PSNR/SSIM chunk by chunk, so decoding a long clip holds one tile step of
+patches and pixels, never the whole decoded clip. Files are committed only when the whole clip
+has been written (``os.replace`` at the end); on any error they are discarded.
+
+References: AToken (arXiv 2509.14476) temporal tiling with a decoder KV cache (tiles decoded in
+order); per-frame video metrics as in `atoken.eval.video_metrics`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from atoken.core.errors import InputError
+from atoken.core.patching import unpatchify
+from atoken.eval.video_metrics import FrameMetrics, per_frame_metrics
+from atoken.plugins.video.io import Mp4Writer, side_by_side
+
+if TYPE_CHECKING:
+    from atoken.plugins.video.adapter import VideoAdapter
+
+PATCH = (4, 16, 16)
+CHANNELS = 3
+
+#: ``progress(frames_done, frames_total)``, called after each chunk of frames is written
+Progress = Callable[[int, int], None]
+
+
+class FrameAssembler:
+    """Turn decoded rows of one clip, arriving in any grouping, into frames in order.
+
+    Args:
+        meta: the clip's token meta (``frames``, ``pad``, ``crop``), as `VideoAdapter.to_tokens`
+            writes it.
+        coords: ``[N, 4]`` coords of all of the clip's tokens (to know how many rows each
+            latent frame has).
+    """
+
+    def __init__(self, meta: Mapping[str, Any], coords: Tensor) -> None:
+        _, _, ch, cw = meta["crop"]
+        self.grid = (ch // PATCH[1], cw // PATCH[2])
+        self.frames_total = int(meta["frames"])
+        self.latent_frames = -(-self.frames_total // PATCH[0])
+        t = coords[:, 0].long().cpu()
+        if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= self.latent_frames:
+            raise InputError(
+                f"decoded video tokens have t outside 0..{self.latent_frames - 1} for a clip of"
+                f" {self.frames_total} frames"
+            )
+        self.expected = torch.bincount(t, minlength=self.latent_frames).tolist()  # rows per t
+        self.frames_done = 0
+        self._next = 0  # next latent frame to emit
+        self._parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self._have: dict[int, int] = {}
+
+    def add(self, coords: Tensor, feats: Tensor) -> Tensor | None:
+        """Take decoded rows ``coords [n, 4]``, ``feats [n, 3072]``.
+
+        Returns:
+            ``[k, h, w, 3]`` float32 CPU frames that are now complete and follow the last ones
+            returned (padding frames dropped), or None when none are.
+        """
+        coords, feats = coords.cpu(), feats.detach().to("cpu", torch.float32)
+        t = coords[:, 0].long()
+        for v in torch.unique(t).tolist():
+            m = t == v
+            self._parts.setdefault(v, []).append((coords[m], feats[m]))
+            self._have[v] = self._have.get(v, 0) + int(m.sum())
+            if self._have[v] > self.expected[v]:
+                raise InputError(f"latent frame {v} received more rows than the clip has")
+        ready = []
+        while (
+            self._next < self.latent_frames
+            and self._have.get(self._next, 0) == self.expected[self._next]
+        ):
+            ready.append(self._next)
+            self._next += 1
+        if not ready:
+            return None
+        c = torch.cat([p[0] for v in ready for p in self._parts[v]])  # [n, 4]
+        f = torch.cat([p[1] for v in ready for p in self._parts[v]])  # [n, 3072]
+        for v in ready:
+            del self._parts[v]
+        c = c.clone()
+        c[:, 0] -= ready[0]
+        clip = unpatchify(f, c, PATCH, (len(ready), *self.grid), CHANNELS)  # [4k, h, w, 3]
+        clip = clip[: self.frames_total - self.frames_done]  # the padding of the last patch
+        self.frames_done += clip.shape[0]
+        return clip
+
+    @property
+    def complete(self) -> bool:
+        return self.frames_done == self.frames_total
+
+
+class VideoSink:
+    """Write one clip's decoded rows to MP4 files while they arrive; measure it per frame.
+
+    Args:
+        adapter: the video adapter (its ``crf`` and ``prepare`` are used).
+        meta: the clip's token meta.
+        coords: ``[N, 4]`` coords of the clip's tokens.
+        output: the reconstruction MP4 path.
+        fps: frame rate of the files.
+        comparison: path of a ``reference | reconstruction`` MP4 (needs ``reference``).
+        reference: the source clip ``[T, H, W, 3]`` (before crop/resize) to compare with;
+            per-frame PSNR/SSIM are measured when it is given.
+        progress: ``progress(frames_done, frames_total)`` after each chunk.
+
+    Use as a context manager: leaving the block normally commits the files (an incomplete clip
+    is an error); an exception discards them.
+    """
+
+    def __init__(
+        self,
+        adapter: VideoAdapter,
+        meta: Mapping[str, Any],
+        coords: Tensor,
+        output: str | os.PathLike[str],
+        *,
+        fps: float,
+        comparison: str | os.PathLike[str] | None = None,
+        reference: Tensor | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if comparison is not None and reference is None:
+            raise InputError("a side-by-side video needs the reference clip")
+        self.adapter, self.meta = adapter, meta
+        self.assembler = FrameAssembler(meta, coords)
+        if reference is not None and reference.shape[0] != self.assembler.frames_total:
+            raise InputError(
+                f"reference has {reference.shape[0]} frames, the tokens"
+                f" {self.assembler.frames_total}"
+            )
+        self.reference = reference
+        self.progress = progress
+        crf = adapter.options.crf
+        self.writers = [Mp4Writer(output, fps, crf=crf)]
+        self.compare = Mp4Writer(comparison, fps, crf=crf) if comparison is not None else None
+        if self.compare is not None:
+            self.writers.append(self.compare)
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": []}
+
+    @property
+    def frames_done(self) -> int:
+        return self.assembler.frames_done
+
+    @property
+    def frames_total(self) -> int:
+        return self.assembler.frames_total
+
+    def __enter__(self) -> VideoSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for w in self.writers:
+                w.abort()
+            return
+        try:
+            if not self.assembler.complete:
+                raise InputError(
+                    f"decoding stopped after {self.frames_done} of {self.frames_total} frames"
+                )
+            for w in self.writers:
+                w.close()
+        except BaseException:
+            for w in self.writers:
+                w.abort()
+            raise
+
+    def add(self, coords: Tensor, feats: Tensor) -> int:
+        """Take decoded rows; write the frames they complete. Returns frames written so far."""
+        start = self.frames_done
+        frames = self.assembler.add(coords, feats)  # [k, h, w, 3] or None
+        if frames is None:
+            return self.frames_done
+        rec = frames.clamp(-1, 1)
+        self.writers[0].write(rec)
+        if self.reference is not None:
+            ref = self.adapter.prepare(self.reference[start : self.frames_done], self.meta)
+            ref = ref.to("cpu", torch.float32)
+            chunk = per_frame_metrics(ref, rec)
+            for name, vals in chunk.per_frame.items():
+                self.values[name] += vals
+            if self.compare is not None:
+                self.compare.write(side_by_side(ref, rec))
+        if self.progress is not None:
+            self.progress(self.frames_done, self.frames_total)
+        return self.frames_done
+
+    def frame_metrics(self) -> FrameMetrics:
+        """Per-frame PSNR/SSIM of the frames written so far (needs ``reference``)."""
+        if self.reference is None:
+            raise InputError("no reference clip was given, so there are no metrics")
+        return FrameMetrics(self.values)
+
+    def metrics(self) -> dict[str, float]:
+        """The summary `VideoAdapter.metrics` gives for the whole clip."""
+        fm = self.frame_metrics()
+        return {**fm.summary(), "frames": float(fm.frames)}
