@@ -4,7 +4,9 @@ The directory holds ``config.json`` (format marker, `GaussianDecoderConfig` valu
 and ``model.safetensors`` (the decoder's state dict, keys as in the release). Both are written
 atomically. The checkpoint is read weights-only through `atoken.convert.official`; its keys and
 shapes are checked against the network built (on the meta device) from the configuration, and
-every missing, unexpected or mis-shaped key is listed in one error.
+every missing, unexpected or mis-shaped key is listed in one error. `save_gaussian_decoder` writes
+the same layout for a decoder built or trained here (``trained_by`` instead of
+``converted_from``), so `load_gaussian_decoder` reads both.
 
 The release wraps the decoder in a training subclass that also owns torchmetrics members
 (LPIPS-VGG, MS-SSIM, PSNR); their keys, if a checkpoint holds them, are loss networks, not part
@@ -132,6 +134,36 @@ def convert_gaussian_decoder(
             },
         },
     )
+    return out
+
+
+def save_gaussian_decoder(
+    decoder: GaussianDecoder,
+    out_dir: str | os.PathLike[str],
+    *,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``decoder`` as a plugin directory (``config.json`` + ``model.safetensors``).
+
+    Each file is written atomically (weights first, so a complete ``config.json`` always has its
+    weights beside it). `load_gaussian_decoder` reads it back with strict key matching.
+
+    Args:
+        decoder: the decoder (any device / dtype; saved as stored).
+        out_dir: directory to create or overwrite.
+        info: JSON-able provenance recorded under ``trained_by`` (e.g. step, run folder).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(out / WEIGHTS_NAME, decoder.state_dict(), metadata={"format": FORMAT})
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": decoder.config.to_dict(),
+    }
+    if info is not None:
+        doc["trained_by"] = dict(info)
+    atomic_write_json(out / CONFIG_NAME, doc)
     return out
 
 
