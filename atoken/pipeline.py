@@ -42,7 +42,7 @@ from atoken.core.serialization import (
     read_metadata,
     save_tensors,
 )
-from atoken.core.tokenizer import Latents, Tokenizer
+from atoken.core.tokenizer import STREAM_GROUP_TOKENS, Latents, Tokenizer
 from atoken.core.tokens import PatchTokens, collate
 
 LATENTS_FORMAT = "atoken-latents"
@@ -97,6 +97,32 @@ def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
     if callable(bind):
         bind(model)
     return adapter
+
+
+def encode_sample(
+    model: Tokenizer, adapter: ModalityAdapter, sample: Any
+) -> tuple[Latents, dict[str, Any]]:
+    """Tokenize and encode one sample (inference); returns the latents and the sample's meta.
+
+    An adapter with ``to_token_chunks(sample, frames)`` (video) is encoded chunk by chunk with
+    `Tokenizer.encode_chunks` whenever that gives the same latents (independent encoder tiles):
+    chunks of whole tiles, about `STREAM_GROUP_TOKENS` tokens each, so a long clip's patches
+    never exist all at once. Otherwise ``to_tokens`` and ``encode``.
+    """
+    chunker = getattr(adapter, "to_token_chunks", None)
+    tc = model.temporal()
+    if callable(chunker) and tc.tile is not None and tc.encoder_cache == 0:
+        first = next(iter(chunker(sample[:4], 4)))  # one latent frame: the grid's token count
+        per_frame = max(1, len(first))
+        tiles = max(1, STREAM_GROUP_TOKENS // (per_frame * tc.tile))
+        frames = tiles * tc.tile * model.config.patch_size[0]
+        with torch.inference_mode():
+            latents = model.encode_chunks(chunker(sample, frames))
+        return latents, dict(latents.tokens.meta[0])
+    tokens = adapter.to_tokens(sample)
+    with torch.inference_mode():
+        latents = model.encode([tokens])
+    return latents, dict(tokens.meta)
 
 
 def _json_number(value: float) -> float | str:
@@ -181,9 +207,7 @@ def encode_to_file(
     """Encode one input file and write a latents safetensors file with what decoding needs."""
     bind_adapter(adapter, model)
     sample = adapter.load(source)
-    tokens = adapter.to_tokens(sample)
-    with torch.inference_mode():
-        latents = model.encode([tokens])
+    latents, sample_meta = encode_sample(model, adapter, sample)
     tensors = {"coords": latents.tokens.coords.cpu()}
     if latents.indices is not None:
         tensors["indices"] = latents.indices.cpu()
@@ -195,13 +219,16 @@ def encode_to_file(
         "model_id": model.model_id,
         "model": model_ref,
         "quantizer": model.config.quantizer.name,
-        "modality": tokens.modality,
+        "modality": latents.tokens.modality[0],
         "adapter_options": json.dumps(adapter_options or {}),
-        "sample_meta": json.dumps(dict(tokens.meta)),
+        "sample_meta": json.dumps(sample_meta),
         "source": Path(source).name,
     }
     save_tensors(out, tensors, metadata=meta)
-    return {"tokens": len(tokens), **{k: list(v.shape) for k, v in tensors.items()}}
+    return {
+        "tokens": latents.tokens.num_tokens,
+        **{k: list(v.shape) for k, v in tensors.items()},
+    }
 
 
 def read_latents_header(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -341,13 +368,11 @@ def reconstruct_to_dir(
         "metrics": out_dir / "metrics.json",
     }
     t0 = time.perf_counter()
-    tokens = adapter.to_tokens(sample)
-    t1 = time.perf_counter()
+    latents, meta = encode_sample(model, adapter, sample)
+    t1 = t2 = time.perf_counter()
     with torch.inference_mode():
-        latents = model.encode([tokens])
-        t2 = time.perf_counter()
         sink = sink_factory(
-            tokens.meta,
+            meta,
             latents.tokens.coords,
             paths["reconstruction"],
             comparison=paths["side_by_side"],
@@ -359,15 +384,16 @@ def reconstruct_to_dir(
                 sink.add(chunk.coords, chunk.feats)
         t3 = time.perf_counter()
     metrics = sink.metrics()
-    timings = {"tokenize_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2}
+    timings = {"tokenize_encode_s": t1 - t0, "decode_s": t3 - t2}
+    n_tokens = latents.tokens.num_tokens
     atomic_write_json(
         paths["metrics"],
         {
             "source": str(source),
-            "tokens": len(tokens),
+            "tokens": n_tokens,
             **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
             "timings": {k: round(v, 4) for k, v in timings.items()},
             **extra,
         },
     )
-    return StreamedReconstruction(Path(source), len(tokens), metrics, paths, True, timings)
+    return StreamedReconstruction(Path(source), n_tokens, metrics, paths, True, timings)

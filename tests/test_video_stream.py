@@ -186,3 +186,48 @@ def test_decode_to_file_streams_and_checks_the_model(tmp_path, carphone) -> None
     assert (
         _frames(tmp_path / "out.mp4") - _frames(tmp_path / "whole.mp4")
     ).abs().max() <= 2 / 255 + 1e-6
+
+
+# ------------------------------------------------------------------------ chunked encoding
+def test_token_chunks_are_to_tokens_cut_along_t(carphone) -> None:
+    clip, _ = carphone  # 19 frames: 5 latent frames, the last one padded
+    adapter = VideoAdapter()
+    whole = adapter.to_tokens(clip)
+    chunks = list(adapter.to_token_chunks(clip, 8))
+    assert [int(c.coords[:, 0].min()) for c in chunks] == [0, 2, 4]
+    assert torch.equal(torch.cat([c.feats for c in chunks]), whole.feats)
+    assert torch.equal(torch.cat([c.coords for c in chunks]), whole.coords)
+    assert all(dict(c.meta) == dict(whole.meta) for c in chunks)
+    with pytest.raises(InputError, match="multiple of 4 frames, got 6"):
+        next(adapter.to_token_chunks(clip, 6))
+
+
+@pytest.mark.parametrize("quantizer", ["kl", "fsq"])
+def test_encode_chunks_equals_encoding_the_whole_clip(carphone, quantizer) -> None:
+    clip, _ = carphone
+    model = build_tokenizer("atoken-tiny", quantizer={"name": quantizer}).eval()
+    adapter = VideoAdapter()
+    tc = TemporalConfig(tile=2)
+    with torch.inference_mode():
+        whole = model.encode([adapter.to_tokens(clip)], temporal=tc)
+        chunked = model.encode_chunks(adapter.to_token_chunks(clip, 8), temporal=tc)
+    torch.testing.assert_close(chunked.codes, whole.codes, atol=1e-5, rtol=0)
+    assert torch.equal(chunked.tokens.coords, whole.tokens.coords)
+    if quantizer == "fsq":
+        assert torch.equal(chunked.indices, whole.indices)
+    assert chunked.tokens.meta[0] == whole.tokens.meta[0]
+
+
+def test_encode_chunks_refuses_what_would_change_the_result(tiny, carphone) -> None:
+    clip, _ = carphone
+    adapter = VideoAdapter()
+    with pytest.raises(InputError, match="encoder_cache = 0"):
+        tiny.encode_chunks(
+            adapter.to_token_chunks(clip, 8), temporal=TemporalConfig(tile=2, encoder_cache=1)
+        )
+    with pytest.raises(InputError, match="encoder_cache = 0"):
+        tiny.encode_chunks(adapter.to_token_chunks(clip, 8), temporal=TemporalConfig(tile=None))
+    with pytest.raises(InputError, match="not on a tile boundary"):
+        tiny.encode_chunks(adapter.to_token_chunks(clip, 4), temporal=TemporalConfig(tile=2))
+    with pytest.raises(InputError, match="no chunks"):
+        tiny.encode_chunks([], temporal=TemporalConfig(tile=2))

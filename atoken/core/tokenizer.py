@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,66 @@ class Tokenizer(nn.Module):
         """
         dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
         return self.quantize(dense, sample=sample, generator=generator)
+
+    def encode_chunks(
+        self,
+        chunks: Iterable[PatchTokens],
+        *,
+        backend=None,
+        temporal: TemporalConfig | None = None,
+    ) -> Latents:
+        """Encode ONE long sample handed over as consecutive chunks of its tokens.
+
+        ``chunks`` are the sample's tokens cut along t (e.g. `VideoAdapter.to_token_chunks`:
+        frames 0-63, 64-127, ... with their true t), each carrying the whole sample's meta.
+        When the encoder's tiles are independent (no ``encoder_cache``) and every chunk starts
+        on a tile boundary, the result equals ``encode([whole sample])`` (posterior means, no
+        sampling): the position table is sized by each chunk's grid, which is the clip's, and
+        tiles never see each other. Only one chunk's tokens and activations exist at a time, so
+        memory does not grow with the clip beyond its latents (``[N, Cz]``).
+
+        Raises:
+            InputError: no chunks, untiled full attention or an encoder cache (chunks would
+                change the result), a chunk not starting on a tile boundary, or chunks of
+                different modalities.
+        """
+        tc = self.temporal(temporal)
+        if tc.tile is None or tc.encoder_cache:
+            raise InputError(
+                "encode_chunks needs independent encoder tiles (temporal.tile set and"
+                f" encoder_cache = 0), got tile={tc.tile}, encoder_cache={tc.encoder_cache};"
+                " encode the whole sample with encode([tokens]) instead"
+            )
+        codes: list[Tensor] = []
+        indices: list[Tensor] = []
+        coords: list[Tensor] = []
+        first: PatchTokens | None = None
+        t0 = 0
+        for chunk in chunks:
+            start = int(chunk.coords[:, 0].min())
+            if first is None:
+                first, t0 = chunk, start
+            elif chunk.modality != first.modality:
+                raise InputError(
+                    f"encode_chunks: chunk of {chunk.modality!r} after {first.modality!r} chunks"
+                )
+            if (start - t0) % tc.tile:
+                raise InputError(
+                    f"encode_chunks: a chunk starts at latent frame {start}, not on a tile"
+                    f" boundary ({t0} + k * {tc.tile}); cut chunks at multiples of"
+                    f" {tc.tile * self.config.patch_size[0]} frames"
+                )
+            latents = self.encode([chunk], sample=False, backend=backend, temporal=tc)
+            codes.append(latents.codes)
+            coords.append(latents.tokens.coords)
+            if latents.indices is not None:
+                indices.append(latents.indices)
+        if first is None:
+            raise InputError("encode_chunks: got no chunks")
+        whole = collate(
+            [PatchTokens(torch.cat(codes), torch.cat(coords), first.modality, first.meta)]
+        )
+        return Latents(tokens=whole, indices=torch.cat(indices) if indices else None)
 
     def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
         """Head embedding ``[B, D]`` from dense encoder features."""

@@ -23,7 +23,7 @@ the release's preprocessing (crop to multiples of 16).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -277,6 +277,42 @@ class VideoAdapter:
             clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])  # [T + pad, ch, cw, 3]
         feats, coords = patchify(clip.contiguous(), PATCH)  # [n, 3072], [n, 4]
         return PatchTokens(feats, coords, self.name, meta)
+
+    def to_token_chunks(self, sample: Tensor, frames: int) -> Iterator[PatchTokens]:
+        """``to_tokens(sample)`` cut into chunks of ``frames`` input frames (a multiple of 4).
+
+        Each chunk holds the tokens of its frames with their true latent-frame index ``t`` and
+        the whole clip's meta (the same resize, crop and padding as ``to_tokens``); only the last
+        chunk is padded. Concatenated, the chunks are ``to_tokens(sample)`` row for row, but only
+        one chunk's patches exist at a time (see `Tokenizer.encode_chunks`).
+        """
+        if frames <= 0 or frames % PATCH[0]:
+            raise InputError(
+                f"chunk length must be a positive multiple of {PATCH[0]} frames, got {frames}"
+            )
+        self._check(sample)
+        t, h, w = sample.shape[:3]
+        resize = self._resize_target(h, w)
+        rh, rw = resize if resize is not None else (h, w)
+        meta: dict[str, Any] = {
+            "frames": t,
+            "pad": -t % PATCH[0],
+            "height": h,
+            "width": w,
+            "resize": list(resize) if resize else None,
+            "crop": list(self._crop_box(rh, rw, False, None)),
+        }
+        fps = self.fps_of(sample)
+        if fps is not None:
+            meta["fps"] = fps
+        for f0 in range(0, t, frames):
+            clip = self.prepare(sample[f0 : f0 + frames], meta)
+            pad = -clip.shape[0] % PATCH[0]
+            if pad:
+                clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])
+            feats, coords = patchify(clip.contiguous(), PATCH)
+            coords[:, 0] += f0 // PATCH[0]
+            yield PatchTokens(feats, coords, self.name, dict(meta))
 
     def from_tokens(self, tokens: PatchTokens) -> Tensor:
         """Tokens -> ``[T, h, w, 3]`` with the padding frames dropped (T = meta ``frames``)."""
