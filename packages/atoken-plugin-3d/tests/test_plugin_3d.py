@@ -55,7 +55,46 @@ def test_registration_does_not_import_the_model_code():
         " print(sorted(m for m in sys.modules if m.startswith('atoken_plugin_3d.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['atoken_plugin_3d.cli', 'atoken_plugin_3d.plugin']"
+    assert out.stdout.strip() == (
+        "['atoken_plugin_3d.cli', 'atoken_plugin_3d.options', 'atoken_plugin_3d.plugin']"
+    )
+
+
+def test_adapter_renderers_and_trainer_are_registered() -> None:
+    import atoken
+
+    comps = atoken.collect_components(atoken.build_plugin_manager())
+    for kind, name in [
+        ("adapters", "mesh3d"),
+        ("renderers", "gaussians-torch"),
+        ("renderers", "gaussians-gsplat"),
+        ("trainers", "gaussian-decoder"),
+    ]:
+        entry = getattr(comps, kind).get(name)
+        assert str(entry.provider).startswith(DIST), (kind, name)
+    adapter = comps.adapters.build("mesh3d", {"views": 4})
+    assert adapter.name == "mesh3d" and adapter.options.views == 4
+    assert {".ply", ".obj", ".glb", ".stl"} <= set(adapter.extensions)
+    torch_renderer = comps.renderers.build("gaussians-torch")
+    assert torch_renderer.name == "gaussians-torch" and torch_renderer.available()
+    assert comps.renderers.build("gaussians-gsplat").name == "gaussians-gsplat"
+
+
+def test_plugins_json_lists_adapter_and_renderers() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "atoken", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ours = {(r["kind"], r["name"]) for r in json.loads(out) if r["provider"] == DIST}
+    assert {
+        ("adapter", "mesh3d"),
+        ("renderer", "gaussians-torch"),
+        ("renderer", "gaussians-gsplat"),
+        ("trainer", "gaussian-decoder"),
+        ("command", "convert-gs"),
+    } <= ours
 
 
 def test_cli_converts_and_reports_errors(tmp_path):

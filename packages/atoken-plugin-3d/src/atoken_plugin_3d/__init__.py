@@ -1,8 +1,11 @@
 """atoken-plugin-3d: 3D assets for atoken (a separate distribution, loaded as a plugin).
 
-Nothing heavy runs at import. What exists now: the release's 3D Gaussian decoder
-(`atoken_plugin_3d.gaussian_decoder`), its Gaussian representation (`atoken_plugin_3d.gaussians`)
-and the converter for the official ``3d_decode_gs`` checkpoint (`atoken_plugin_3d.convert`).
+Nothing heavy runs at import. The ``mesh3d`` adapter (`atoken_plugin_3d.adapter`) turns mesh
+files, NeRF-synthetic folders and voxel files into AToken voxel tokens and decoded tokens into
+3D Gaussians through the release's Gaussian decoder (`atoken_plugin_3d.gaussian_decoder`);
+`atoken_plugin_3d.render_gaussians` renders them, `atoken_plugin_3d.ply` writes them, and
+`atoken_plugin_3d.convert` converts the official ``3d_decode_gs`` checkpoint. The entry point
+`atoken_plugin_3d.plugin` registers the adapter, the renderers, the trainer and the commands.
 """
 
 from __future__ import annotations

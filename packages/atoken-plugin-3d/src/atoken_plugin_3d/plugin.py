@@ -1,19 +1,92 @@
-"""Entry point of group ``atoken`` (``mesh3d``): registers what the plugin offers so far.
+"""Entry point of group ``atoken`` (``mesh3d``): what atoken-plugin-3d registers.
 
-atoken has no hook for 3D decoders yet; the plugin registers its converter command.
+- adapter ``mesh3d``: mesh files, NeRF-synthetic folders and voxel files -> voxel tokens ->
+  3D Gaussians (`atoken_plugin_3d.adapter`);
+- renderers ``gaussians-torch`` (pure PyTorch, CPU or GPU) and ``gaussians-gsplat`` (CUDA);
+- trainer ``gaussian-decoder`` (``atoken train configs/3d-gs.toml``);
+- commands ``convert-gs`` (the official Gaussian decoder checkpoint) and ``eval-3d``
+  (reconstruction metrics over a folder of meshes / NeRF folders).
+
+Registration imports only pydantic options and click: torch, trimesh and the model code load
+when a component is built.
 """
 
 from __future__ import annotations
 
 from atoken import hookimpl
 
+from atoken_plugin_3d.options import Mesh3DOptions
+
+
+def _mesh3d(options: Mesh3DOptions):
+    from atoken_plugin_3d.adapter import Mesh3DAdapter
+
+    return Mesh3DAdapter(options)
+
+
+def _torch_renderer():
+    from atoken_plugin_3d.render_gaussians import TorchRenderer
+
+    return TorchRenderer()
+
+
+def _gsplat_renderer():
+    from atoken_plugin_3d.render_gaussians import GsplatRenderer
+
+    return GsplatRenderer()
+
+
+def _gaussian_decoder_trainer():
+    from atoken_plugin_3d.train_gs import GaussianDecoderTrainer
+
+    return GaussianDecoderTrainer()
+
+
+@hookimpl
+def atoken_register_adapters(registry) -> None:
+    registry.add(
+        "mesh3d",
+        _mesh3d,
+        options=Mesh3DOptions,
+        description="3D assets (mesh files, NeRF folders, voxel files) -> 64³ voxel tokens"
+        " -> 3D Gaussians (.ply)",
+    )
+
+
+@hookimpl
+def atoken_register_renderers(registry) -> None:
+    registry.add(
+        "gaussians-torch",
+        _torch_renderer,
+        description="3D Gaussian splatting in pure PyTorch (CPU or GPU, differentiable)",
+    )
+    registry.add(
+        "gaussians-gsplat",
+        _gsplat_renderer,
+        description="3D Gaussian splatting with gsplat (CUDA only)",
+    )
+
+
+@hookimpl
+def atoken_register_trainers(registry) -> None:
+    registry.add(
+        "gaussian-decoder",
+        _gaussian_decoder_trainer,
+        description="train the 3D Gaussian decoder (L1 + 0.2 LPIPS + 0.2 (1 - SSIM))",
+    )
+
 
 @hookimpl
 def atoken_register_commands(registry) -> None:
-    from atoken_plugin_3d.cli import convert_gs
+    from atoken_plugin_3d.cli import convert_gs, eval_3d
 
     registry.add(
         "convert-gs",
         convert_gs,
         description="convert the official 3d_decode_gs Gaussian decoder checkpoint",
+    )
+    registry.add(
+        "eval-3d",
+        eval_3d,
+        description="3D reconstruction PSNR/SSIM/LPIPS over held-out views of a folder of assets",
     )

@@ -1,0 +1,434 @@
+"""The ``mesh3d`` modality adapter: 3D assets -> AToken voxel tokens -> 3D Gaussians.
+
+Inputs (`Mesh3DAdapter.load` -> `Asset3D`):
+
+- a **mesh file** (``.obj .ply .glb .gltf .stl .off``): normalised into ``[-0.5, 0.5]^3``
+  (`atoken_plugin_3d.mesh`), rendered with depth from ``views`` cameras spread on a sphere (the
+  input) and from ``heldout_views`` other cameras (the reference the reconstruction is judged on);
+- a **NeRF-synthetic folder** (``transforms.json`` + RGB + depth; or ``transforms_train.json`` /
+  ``transforms_test.json``): the last ``heldout_views`` frames (or the test split) are held out,
+  the rest (which need depth) are voxelized. A folder has no suffix, so it needs
+  ``--modality mesh3d``; its ``transforms.json`` path is recognised by the ``.json`` suffix;
+- a **voxel file** (``.safetensors`` with ``feats [N, 768]`` in [0, 1] and ``coords [N, 3]``,
+  `atoken_plugin_3d.voxel_file`): tokens directly, no reference views (no metrics).
+
+Tokens (`to_tokens`): the voxelization of `atoken_plugin_3d.voxelize` (64³ grid, 16 x 16 RGB
+patch per occupied voxel), features ``2 f - 1`` in channels ``0..767`` and zero after (frames 1-3
+of a 4-frame patch), coords ``(t, x, y, z)`` int32 with ``t = 1`` as in the release.
+
+Decoding (`from_tokens`): the first 768 channels of the decoded rows go through the Gaussian
+decoder (`atoken_plugin_3d.gaussian_decoder`) -> `Gaussians` (32 per voxel), found from the
+``gaussian_decoder`` option, else ``<model directory>/gaussian_decoder/`` (``bind``), else an
+untrained decoder (logged once: the output is then meaningless). Reconstructions are written as
+3D Gaussian Splatting ``.ply`` files (normalised asset space) and compared with the held-out
+views rendered from the Gaussians (``side_by_side.png``: ground truth above, reconstruction
+below; PSNR / SSIM / LPIPS with images in [0, 1]).
+
+References: AToken (Lu et al., 2025) 3D tokens and evaluation on held-out renders; TRELLIS
+(Xiang et al., 2024) asset normalisation, render set-up and Gaussian decoding; 3D Gaussian
+Splatting (Kerbl et al., 2023) ``.ply`` layout.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from atoken.core.errors import InputError
+from atoken.core.serialization import atomic_write_bytes
+from atoken.core.tokens import PatchTokens
+from torch import Tensor
+
+from atoken_plugin_3d.gaussians import Gaussians
+from atoken_plugin_3d.options import Mesh3DOptions
+
+if TYPE_CHECKING:
+    from atoken_plugin_3d.cameras import Camera
+    from atoken_plugin_3d.gaussian_decoder import GaussianDecoder
+    from atoken_plugin_3d.mesh import Normalization
+    from atoken_plugin_3d.views import Views
+
+logger = logging.getLogger("atoken_plugin_3d.adapter")
+
+MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
+VOXEL_EXTENSIONS = (".safetensors",)
+NERF_EXTENSIONS = (".json",)
+#: voxels per side of the AToken 3D grid
+RESOLUTION = 64
+#: channels of one voxel's RGB patch (16 x 16 x 3), the first frame of a 3072-value token
+VOXEL_CHANNELS = 768
+TOKEN_CHANNELS = 3072
+#: name of the Gaussian decoder directory inside a model directory
+DECODER_DIR = "gaussian_decoder"
+
+AssetKind = Literal["mesh", "nerf", "voxels"]
+_WARNED: set[str] = set()
+
+
+@dataclass(frozen=True, eq=False)
+class Asset3D:
+    """One 3D input, as `Mesh3DAdapter.load` returns it.
+
+    Attributes:
+        source: the path it was read from.
+        kind: ``mesh``, ``nerf`` or ``voxels``.
+        views: posed input views with depth (voxelized), ``None`` for voxel files.
+        heldout: reference views (not voxelized), ``None`` for voxel files.
+        voxels: ``(feats [N, 768] in [0, 1], coords [N, 3] (x, y, z))`` of a voxel file, else None.
+        normalization: the mesh's file-units -> unit-cube transform (None for other inputs).
+        cache: voxelization and tokens, computed once per option set (`Mesh3DAdapter.to_tokens`).
+    """
+
+    source: str
+    kind: AssetKind
+    views: Views | None = None
+    heldout: Views | None = None
+    voxels: tuple[Tensor, Tensor] | None = None
+    normalization: Normalization | None = None
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class DecodedGaussians(Gaussians):
+    """`Gaussians` decoded from tokens; ``shape`` is ``(P,)`` (P Gaussians) for CLI messages."""
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+
+class Mesh3DAdapter:
+    """3D assets as `Asset3D` samples, reconstructions as `Gaussians` (see the module docstring)."""
+
+    name = "mesh3d"
+    extensions = MESH_EXTENSIONS + VOXEL_EXTENSIONS + NERF_EXTENSIONS
+    output_suffix = ".ply"
+    comparison_suffix = ".png"
+
+    def __init__(self, options: Mesh3DOptions | None = None) -> None:
+        self.options = options or Mesh3DOptions()
+        self.source_dir: Path | None = None
+        self.device = torch.device("cpu")
+        self._decoder: GaussianDecoder | None = None
+        self._decoder_from: str | None = None
+        self._rendered: tuple[object, tuple, Tensor] | None = None
+        self._lpips: Any = None
+
+    # ------------------------------------------------------------------ model
+    def bind(self, model: Any) -> None:
+        """Use the tokenizer's device and look for ``<model.source_dir>/gaussian_decoder``."""
+        self.device = getattr(model, "device", self.device)
+        source = getattr(model, "source_dir", None)
+        source = Path(source) if source is not None else None
+        if source != self.source_dir:
+            self.source_dir = source
+            self._decoder, self._decoder_from = None, None
+
+    def decoder_location(self) -> Path | None:
+        """The Gaussian decoder directory to load, or None (an untrained decoder is used)."""
+        if self.options.gaussian_decoder is not None:
+            path = Path(self.options.gaussian_decoder)
+            if not (path / "config.json").is_file():
+                raise InputError(
+                    f"gaussian_decoder {str(path)!r} is not a Gaussian decoder directory"
+                    " (config.json + model.safetensors, written by `atoken convert-gs`)"
+                )
+            return path
+        if (
+            self.source_dir is not None
+            and (self.source_dir / DECODER_DIR / "config.json").is_file()
+        ):
+            return self.source_dir / DECODER_DIR
+        return None
+
+    def gaussian_decoder(self) -> GaussianDecoder:
+        """The Gaussian decoder (loaded once per location), on the bound model's device."""
+        from atoken_plugin_3d.convert import load_gaussian_decoder
+        from atoken_plugin_3d.gaussian_decoder import GaussianDecoder
+
+        where = self.decoder_location()
+        key = str(where) if where is not None else "<untrained>"
+        if self._decoder is None or self._decoder_from != key:
+            if where is not None:
+                decoder = load_gaussian_decoder(where)
+            else:
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    logger.warning(
+                        "mesh3d: no trained Gaussian decoder (set -O gaussian_decoder=DIR or put"
+                        " one in <model dir>/%s); using an untrained one, so the Gaussians and"
+                        " their metrics are meaningless until it is trained",
+                        DECODER_DIR,
+                    )
+                decoder = GaussianDecoder().eval()
+            self._decoder, self._decoder_from = decoder, key
+        return self._decoder.to(self.device)
+
+    # ------------------------------------------------------------------ files
+    def load(self, path: str | os.PathLike[str]) -> Asset3D:
+        """Read a mesh file, a NeRF folder (or its ``transforms*.json``) or a voxel file."""
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"3D input {str(p)!r} does not exist")
+        if p.is_dir() or p.suffix.lower() in NERF_EXTENSIONS:
+            return self._load_nerf(p)
+        if p.suffix.lower() in VOXEL_EXTENSIONS:
+            return self._load_voxels(p)
+        return self._load_mesh(p)
+
+    def _mesh_cameras(self) -> tuple[list[Camera], list[Camera]]:
+        from atoken_plugin_3d.cameras import sphere_cameras
+
+        o = self.options
+        inputs = sphere_cameras(o.views, radius=o.radius, fov_deg=o.fov_deg, size=o.size)
+        # a rotated point set: held-out cameras are never input cameras
+        heldout = sphere_cameras(
+            o.heldout_views,
+            radius=o.radius,
+            fov_deg=o.fov_deg,
+            size=o.heldout_size,
+            offset=0.5 / o.views + 0.5 / o.heldout_views,
+        )
+        return inputs, heldout
+
+    def _load_mesh(self, path: Path) -> Asset3D:
+        from atoken_plugin_3d.mesh import load_mesh
+        from atoken_plugin_3d.render_mesh import render_views
+
+        mesh = load_mesh(path, fill=self.options.fill)
+        inputs, heldout = self._mesh_cameras()
+        logger.info(
+            "mesh3d: rendering %d input + %d held-out views of %s", len(inputs), len(heldout), path
+        )
+        views = render_views(mesh, inputs, shading=self.options.shading)
+        held = render_views(mesh, heldout, shading=self.options.shading)
+        if not bool(views.mask.any()):
+            raise InputError(f"mesh file {str(path)!r}: no camera sees the mesh")
+        return Asset3D(str(path), "mesh", views, held, None, mesh.normalization)
+
+    def _load_nerf(self, path: Path) -> Asset3D:
+        from atoken_plugin_3d.nerf import read_nerf_folder
+
+        folder = path if path.is_dir() else path.parent
+        n_held = self.options.heldout_views
+        if path.is_file():
+            views, held = self._split(read_nerf_folder(path), n_held, path)
+        elif (folder / "transforms.json").is_file():
+            views, held = self._split(read_nerf_folder(folder), n_held, folder)
+        elif (folder / "transforms_train.json").is_file():
+            views = read_nerf_folder(folder, transforms="transforms_train.json")
+            if (folder / "transforms_test.json").is_file():
+                held = read_nerf_folder(folder, transforms="transforms_test.json")
+                held = held.select(range(min(n_held, len(held))))
+            else:
+                views, held = self._split(views, n_held, folder)
+        else:
+            raise InputError(
+                f"3D input {str(path)!r} is a folder without transforms.json (or"
+                " transforms_train.json); a NeRF-synthetic folder is expected"
+            )
+        if views.depth is None:
+            raise InputError(
+                f"NeRF folder {str(folder)!r} has no depth (depth_file_path per frame);"
+                " voxelization needs depth"
+            )
+        return Asset3D(str(path), "nerf", views, held)
+
+    @staticmethod
+    def _split(views: Views, n_held: int, where: Path) -> tuple[Views, Views]:
+        """Input views and ``n_held`` evenly spread held-out ones."""
+        n = len(views)
+        if n_held >= n:
+            raise InputError(
+                f"NeRF folder {str(where)!r} has {n} frames; holding out {n_held} leaves none to"
+                f" voxelize (set -O heldout_views=K with K < {n})"
+            )
+        held = sorted({round(i * (n - 1) / max(n_held - 1, 1)) for i in range(n_held)})
+        held = held if n_held > 1 else [n - 1]
+        kept = [i for i in range(n) if i not in set(held)]
+        return views.select(kept), views.select(held)
+
+    def _load_voxels(self, path: Path) -> Asset3D:
+        from atoken_plugin_3d.voxel_file import load_voxel_file
+
+        feats, coords = load_voxel_file(path, resolution=RESOLUTION)
+        return Asset3D(str(path), "voxels", voxels=(feats, coords))
+
+    def save(self, sample: Gaussians, path: str | os.PathLike[str]) -> None:
+        """Write Gaussians as a 3D Gaussian Splatting ``.ply`` (atomically)."""
+        from atoken_plugin_3d.ply import write_ply
+
+        path = Path(path)
+        if not isinstance(sample, Gaussians):
+            raise InputError(f"mesh3d saves Gaussians, got {type(sample).__name__}")
+        if path.suffix.lower() != ".ply":
+            raise InputError(f"mesh3d writes Gaussians as .ply files, got {str(path)!r}")
+        write_ply(path, sample)
+
+    def save_comparison(
+        self, reference: Views | None, reconstruction: Gaussians, path: str | os.PathLike[str]
+    ) -> None:
+        """PNG grid: held-out ground truth (top row) over the Gaussians rendered there (bottom).
+
+        Without reference views (voxel-file inputs) only the renders from four turntable cameras
+        are shown.
+        """
+        from atoken_plugin_3d.cameras import turntable_cameras
+
+        if reference is None:
+            o = self.options
+            cams = turntable_cameras(4, radius=o.radius, fov_deg=o.fov_deg, size=o.heldout_size)
+            rows = [self.render(reconstruction, cams)]
+        else:
+            rows = [reference.rgb.float(), self.render(reconstruction, reference.cameras)]
+        atomic_write_bytes(path, _png(_grid(rows)))
+
+    # ------------------------------------------------------------------ tokens
+    def to_tokens(self, sample: Asset3D, *, train: bool = False, generator=None) -> PatchTokens:
+        """Voxelize -> tokens ``[N, 3072]`` (``2 f - 1`` then zeros) at ``(t, x, y, z)`` int32."""
+        if not isinstance(sample, Asset3D):
+            got = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
+            raise InputError(
+                f"mesh3d: a sample is what Mesh3DAdapter.load returns (Asset3D), got {got}"
+            )
+        o = self.options
+        key = (o.voxel_mode, o.t)
+        if key in sample.cache:
+            return sample.cache[key]
+        if sample.voxels is not None:
+            feats01, coords = sample.voxels
+        elif ("voxels", o.voxel_mode) in sample.cache:
+            feats01, coords = sample.cache[("voxels", o.voxel_mode)]
+        else:
+            from atoken_plugin_3d.voxelize import voxelize
+
+            feats01, coords = voxelize(sample.views, resolution=RESOLUTION, mode=o.voxel_mode)
+            sample.cache[("voxels", o.voxel_mode)] = (feats01, coords)
+        n = feats01.shape[0]
+        feats = torch.zeros(n, TOKEN_CHANNELS)
+        feats[:, :VOXEL_CHANNELS] = 2.0 * feats01.float() - 1.0
+        t = torch.full((n, 1), o.t, dtype=torch.int32)
+        norm = sample.normalization
+        meta = {
+            "kind": sample.kind,
+            "source": Path(sample.source).name,
+            "t": o.t,
+            "resolution": RESOLUTION,
+            "voxels": int(n),
+            "heldout_views": 0 if sample.heldout is None else len(sample.heldout),
+            "normalization": None
+            if norm is None
+            else {"center": list(norm.center), "scale": norm.scale},
+        }
+        tokens = PatchTokens(feats, torch.cat([t, coords.to(torch.int32)], 1), self.name, meta)
+        sample.cache[key] = tokens
+        return tokens
+
+    def from_tokens(self, tokens: PatchTokens) -> DecodedGaussians:
+        """Decoded rows ``[N, >=768]`` at ``(t, x, y, z)`` -> Gaussians (32 per voxel)."""
+        feats, coords = tokens.feats, tokens.coords
+        if feats.shape[1] < VOXEL_CHANNELS:
+            raise InputError(
+                f"mesh3d: decoded features must have at least {VOXEL_CHANNELS} channels, got"
+                f" {feats.shape[1]}"
+            )
+        if len(coords) == 0:
+            raise InputError("mesh3d: no voxels to decode")
+        xyz = coords[:, 1:].long()
+        if int(xyz.min()) < 0 or int(xyz.max()) >= RESOLUTION:
+            raise InputError(
+                f"mesh3d: voxel coordinates must lie in 0..{RESOLUTION - 1}, got"
+                f" {int(xyz.min())}..{int(xyz.max())}"
+            )
+        decoder = self.gaussian_decoder()
+        bxyz = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).to(self.device)  # [N, 4]
+        with torch.no_grad():
+            (g,) = decoder.decode(feats[:, :VOXEL_CHANNELS].float().to(self.device), bxyz)
+        return DecodedGaussians(**{f.name: getattr(g, f.name) for f in fields(g)})
+
+    def target(self, sample: Asset3D, meta: Mapping[str, Any]) -> Views | None:
+        """The held-out views (what the reconstruction is compared with); None for voxel files."""
+        return sample.heldout
+
+    # ------------------------------------------------------------------ evaluation
+    def render(self, gaussians: Gaussians, cameras) -> Tensor:
+        """``[V, H, W, 3]`` float32 CPU renders in [0, 1] on black (cached for the last call)."""
+        from atoken_plugin_3d.render_gaussians import render_views
+
+        cams = tuple(cameras)
+        last = self._rendered
+        if last is not None and last[0] is gaussians and last[1] == tuple(map(id, cams)):
+            return last[2]
+        with torch.no_grad():
+            out = render_views(
+                gaussians, cams, background=(0.0, 0.0, 0.0), backend=self.options.renderer
+            )
+        out = out.detach().float().clamp(0.0, 1.0).cpu()
+        self._rendered = (gaussians, tuple(map(id, cams)), out)
+        return out
+
+    def metrics(self, reference: Views | None, reconstruction: Gaussians) -> dict[str, float]:
+        """Mean PSNR / SSIM (images in [0, 1]) and LPIPS over the held-out views; {} without."""
+        from atoken.eval.metrics import psnr, ssim
+
+        if reference is None:
+            return {}
+        rendered = self.render(reconstruction, reference.cameras)  # [V, H, W, 3]
+        ref = reference.rgb.float().cpu()
+        out = {
+            "psnr": float(psnr(ref, rendered, data_range=1.0).mean()),
+            "ssim": float(ssim(ref, rendered, data_range=1.0).mean()),
+        }
+        lpips = self._lpips_fn()
+        if lpips is not None:
+            from atoken.eval.video_metrics import lpips_input
+
+            with torch.no_grad():
+                d = lpips(lpips_input(rendered * 2 - 1, None), lpips_input(ref * 2 - 1, None))
+            out["lpips"] = float(d.mean())
+        return out
+
+    def _lpips_fn(self):
+        if not self.options.lpips:
+            return None
+        if self._lpips is None:
+            from atoken.eval.video_metrics import load_lpips
+
+            fn, why = load_lpips(self.device)
+            if fn is None:
+                logger.info("mesh3d: LPIPS is not reported (%s)", why)
+            self._lpips = fn if fn is not None else False
+        return self._lpips or None
+
+
+def _grid(rows: list[Tensor], gap: int = 4) -> np.ndarray:
+    """Rows of ``[V, H, W, 3]`` images in [0, 1] -> one uint8 ``[h, w, 3]`` grid, white gaps."""
+    v, h, w = rows[0].shape[:3]
+    out = np.full(
+        (len(rows) * h + (len(rows) - 1) * gap, v * w + (v - 1) * gap, 3), 255, dtype=np.uint8
+    )
+    for r, row in enumerate(rows):
+        img = (row.float().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+        for c in range(v):
+            out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = img[c]
+    return out
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_adapter(options: Mesh3DOptions | None = None) -> Mesh3DAdapter:
+    """Registry factory of ``mesh3d``."""
+    return Mesh3DAdapter(options)
