@@ -311,7 +311,7 @@ def decode_to_file(
         patch = decoded.split()[0]
         sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
         adapter.save(sample, output)
-        return {"streamed": False, "shape": list(sample.shape)}
+        return {"streamed": False, "shape": list(getattr(sample, "shape", ()))}
     sink = sink_factory(meta, latents.tokens.coords, output, progress=progress)
     with sink, torch.inference_mode():
         for chunk in model.decode_stream(latents):

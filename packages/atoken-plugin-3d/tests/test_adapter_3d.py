@@ -11,6 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,6 +59,7 @@ def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
     build_tokenizer("atoken-tiny").save_pretrained(root)
     cfg = GaussianDecoderConfig(
+        resolution=32,  # a grid other than the release's: the adapter must voxelize at it
         model_channels=48,
         num_blocks=1,
         num_heads=2,
@@ -285,3 +287,18 @@ def test_untrained_decoder_fallback_warns_once(monkeypatch, caplog) -> None:
     assert built == [None, None]  # the release's config, once per adapter
     (record,) = [r for r in caplog.records if "untrained" in r.getMessage()]
     assert "gaussian_decoder" in record.getMessage()
+
+
+def test_voxel_grid_follows_the_gaussian_decoder(asset, model_dir) -> None:
+    adapter = Mesh3DAdapter(Mesh3DOptions(**FAST))
+    assert adapter.resolution() == 64  # no decoder known: the release's grid
+    adapter.bind(SimpleNamespace(source_dir=model_dir, device=torch.device("cpu")))
+    assert adapter.resolution() == 32
+    tokens = adapter.to_tokens(asset)
+    assert tokens.meta["resolution"] == 32 and int(tokens.coords[:, 1:].max()) < 32
+    fine = Mesh3DAdapter(Mesh3DOptions(**FAST)).to_tokens(asset)
+    assert len(tokens) < len(fine)  # coarser grid, fewer surface voxels
+    forced = Mesh3DAdapter(Mesh3DOptions(**FAST, resolution=64))
+    forced.bind(SimpleNamespace(source_dir=model_dir, device=torch.device("cpu")))
+    with pytest.raises(InputError, match="decoder's 32³ grid"):
+        forced.from_tokens(forced.to_tokens(asset))

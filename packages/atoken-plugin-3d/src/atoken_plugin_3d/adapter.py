@@ -148,6 +148,20 @@ class Mesh3DAdapter:
             return self.source_dir / DECODER_DIR
         return None
 
+    def resolution(self) -> int:
+        """Voxel grid side: the option, else the decoder directory's, else 64 (the release)."""
+        if self.options.resolution is not None:
+            return self.options.resolution
+        where = self.decoder_location()
+        if where is not None:
+            from atoken.core.serialization import read_json
+
+            doc = read_json(where / "config.json", what="Gaussian decoder config")
+            res = doc.get("config", {}).get("resolution") if isinstance(doc, Mapping) else None
+            if isinstance(res, int) and res > 1:
+                return res
+        return RESOLUTION
+
     def gaussian_decoder(self) -> GaussianDecoder:
         """The Gaussian decoder (loaded once per location), on the bound model's device."""
         from atoken_plugin_3d.convert import load_gaussian_decoder
@@ -258,7 +272,7 @@ class Mesh3DAdapter:
     def _load_voxels(self, path: Path) -> Asset3D:
         from atoken_plugin_3d.voxel_file import load_voxel_file
 
-        feats, coords = load_voxel_file(path, resolution=RESOLUTION)
+        feats, coords = load_voxel_file(path, resolution=self.resolution())
         return Asset3D(str(path), "voxels", voxels=(feats, coords))
 
     def save(self, sample: Gaussians, path: str | os.PathLike[str]) -> None:
@@ -299,18 +313,19 @@ class Mesh3DAdapter:
                 f"mesh3d: a sample is what Mesh3DAdapter.load returns (Asset3D), got {got}"
             )
         o = self.options
-        key = (o.voxel_mode, o.t)
+        res = self.resolution()
+        key = (o.voxel_mode, o.t, res)
         if key in sample.cache:
             return sample.cache[key]
         if sample.voxels is not None:
             feats01, coords = sample.voxels
-        elif ("voxels", o.voxel_mode) in sample.cache:
-            feats01, coords = sample.cache[("voxels", o.voxel_mode)]
+        elif ("voxels", o.voxel_mode, res) in sample.cache:
+            feats01, coords = sample.cache[("voxels", o.voxel_mode, res)]
         else:
             from atoken_plugin_3d.voxelize import voxelize
 
-            feats01, coords = voxelize(sample.views, resolution=RESOLUTION, mode=o.voxel_mode)
-            sample.cache[("voxels", o.voxel_mode)] = (feats01, coords)
+            feats01, coords = voxelize(sample.views, resolution=res, mode=o.voxel_mode)
+            sample.cache[("voxels", o.voxel_mode, res)] = (feats01, coords)
         n = feats01.shape[0]
         feats = torch.zeros(n, TOKEN_CHANNELS)
         feats[:, :VOXEL_CHANNELS] = 2.0 * feats01.float() - 1.0
@@ -320,7 +335,7 @@ class Mesh3DAdapter:
             "kind": sample.kind,
             "source": Path(sample.source).name,
             "t": o.t,
-            "resolution": RESOLUTION,
+            "resolution": res,
             "voxels": int(n),
             "heldout_views": 0 if sample.heldout is None else len(sample.heldout),
             "normalization": None
@@ -342,12 +357,14 @@ class Mesh3DAdapter:
         if len(coords) == 0:
             raise InputError("mesh3d: no voxels to decode")
         xyz = coords[:, 1:].long()
-        if int(xyz.min()) < 0 or int(xyz.max()) >= RESOLUTION:
-            raise InputError(
-                f"mesh3d: voxel coordinates must lie in 0..{RESOLUTION - 1}, got"
-                f" {int(xyz.min())}..{int(xyz.max())}"
-            )
         decoder = self.gaussian_decoder()
+        res = decoder.config.resolution
+        if int(xyz.min()) < 0 or int(xyz.max()) >= res:
+            raise InputError(
+                f"mesh3d: voxel coordinates must lie in 0..{res - 1} (the Gaussian decoder's"
+                f" {res}³ grid), got {int(xyz.min())}..{int(xyz.max())}; voxelize at the"
+                " decoder's grid (-O resolution=...)"
+            )
         bxyz = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).to(self.device)  # [N, 4]
         with torch.no_grad():
             (g,) = decoder.decode(feats[:, :VOXEL_CHANNELS].float().to(self.device), bxyz)

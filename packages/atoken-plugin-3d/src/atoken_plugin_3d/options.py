@@ -37,6 +37,9 @@ class Mesh3DOptions(Strict):
         eval_size: side in pixels of the held-out views (default: ``size``).
         voxel_mode: patch of the nearest seeing view (``nearest``, the release) or the mean over
             seeing views (``average``, the paper's wording).
+        resolution: voxel grid side; default: the Gaussian decoder's (its ``config.json``), else
+            64 as the release. A decoder trained at another grid (e.g. the 16³ CPU demo of
+            ``configs/3d-gs.toml``) needs its own grid.
         t: time coordinate of every 3D token (the release uses 1; the paper says 0).
         gaussian_decoder: directory of a Gaussian decoder (``config.json`` +
             ``model.safetensors``, see `atoken_plugin_3d.convert`); default:
@@ -55,6 +58,7 @@ class Mesh3DOptions(Strict):
     heldout_views: Annotated[int, Field(ge=1, le=1024)] = 4
     eval_size: Annotated[int | None, Field(ge=16, le=4096)] = None
     voxel_mode: VoxelMode = "nearest"
+    resolution: Annotated[int | None, Field(ge=2, le=1024)] = None
     t: Annotated[int, Field(ge=0, lt=1024)] = 1
     gaussian_decoder: str | None = None
     renderer: RendererBackend = "auto"

@@ -22,13 +22,13 @@ References: Kerbl et al., 3D Gaussian Splatting (2023), ``save_ply`` layout; the
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from atoken.core.errors import InputError
+from atoken.core.serialization import atomic_write
 from torch import Tensor
 
 from atoken_plugin_3d.gaussians import Gaussians, RepresentationConfig, _inverse_softplus
@@ -164,15 +164,8 @@ def write_ply(path: str | os.PathLike[str], gaussians: Gaussians | PlyGaussians)
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii") + b"\n")
-            f.write(np.ascontiguousarray(table).tobytes())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = np.ascontiguousarray(table).tobytes()
+    atomic_write(out, lambda fh: (fh.write(header.encode("ascii") + b"\n"), fh.write(data)))
     return out
 
 

@@ -15,7 +15,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from atoken.core.errors import InputError
+from atoken.core.serialization import atomic_write_bytes
 from PIL import Image
 from torch import Tensor
 
@@ -49,14 +49,8 @@ class Turntable:
 
 
 def _atomic_write(out: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, data)  # temp file beside it, fsync, rename; respects the umask
 
 
 def grid_image(frames: Tensor, cols: int) -> np.ndarray:
