@@ -36,7 +36,7 @@ def test_metrics_per_image_and_mean(tiny, folder) -> None:
     assert out["per_image"][0]["tokens"] == 4 * 6
     assert "Inception" in out["rfid_unavailable"] and out["rfid"] is None
     (folder / "empty").mkdir()
-    with pytest.raises(InputError, match="no image or video files"):
+    with pytest.raises(InputError, match="no files any adapter reads"):
         reconstruction_metrics(tiny, folder / "empty", lpips=False)
 
 

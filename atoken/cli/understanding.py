@@ -211,7 +211,24 @@ def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
         progress=True,
         i3d=a["i3d"],
         fvd_window=a["fvd_window"],
+        adapter_options=_adapter_options(a.get("adapter_options", ())),
     )
+
+
+def _adapter_options(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``ADAPTER.KEY=VALUE`` pairs -> ``{adapter: {key: value}}`` (values parsed as JSON)."""
+    from atoken.cli._group import _parse_options
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in _parse_options(pairs).items():
+        adapter, dot, name = key.partition(".")
+        if not dot or not adapter or not name:
+            raise click.BadParameter(
+                f"expected ADAPTER.KEY=VALUE (e.g. mesh3d.views=8), got {key!r}",
+                param_hint="--option",
+            )
+        out.setdefault(adapter, {})[name] = value
+    return out
 
 
 #: ``atoken eval --task NAME`` -> runner(model, data path, options) returning a JSON-ready dict
@@ -290,6 +307,13 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     "--limit", default=None, type=click.IntRange(min=1), help="reconstruction: first N files"
 )
 @click.option("--no-lpips", is_flag=True, help="reconstruction: skip LPIPS")
+@click.option(
+    "--option",
+    "-O",
+    "adapter_options",
+    multiple=True,
+    help="reconstruction: adapter option ADAPTER.KEY=VALUE, e.g. mesh3d.views=8",
+)
 @_device_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="results .json")
 def eval_cmd(task, model, data, output, **options) -> None:
@@ -297,7 +321,8 @@ def eval_cmd(task, model, data, output, **options) -> None:
 
     --task reconstruction takes a folder of images and/or video clips: PSNR/SSIM/LPIPS per image
     and per frame (summarised), rFVD when I3D weights are found locally; progress counts files
-    and video frames.
+    and video frames. Files of plugin modalities (e.g. meshes with atoken-plugin-3d: PSNR/SSIM/
+    LPIPS over held-out views) are evaluated by their adapter and summarised per modality.
     """
     from atoken.core.serialization import atomic_write_json
     from atoken.eval.video_metrics import json_safe

@@ -49,12 +49,14 @@ INCEPTION_HINT = (
 
 def _media_files(root: Path, kinds: dict[str, tuple[str, ...]]) -> list[Path]:
     if not root.is_dir():
-        raise InputError(f"evaluation data {str(root)!r} is not a directory of images or videos")
+        raise InputError(
+            f"evaluation data {str(root)!r} is not a directory of images, videos or assets"
+        )
     suffixes = {s for exts in kinds.values() for s in exts}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         what = "; ".join(f"{k}: {' '.join(v)}" for k, v in kinds.items())
-        raise InputError(f"no image or video files ({what}) under {root}")
+        raise InputError(f"no files any adapter reads ({what}) under {root}")
     return files
 
 
@@ -107,6 +109,23 @@ class _Bars:
 
 
 @torch.no_grad()
+def _modality_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{modality: {"count": n, metric: mean, ...}}`` over the numeric metrics of each row."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted({r["modality"] for r in rows}):
+        mine = [r for r in rows if r["modality"] == kind]
+        keys = [
+            k
+            for k, v in mine[0].items()
+            if k not in ("asset", "modality", "tokens") and isinstance(v, int | float)
+        ]
+        out[kind] = {"count": len(mine)}
+        for k in keys:
+            vals = [float(r[k]) for r in mine if isinstance(r.get(k), int | float)]
+            out[kind][k] = sum(vals) / len(vals)
+    return out
+
+
 def reconstruction_metrics(
     model: Tokenizer,
     root: str | os.PathLike[str],
@@ -120,8 +139,9 @@ def reconstruction_metrics(
     i3d: str | os.PathLike[str] | None = None,
     fvd_window: int = 16,
     feature_extractor: VideoFeatureExtractor | None = None,
+    adapter_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Reconstruction quality of ``model`` on the images and clips under ``root``.
+    """Reconstruction quality of ``model`` on the images, clips and plugin assets under ``root``.
 
     Args:
         model: the tokenizer (on the device to run on).
@@ -135,6 +155,12 @@ def reconstruction_metrics(
         i3d: I3D weights file (else ``$ATOKEN_I3D`` or the cache directory, see `load_i3d`).
         fvd_window: frames per rFVD sample (16 as in FVD).
         feature_extractor: replaces I3D for rFVD (clips ``[B, T, H, W, 3]`` -> ``[B, D]``).
+        adapter_options: options per adapter name (e.g. ``{"mesh3d": {"views": 8}}``).
+
+    Files claimed by other installed adapters (e.g. meshes, by atoken-plugin-3d's ``mesh3d``)
+    run through that adapter's ``to_tokens``/``from_tokens``/``target``/``metrics`` (its
+    numbers, e.g. PSNR/SSIM/LPIPS over held-out views); they are reported per modality under
+    ``modalities`` (count and means) and per file in ``per_asset``.
 
     Returns:
         A JSON-ready dict (non-finite floats such as a perfect frame's PSNR stay ``inf``):
@@ -154,10 +180,29 @@ def reconstruction_metrics(
     root = Path(root)
     comps = components or default_components()
     opts = {"max_res": max_res} if max_res else None
-    adapters: dict[str, ModalityAdapter] = {"image": comps.adapters.build("image", opts)}
+    per_adapter = dict(adapter_options or {})
+
+    def options_for(name: str) -> dict[str, Any] | None:
+        return {**(opts or {}), **per_adapter.get(name, {})} or None
+
+    adapters: dict[str, ModalityAdapter] = {
+        "image": comps.adapters.build("image", options_for("image"))
+    }
     if "video" in comps.adapters.names():
-        adapters["video"] = comps.adapters.build("video", opts)
+        adapters["video"] = comps.adapters.build("video", options_for("video"))
+    for name in comps.adapters.names():
+        if name in adapters:
+            continue
+        try:  # a plugin adapter that cannot be built here (missing extra) is left out
+            adapters[name] = comps.adapters.build(name, per_adapter.get(name) or None)
+        except Exception:  # noqa: BLE001
+            if name in per_adapter:
+                raise
     kinds = {name: tuple(a.extensions) for name, a in adapters.items()}
+    claimed: set[str] = set()
+    for name in list(kinds):  # a suffix belongs to the first adapter claiming it
+        kinds[name] = tuple(e for e in kinds[name] if e not in claimed)
+        claimed.update(kinds[name])
     files = _media_files(root, kinds)[:limit]
     kind_of = {p: next(k for k, ext in kinds.items() if p.suffix.lower() in ext) for p in files}
     has_video = "video" in kind_of.values()
@@ -170,6 +215,7 @@ def reconstruction_metrics(
     model = model.eval()
     image_rows: list[dict[str, Any]] = []
     video_rows: list[dict[str, Any]] = []
+    asset_rows: list[dict[str, Any]] = []
     videos = VideoMetricsSummary()
     skipped: list[str] = []
     with progress_bar(progress) as bar:
@@ -179,10 +225,10 @@ def reconstruction_metrics(
             name = str(path.relative_to(root))
             try:
                 sample = adapter.load(path)
-                if kind == "image":
-                    result = reconstruct_sample(model, adapter, sample, path)
-                else:
+                if kind == "video":
                     reference, recon, tokens = _reconstruct(model, adapter, sample)
+                else:
+                    result = reconstruct_sample(model, adapter, sample, path)
             except InputError as exc:
                 skipped.append(f"{path}: {exc}")
                 bars.file_done()
@@ -193,6 +239,11 @@ def reconstruction_metrics(
                     rec = lpips_input(result.reconstruction.clamp(-1, 1)[None], 224)
                     row["lpips"] = float(lp(rec, lpips_input(result.reference[None], 224))[0])
                 image_rows.append(row)
+            elif kind != "video":
+                asset_rows.append(
+                    {"asset": name, "modality": kind, "tokens": result.tokens, **result.metrics}
+                )
+                del sample, result
             else:
                 frames = per_frame_metrics(reference, recon, lp, device=model.device)
                 videos.add(frames)
@@ -203,7 +254,7 @@ def reconstruction_metrics(
                 bars.frames_done(frames.frames)
                 del sample, reference, recon  # one clip at a time
             bars.file_done()
-    if not image_rows and not video_rows:
+    if not image_rows and not video_rows and not asset_rows:
         raise InputError(f"none of the {len(files)} files under {root} could be read")
 
     out: dict[str, Any] = {"task": "reconstruction", "images": len(image_rows)}
@@ -218,6 +269,8 @@ def reconstruction_metrics(
             out.update(fvd.result())
         else:
             out.update(rfvd=None, rfvd_unavailable=fvd_error)
+    if asset_rows:
+        out["modalities"] = _modality_means(asset_rows)
     out["lpips_unavailable"] = None if lp is not None else lpips_error
-    out.update(skipped=skipped, per_image=image_rows, per_video=video_rows)
+    out.update(skipped=skipped, per_image=image_rows, per_video=video_rows, per_asset=asset_rows)
     return out

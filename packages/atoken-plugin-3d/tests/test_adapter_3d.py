@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -302,3 +303,26 @@ def test_voxel_grid_follows_the_gaussian_decoder(asset, model_dir) -> None:
     forced.bind(SimpleNamespace(source_dir=model_dir, device=torch.device("cpu")))
     with pytest.raises(InputError, match="decoder's 32³ grid"):
         forced.from_tokens(forced.to_tokens(asset))
+
+
+def test_atoken_eval_reports_3d_assets_per_modality(bunny, model_dir, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(bunny, data / "bunny.ply")
+    (data / "junk.stl").write_text("not a mesh\n")
+    out = tmp_path / "results.json"
+    options = [a for k, v in FAST.items() for a in ("-O", f"mesh3d.{k}={json.dumps(v)}")]
+    res = _run(
+        ["eval", "--data", str(data), "-m", str(model_dir), "-o", str(out), "--no-lpips", *options]
+    )
+    assert res.exit_code == 0, res.output
+    results = json.loads(out.read_text())
+    assert results["images"] == 0 and results["videos"] == 0
+    summary = results["modalities"]["mesh3d"]
+    (row,) = results["per_asset"]
+    assert summary["count"] == 1 and row["asset"] == "bunny.ply" and row["tokens"] > 100
+    assert math.isfinite(summary["psnr"]) and summary["psnr"] == pytest.approx(row["psnr"])
+    (skipped,) = results["skipped"]
+    assert "junk.stl" in skipped
+    bad = _run(["eval", "--data", str(data), "-m", str(model_dir), "-O", "views=8"])
+    assert bad.exit_code != 0 and "ADAPTER.KEY=VALUE" in bad.output
