@@ -242,7 +242,15 @@ class Tokenizer(nn.Module):
         self, dense: SparseTokens, *, sample: bool | None = None, generator=None
     ) -> Latents:
         """Project dense features and run the quantizer."""
-        z = self.project(dense)  # [N, 2Cz]
+        return self._quantize_projected(
+            dense, self.project(dense), sample=sample, generator=generator
+        )
+
+    def _quantize_projected(
+        self, layout: SparseTokens, z: Tensor, *, sample: bool | None, generator
+    ) -> Latents:
+        """Run the quantizer on projected features ``z [N, 2Cz]`` laid out like ``layout``."""
+        dense = layout
         sample = self.training if sample is None else sample
         out: QuantizerOutput = self.quantizer(z, sample=sample, generator=generator)
         mean, logvar = z.chunk(2, dim=-1)
@@ -273,8 +281,78 @@ class Tokenizer(nn.Module):
             backend: attention backend override for this call.
             temporal: temporal tiling override for this call (None: the model config's).
         """
-        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
+        tiling = self.temporal(temporal)
+        if not torch.is_grad_enabled() and tiling.tile is not None:
+            # inference: per-token layers per tile step, so a long clip never holds [N, D]
+            tokens = self.prepare(inputs)
+            enc = self.encoder
+            z = self._stepped(
+                enc,
+                tokens,
+                tiling,
+                tiling.encoder_cache,
+                lambda h: self.proj(enc.post_layernorm(h)),
+                2 * self.config.latent_channels,
+                backend,
+            )  # [N, 2Cz]
+            return self._quantize_projected(tokens, z, sample=sample, generator=generator)
+        dense = self.encode_dense(inputs, backend=backend, temporal=tiling)
         return self.quantize(dense, sample=sample, generator=generator)
+
+    def _stepped(
+        self,
+        stack: Encoder | Decoder,
+        tokens: SparseTokens,
+        tiling: TemporalConfig,
+        cache: int,
+        head,
+        width: int,
+        backend,
+    ) -> Tensor:
+        """``head(stack blocks(embed(tokens)))`` computed one tile step at a time: ``[N, width]``.
+
+        Every per-token layer (input layer, position embedding, the ``head`` after the blocks)
+        runs on one step's rows, written into one preallocated output, so memory is the output
+        plus one step (at most ``STREAM_GROUP_TOKENS`` tokens, or one tile per sample with a
+        cache) whatever the clip length. Equal to the whole-batch path up to float rounding.
+        """
+        out = tokens.feats.new_empty(tokens.num_tokens, width)
+        for rows, hidden in self._steps(stack, tokens, tiling, cache, backend):
+            out.index_copy_(0, rows, head(hidden))
+        return out
+
+    def _steps(
+        self,
+        stack: Encoder | Decoder,
+        tokens: SparseTokens,
+        tiling: TemporalConfig,
+        cache: int,
+        backend,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(rows [n], hidden [n, D])`` after the blocks, one tile step at a time.
+
+        Steps of the tiling with ``cache`` frames carried (independent tiles packed into steps
+        of at most ``STREAM_GROUP_TOKENS`` tokens); one step when nothing is tiled. The input
+        layer and the position embedding (its table sized per whole sample) run per step.
+        """
+        steps = plan_tiles(
+            tokens,
+            tile=tiling.tile,
+            cache=cache,
+            restart_t=tiling.restart_t,
+            group_tokens=min(tiling.group_tokens, STREAM_GROUP_TOKENS),
+        )
+        if steps is None:  # nothing to tile: one pass over the batch as it is
+            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
+            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
+        pos = _RowPositions(stack.pos_embedder, tokens, tokens.batch_index())
+        att = self.attention_backend(backend)
+
+        def embed(rows: Tensor) -> Tensor:
+            return stack.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
+
+        blocks = lambda xs, layout, kv: stack.run_blocks(xs, layout, att, kv)  # noqa: E731
+        yield from stream_tiles(embed, steps, blocks)
 
     def encode_chunks(
         self,
@@ -379,7 +457,20 @@ class Tokenizer(nn.Module):
             temporal: temporal tiling override for this call (None: the model config's).
         """
         tokens = self._decoder_input(latents)
-        return self.decoder(tokens, self.attention_backend(backend), self.temporal(temporal))
+        tiling = self.temporal(temporal)
+        if not torch.is_grad_enabled() and tiling.tile is not None:
+            dec = self.decoder
+            feats = self._stepped(
+                dec,
+                tokens,
+                tiling,
+                tiling.decoder_cache,
+                lambda h: dec.out_layer(dec.out_norm(h)),
+                self.config.patch_dim,
+                backend,
+            )  # [N, 3072]
+            return tokens.replace(feats)
+        return self.decoder(tokens, self.attention_backend(backend), tiling)
 
     def _decoder_input(self, latents: Latents | SparseTokens) -> SparseTokens:
         if self.decoder is None:
@@ -421,25 +512,9 @@ class Tokenizer(nn.Module):
             ``[n, 4]`` and sample indices ``[n]``.
         """
         tokens = self._decoder_input(latents)
-        dec, att, tiling = self.decoder, self.attention_backend(backend), self.temporal(temporal)
-        steps = plan_tiles(
-            tokens,
-            tile=tiling.tile,
-            cache=tiling.decoder_cache,
-            restart_t=tiling.restart_t,
-            group_tokens=min(tiling.group_tokens, STREAM_GROUP_TOKENS),
-        )
-        if steps is None:  # nothing to tile: one pass over the batch as it is
-            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
-            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
+        dec, tiling = self.decoder, self.temporal(temporal)
         sample = tokens.batch_index()  # [N]
-        pos = _RowPositions(dec.pos_embedder, tokens, sample)
-
-        def embed(rows: Tensor) -> Tensor:
-            return dec.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
-
-        blocks = lambda xs, layout, kv: dec.run_blocks(xs, layout, att, kv)  # noqa: E731
-        for rows, hidden in stream_tiles(embed, steps, blocks):
+        for rows, hidden in self._steps(dec, tokens, tiling, tiling.decoder_cache, backend):
             yield DecodedRows(
                 rows=rows,
                 feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]

@@ -85,6 +85,8 @@ class VideoAdapter:
     name = "video"
     extensions = VIDEO_EXTENSIONS
     output_suffix = ".mp4"
+    #: keys of `metrics` that are facts, not quality numbers (see the adapter contract)
+    metric_info_keys = ("frames",)
     #: H.264 is lossy: the contract checks a save -> load round trip by mean error in [-1, 1]
     save_tolerance = 0.05
 
