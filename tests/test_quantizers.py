@@ -91,3 +91,17 @@ def test_kl_sample_mean_and_divergence() -> None:
     assert torch.equal(a, b) and not torch.equal(a, mean)
     big = q(torch.cat([mean.expand(20000, 4), logvar.expand(20000, 4)], -1), sample=True).codes
     torch.testing.assert_close(big.std(0), (0.5 * logvar[0]).exp(), atol=0.03, rtol=0.03)
+
+
+def test_kl_inference_statistics_equal_the_training_path() -> None:
+    q = KLQuantizer(48)
+    z = torch.randn(3 * q.INFERENCE_CHUNK + 17, 96, generator=torch.Generator().manual_seed(0))
+    z[:, 48:] *= 3  # log-variances over a wide range, some clamped
+    with torch.enable_grad():
+        ref = q(z.clone().requires_grad_(), sample=False)
+    with torch.no_grad():
+        out = q(z, sample=False)
+    assert out.codes.data_ptr() == z.data_ptr()  # the means themselves, no copy
+    torch.testing.assert_close(out.codes, ref.codes.detach())
+    torch.testing.assert_close(out.aux_loss, ref.aux_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.metrics["std"], ref.metrics["std"], rtol=1e-5, atol=0)

@@ -27,7 +27,7 @@ and a decoder cache of keys before RoPE whose positions are re-based.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -131,7 +131,8 @@ def plan_tiles(
     cache: int = 0,
     restart_t: bool = True,
     group_tokens: int = 32768,
-) -> list[TileStep] | None:
+    lazy: bool = False,
+) -> list[TileStep] | Iterator[TileStep] | None:
     """Cut the samples of a packed batch into temporal tiles.
 
     Args:
@@ -140,9 +141,11 @@ def plan_tiles(
         cache: frames of keys/values carried from tile to tile (``0 <= cache < tile``).
         restart_t: re-base t so each tile starts at 0 at its first frame.
         group_tokens: token budget of one pass when there is no cache.
+        lazy: return an iterator that builds each pass when it is reached (the bookkeeping of
+            a long clip's passes then never exists all at once).
 
     Returns:
-        The passes to run in order, or None when no sample spans more than ``tile`` frames
+        The passes to run in order (a list, or an iterator with ``lazy``), or None when no sample spans more than ``tile`` frames
         (run the batch as it is).
     """
     if tile is None or tokens.num_tokens == 0:
@@ -166,8 +169,10 @@ def plan_tiles(
         tiles.append([(first + w, first + a, first + e) for w, a, e in spans])
         first += count
     if cache == 0:
-        return _packed_steps(frames, tiles, restart_t, group_tokens)
-    return _cached_steps(frames, tiles, restart_t)
+        steps = _packed_steps(frames, tiles, restart_t, group_tokens)
+    else:
+        steps = _cached_steps(frames, tiles, restart_t)
+    return steps if lazy else list(steps)
 
 
 @dataclass(frozen=True)
@@ -221,27 +226,25 @@ class _Frames:
 
 def _packed_steps(
     frames: _Frames, tiles: list[list[tuple[int, int, int]]], restart_t: bool, budget: int
-) -> list[TileStep]:
+) -> Iterator[TileStep]:
     """Independent tiles, packed in order into passes of at most ``budget`` tokens."""
-    steps, group, samples, size = [], [], [], 0
+    group, samples, size = [], [], 0
     for b, sample_tiles in enumerate(tiles):
         for span in sample_tiles:
             n = frames.size(span[1], span[2])
             if group and size + n > budget:
-                steps.append(frames.step(group, samples, restart_t))
+                yield frames.step(group, samples, restart_t)
                 group, samples, size = [], [], 0
             group.append(span)
             samples.append(b)
             size += n
-    steps.append(frames.step(group, samples, restart_t))
-    return steps
+    yield frames.step(group, samples, restart_t)
 
 
 def _cached_steps(
     frames: _Frames, tiles: list[list[tuple[int, int, int]]], restart_t: bool
-) -> list[TileStep]:
+) -> Iterator[TileStep]:
     """Step j runs the j-th tile of every sample; its keys are its window's frames."""
-    steps = []
     for j in range(max(len(s) for s in tiles)):
         samples = [b for b, s in enumerate(tiles) if len(s) > j]
         spans = [tiles[b][j] for b in samples]
@@ -260,10 +263,7 @@ def _cached_steps(
             if len(tiles[b]) > j + 1:
                 keep.append(torch.arange(end - frames.size(tiles[b][j + 1][0], c), end))
         keep_index = torch.cat(keep).to(new.rows.device) if keep else None
-        steps.append(
-            TileStep(new.rows, new.layout, KeyPlan(index, coords, tuple(key_lengths), keep_index))
-        )
-    return steps
+        yield TileStep(new.rows, new.layout, KeyPlan(index, coords, tuple(key_lengths), keep_index))
 
 
 def _rebase(
@@ -329,7 +329,7 @@ def run_tiles(
 
 def stream_tiles(
     embed: Callable[[Tensor], Tensor],
-    steps: Sequence[TileStep],
+    steps: Iterable[TileStep],
     blocks: Callable[[Tensor, SparseTokens, KVCache | None], Tensor],
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """`run_tiles` one step at a time: yields ``(rows [n], outputs [n, D])`` per step, in order.

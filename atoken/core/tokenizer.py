@@ -341,6 +341,7 @@ class Tokenizer(nn.Module):
             cache=cache,
             restart_t=tiling.restart_t,
             group_tokens=min(tiling.group_tokens, STREAM_GROUP_TOKENS),
+            lazy=True,
         )
         if steps is None:  # nothing to tile: one pass over the batch as it is
             rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)

@@ -54,18 +54,37 @@ class KLQuantizer(nn.Module):
                 f"kl quantizer expects [N, {2 * self.latent_channels}], got {tuple(z.shape)}"
             )
         mean, logvar = z.chunk(2, dim=-1)  # [N, C] each
-        logvar = logvar.clamp(self.options.logvar_min, self.options.logvar_max)
-        var = logvar.exp()
+        if not sample and not torch.is_grad_enabled():
+            # inference: codes are the means (a view); the statistics are reduced in row chunks
+            # so that a long clip's latents get no [N, C] temporaries
+            kl_sum, std_sum = z.new_zeros((), dtype=torch.float64), 0.0
+            for i in range(0, z.shape[0], self.INFERENCE_CHUNK):
+                kl_i, std_i = self._stats(
+                    mean[i : i + self.INFERENCE_CHUNK], logvar[i : i + self.INFERENCE_CHUNK]
+                )
+                kl_sum, std_sum = kl_sum + kl_i.sum(), std_sum + float(std_i.sum())
+            n = max(1, z.shape[0])
+            aux = (kl_sum / n).to(z.dtype)
+            std = torch.tensor(std_sum / (n * self.latent_channels), dtype=z.dtype)
+            return QuantizerOutput(mean, None, aux, {"kl": aux, "std": std})
+        kl, std = self._stats(mean, logvar)
         if sample:
             eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            codes = mean + var.sqrt() * eps  # [N, C]
+            codes = mean + std * eps  # [N, C]
         else:
             codes = mean
-        kl = 0.5 * (mean.pow(2) + var - 1.0 - logvar).sum(-1)  # [N]
         aux = kl.mean() if kl.numel() else z.new_zeros(())
-        return QuantizerOutput(
-            codes, None, aux, {"kl": aux.detach(), "std": var.sqrt().mean().detach()}
-        )
+        return QuantizerOutput(codes, None, aux, {"kl": aux.detach(), "std": std.mean().detach()})
+
+    #: rows per chunk of the inference-time statistics
+    INFERENCE_CHUNK = 8192
+
+    def _stats(self, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row KL to N(0, 1) ``[n]`` and the posterior standard deviations ``[n, C]``."""
+        logvar = logvar.clamp(self.options.logvar_min, self.options.logvar_max)
+        var = logvar.exp()
+        kl = 0.5 * (mean.pow(2) + var - 1.0 - logvar).sum(-1)  # [n]
+        return kl, var.sqrt()
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         raise NotImplementedError("the kl quantizer is continuous and has no indices")
