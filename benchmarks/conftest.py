@@ -14,6 +14,11 @@ from functools import cache
 import pytest
 import torch
 from _support import RESULTS_KEY, Mix, Record, bench_device, mix_name, mixed_samples
+from _video_support import PRESET as VIDEO_PRESET
+from _video_support import SIZE as VIDEO_SIZE
+from _video_support import summary_lines as video_summary_lines
+from _video_support import summary_rows as video_summary_rows
+from _video_support import write_json
 
 import atoken
 from atoken.core.attention import AttentionBackend
@@ -113,9 +118,13 @@ def pytest_terminal_summary(
     terminalreporter, exitstatus: int, config: pytest.Config
 ) -> None:  # pragma: no cover - output only
     records: list[Record] = config.stash.get(RESULTS_KEY, [])
+    tr = terminalreporter
+    video = [r for r in records if r.kind == "video"]
+    if video:
+        _video_summary(tr, config, video)
+    records = [r for r in records if r.kind != "video"]
     if not records:
         return
-    tr = terminalreporter
     tr.section("atoken throughput summary")
     first = records[0].values
     tr.write_line(
@@ -203,3 +212,29 @@ def pytest_terminal_summary(
             )
             if paired:
                 tr.write_line(f"  {'  (paired matmul: ' + _rate(paired, 'FLOP/s') + ')':<44}")
+
+
+def _video_summary(tr, config: pytest.Config, records: list[Record]) -> None:  # pragma: no cover
+    """The video table, also written to ``.benchmarks/atoken-video.json``."""
+    rows = video_summary_rows(records)
+    tr.section("atoken video summary")
+    device = next((r.values["device"] for r in records if "device" in r.values), "-")
+    tr.write_line(
+        f"{VIDEO_PRESET}, generated {VIDEO_SIZE}x{VIDEO_SIZE} clips, device {device},"
+        f" torch {torch.__version__}, {torch.get_num_threads()} threads; time = best round;"
+        " peak = fresh process, peak minus memory before the call minus the output"
+    )
+    for line in video_summary_lines(rows):
+        tr.write_line(line)
+    path = config.rootpath / ".benchmarks" / "atoken-video.json"
+    doc = {
+        "preset": VIDEO_PRESET,
+        "size": VIDEO_SIZE,
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [config.stash.get(LOAD_KEY, None), _load()],
+        "rows": rows,
+    }
+    write_json(path, doc)
+    tr.write_line(f"written to {path}")
