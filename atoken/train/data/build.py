@@ -1,10 +1,19 @@
 """From the training config to data: `build_source`, `build_stream`, `held_out_images`.
 
-A ``[[data]]`` entry names a source (``samples``, ``folder`` or ``webdataset``), its task, a path
-and ``options``, validated here against the options model of that source for the task's
-modality (unknown keys are errors). The modality comes from the task's prefix through the
+A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset`` or ``files``), its
+task, a path and ``options``, validated here against the options model of that source for the
+task's modality (unknown keys are errors). The modality comes from the task's prefix through the
 adapter registry (`task_adapter`): ``image_*`` -> ``image``, ``video_*`` -> ``video``, ``3d_*``
 -> ``mesh3d`` (an adapter of the separate ``atoken-plugin-3d`` distribution).
+
+``files`` (`atoken.train.data.files`) serves any modality: the files under ``path`` whose suffix
+the task's adapter claims, read by ``adapter.load`` (scene folders with ``transforms.json``
+count as one sample for adapters claiming ``.json``), captions from a sidecar ``NAME.txt``;
+options ``recursive`` (default true), ``cache`` (loaded samples kept in memory, default 8) and
+``adapter`` (options of the task's adapter, e.g. ``{ views = 8, size = 128 }`` for ``mesh3d``;
+sources of one task must agree on them). For other modalities than image and video,
+``samples`` is what the adapter offers through its optional ``sample_assets()`` method (same
+``cache`` / ``adapter`` options), and ``folder`` / ``webdataset`` do not exist.
 
 Options every source accepts set the crop augmentation: ``crop_scale`` (kept fraction of each
 side, default ``[0.25, 1.0]``), ``aspect`` (stretch range, default ``[0.75, 1.333]``) and
@@ -12,7 +21,10 @@ side, default ``[0.25, 1.0]``), ``aspect`` (stretch range, default ``[0.75, 1.33
 sources add ``clip_frames`` (frames per clip, default 16), ``frame_stride`` (default 1) and
 ``decode_max_side`` (downscale larger frames while decoding, default none); the
 crop box is the same for every frame of a clip, and the stage's ``video_min_res`` /
-``video_max_res`` bound the clip's resolution.
+``video_max_res`` bound the clip's resolution. Modalities other than image and video take no crop
+options (their samples are not pixel arrays); an adapter without ``min_res`` / ``max_res``
+options (``mesh3d``) is built from ``options.adapter`` alone, and its samples with more tokens
+than ``tokens_per_batch`` are skipped (counted, with a warning).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from atoken.core.config import ConfigError, Strict, format_validation_error
 from atoken.train.config import ADAPTER_DISTRIBUTIONS, task_modality
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
+from atoken.train.data.files import DEFAULT_CACHE, AdapterSamplesSource, FilesSource
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.data.source import ConcatSource, ImageSource
@@ -85,6 +98,20 @@ class WebDatasetOptions(AugmentOptions):
     """``webdataset``: local tar shards; ``path`` is a path, brace pattern or glob."""
 
 
+class FilesMixin(Strict):
+    """``files``: the files under ``path`` that the task's adapter reads (any modality)."""
+
+    recursive: bool = True
+    cache: int = Field(default=DEFAULT_CACHE, ge=0)
+    adapter: dict[str, Any] = {}
+
+
+class ImageFilesOptions(FilesMixin, AugmentOptions):
+    """``files`` for image tasks (read by the image adapter; crops as the other image sources)."""
+
+    cache: int = Field(default=0, ge=0)
+
+
 class ClipOptions(AugmentOptions):
     """Clip sampling options of every video source."""
 
@@ -113,42 +140,71 @@ class VideoWebDatasetOptions(ClipOptions):
     """``webdataset`` for video tasks: local shards with ``mp4`` (webm, mkv...) members."""
 
 
-_OPTIONS: dict[str, dict[str, type[AugmentOptions]]] = {
+class VideoFilesOptions(FilesMixin, AugmentOptions):
+    """``files`` for video tasks: whole videos read by the video adapter, one crop per video."""
+
+    cache: int = Field(default=0, ge=0)
+
+    def build(self) -> ClipCrop:
+        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
+
+
+class AssetFilesOptions(FilesMixin):
+    """``files`` for other modalities (3D): no crop options, samples are not pixel arrays."""
+
+    def build(self) -> None:
+        return None
+
+
+class AssetSamplesOptions(Strict):
+    """``samples`` for other modalities: the adapter's ``sample_assets()``."""
+
+    cache: int = Field(default=DEFAULT_CACHE, ge=0)
+    adapter: dict[str, Any] = {}
+
+    def build(self) -> None:
+        return None
+
+
+SourceOptions = AugmentOptions | AssetFilesOptions | AssetSamplesOptions
+
+_OPTIONS: dict[str, dict[str, type[SourceOptions]]] = {
     "image": {
         "samples": SamplesOptions,
         "folder": FolderOptions,
         "webdataset": WebDatasetOptions,
+        "files": ImageFilesOptions,
     },
     "video": {
         "samples": VideoSamplesOptions,
         "folder": VideoFolderOptions,
         "webdataset": VideoWebDatasetOptions,
+        "files": VideoFilesOptions,
     },
+}
+
+#: sources of modalities other than image and video (read through the adapter)
+_ASSET_OPTIONS: dict[str, type[SourceOptions]] = {
+    "samples": AssetSamplesOptions,
+    "files": AssetFilesOptions,
 }
 
 
 def source_modality(task: str) -> str:
-    """The modality whose data sources feed ``task`` (``image`` or ``video``).
-
-    Raises:
-        ConfigError: atoken has no data sources for the task's modality (3D data comes with
-            the ``atoken-plugin-3d`` distribution's own training).
-    """
-    modality = task_modality(task)
-    if modality not in _OPTIONS:
-        raise ConfigError(
-            f"atoken's data sources do not read {modality!r} data (task {task!r}); image sources"
-            f" feed {', '.join(IMAGE_TASKS)} and video sources {', '.join(VIDEO_TASKS)}"
-        )
-    return modality
+    """The modality (adapter name) whose data feeds ``task``: ``image``, ``video``, ``mesh3d``..."""
+    return task_modality(task)
 
 
-def source_options(spec: DataSource) -> AugmentOptions:
+def source_options(spec: DataSource) -> SourceOptions:
     """Validate ``spec.options`` against its source's options model (by the task's modality)."""
-    models = _OPTIONS[source_modality(spec.task)]
+    modality = source_modality(spec.task)
+    models = _OPTIONS.get(modality, _ASSET_OPTIONS)
     model = models.get(spec.name)
     if model is None:
-        raise ConfigError(f"unknown data source {spec.name!r}; sources: {', '.join(models)}")
+        raise ConfigError(
+            f"unknown data source {spec.name!r} for task {spec.task!r} ({modality} data);"
+            f" sources: {', '.join(models)}"
+        )
     try:
         return model.model_validate(spec.options)
     except ValidationError as exc:
@@ -157,9 +213,40 @@ def source_options(spec: DataSource) -> AugmentOptions:
         ) from None
 
 
-def build_source(spec: DataSource) -> ImageSource:
-    """The source a ``[[data]]`` entry describes (image or clip samples by its task)."""
+def build_source(
+    spec: DataSource,
+    adapter: Any = None,
+    *,
+    max_tokens: int | None = None,
+    components: Components | None = None,
+) -> ImageSource:
+    """The source a ``[[data]]`` entry describes (image or clip samples, or adapter files).
+
+    Args:
+        spec: the ``[[data]]`` entry.
+        adapter: the built adapter of the task (``files`` and asset ``samples`` read through
+            it); None builds it from ``components`` (default: installed plugins) with
+            ``options.adapter``.
+        max_tokens: the batch budget, checked by ``files`` / asset ``samples`` for adapters the
+            stream cannot downscale.
+        components: registries used when ``adapter`` is None.
+    """
     opts = source_options(spec)
+    if isinstance(opts, FilesMixin | AssetSamplesOptions):
+        if adapter is None:
+            from atoken.core.plugins import default_components
+
+            registry = (components or default_components()).adapters
+            adapter = registry.build(task_modality(spec.task), opts.adapter)
+        if isinstance(opts, AssetSamplesOptions):
+            return AdapterSamplesSource(adapter, cache=opts.cache, max_tokens=max_tokens)
+        return FilesSource(
+            spec.path or "",
+            adapter,
+            recursive=opts.recursive,
+            cache=opts.cache,
+            max_tokens=max_tokens,
+        )
     if isinstance(opts, ClipOptions):
         if isinstance(opts, VideoSamplesOptions):
             return SampleClipsSource("train", opts.sampling(), max_side=opts.decode_max_side)
@@ -178,6 +265,33 @@ def build_source(spec: DataSource) -> ImageSource:
     if isinstance(opts, FolderOptions):
         return ImageFolderSource(spec.path or "", recursive=opts.recursive)
     return WebDatasetSource(spec.path or "")
+
+
+def adapter_options(
+    sources: Sequence[DataSource], stage: StageConfig, components: Components
+) -> dict[str, Any]:
+    """Options of the task's adapter: the sources' ``options.adapter`` (which must agree), plus
+    the stage's ``min_res`` / ``max_res`` of the modality when the adapter has those options.
+
+    Raises:
+        ConfigError: sources of the task give different ``adapter`` options.
+    """
+    task = sources[0].task
+    modality = task_modality(task)
+    given = {repr(sorted(getattr(source_options(s), "adapter", {}).items())): s for s in sources}
+    if len(given) > 1:
+        raise ConfigError(
+            f"data sources of task {task!r} set different adapter options; use the same"
+            " options.adapter on each"
+        )
+    opts = dict(getattr(source_options(sources[0]), "adapter", {}))
+    entry = components.adapters.get(modality) if hasattr(components.adapters, "get") else None
+    model = getattr(entry, "options_model", None)
+    fields = set(getattr(model, "model_fields", ()))
+    if entry is None or {"min_res", "max_res"} <= fields:  # (a duck-typed registry: as image)
+        lo, hi = stage.resolution(modality)
+        opts.update({"min_res": lo, "max_res": hi})
+    return opts
 
 
 def task_adapter(task: str, components: Components) -> str:
@@ -226,8 +340,8 @@ def build_stream(
 
     Raises:
         ConfigError: no sources, sources of several tasks, a task whose adapter is not
-            installed or whose modality atoken's sources cannot read, bad options, or sources
-            that disagree on the augmentation.
+            installed, bad options, a source the modality has not (``folder`` for 3D), or
+            sources that disagree on the augmentation or the adapter options.
     """
     if not sources:
         raise ConfigError("build_stream: no data sources given")
@@ -236,17 +350,16 @@ def build_stream(
         raise ConfigError(f"build_stream: sources of one stream must share a task, got {tasks}")
     task = tasks[0]
     modality = task_adapter(task, components)
-    source_modality(task)
     augments = {source_options(s).build() for s in sources}
     if len(augments) > 1:
         raise ConfigError(
             f"data sources of task {task!r} set different crop options; use the same"
             " crop_scale / aspect / hflip on each"
         )
-    parts = [build_source(s) for s in sources]
+    adapter = components.adapters.build(modality, adapter_options(sources, stage, components))
+    budget = stage.tokens_per_batch
+    parts = [build_source(s, adapter, max_tokens=budget) for s in sources]
     source = parts[0] if len(parts) == 1 else ConcatSource(parts)
-    lo, hi = stage.resolution(modality)
-    adapter = components.adapters.build(modality, {"min_res": lo, "max_res": hi})
     stream = TrainStream(
         source,
         adapter,

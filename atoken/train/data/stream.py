@@ -166,6 +166,7 @@ class TrainStream:
             order = self._order(self.epoch)
             if self.position >= len(order):
                 self.epoch, self.position = self.epoch + 1, 0
+                self._misses = 0  # misses count within one epoch (a shuffle may line them up)
                 continue
             epoch, position = self.epoch, self.position
             self.position += 1

@@ -104,6 +104,18 @@ class DecodedGaussians(Gaussians):
         return (len(self),)
 
 
+#: prefix of the bundled assets `Mesh3DAdapter.load` reads (``builtin:bunny``)
+BUILTIN = "builtin:"
+#: the bundled assets offered to training (`Mesh3DAdapter.sample_assets`) and their captions
+SAMPLES = (
+    ("bunny", "a scanned white clay bunny"),
+    ("cube", "a box coloured with a smooth rainbow gradient"),
+    ("sphere", "a round ball coloured with a smooth rainbow gradient"),
+    ("torus", "a ring shaped like a donut with rainbow colours"),
+    ("cone", "a pointed cone with rainbow colours"),
+)
+
+
 class Mesh3DAdapter:
     """3D assets as `Asset3D` samples, reconstructions as `Gaussians` (see the module docstring)."""
 
@@ -187,7 +199,15 @@ class Mesh3DAdapter:
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Asset3D:
-        """Read a mesh file, a NeRF folder (or its ``transforms*.json``) or a voxel file."""
+        """Read a mesh file, a NeRF folder (or its ``transforms*.json``) or a voxel file.
+
+        ``builtin:NAME`` loads a bundled asset (``bunny``, the pymeshfix scan, or a generated,
+        position-coloured ``cube``, ``sphere``, ``cylinder``, ``torus``, ``cone``).
+        """
+        if isinstance(path, str) and path.startswith(BUILTIN):
+            from atoken_plugin_3d.train_gs_data import builtin_mesh
+
+            return self._render_mesh(builtin_mesh(path[len(BUILTIN) :], self.options.fill), path)
         p = Path(path)
         if not p.exists():
             raise InputError(f"3D input {str(p)!r} does not exist")
@@ -196,6 +216,14 @@ class Mesh3DAdapter:
         if p.suffix.lower() in VOXEL_EXTENSIONS:
             return self._load_voxels(p)
         return self._load_mesh(p)
+
+    def sample_assets(self) -> list[tuple[str, str, str]]:
+        """Bundled assets for training sources (``samples`` of atoken's 3D tasks).
+
+        ``(key, what load reads, caption)``: the pymeshfix bunny scan and generated,
+        position-coloured primitives (made in memory, nothing downloaded or written).
+        """
+        return [(f"builtin/{name}", f"{BUILTIN}{name}", caption) for name, caption in SAMPLES]
 
     def _mesh_cameras(self) -> tuple[list[Camera], list[Camera]]:
         from atoken_plugin_3d.cameras import sphere_cameras
@@ -214,9 +242,12 @@ class Mesh3DAdapter:
 
     def _load_mesh(self, path: Path) -> Asset3D:
         from atoken_plugin_3d.mesh import load_mesh
+
+        return self._render_mesh(load_mesh(path, fill=self.options.fill), path)
+
+    def _render_mesh(self, mesh, path: Path | str) -> Asset3D:
         from atoken_plugin_3d.render_mesh import render_views
 
-        mesh = load_mesh(path, fill=self.options.fill)
         inputs, heldout = self._mesh_cameras()
         logger.info(
             "mesh3d: rendering %d input + %d held-out views of %s", len(inputs), len(heldout), path
