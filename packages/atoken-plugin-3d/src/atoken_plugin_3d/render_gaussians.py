@@ -271,7 +271,7 @@ def rasterize(
     height: int,
     *,
     background: Tensor | None = None,
-    tile: int = 16,
+    tile: int = 8,
     chunk: int = 64,
     max_elements: int = 1 << 21,
 ) -> Rendered:
@@ -283,7 +283,7 @@ def rasterize(
         colors: ``[P, 3]`` (any number of channels works; the first 3 are returned as rgb).
         width, height: image size.
         background: ``[3]`` colour behind the Gaussians (default black).
-        tile: tile side in pixels.
+        tile: tile side in pixels (8: small splats touch few pixels per tile on a CPU; measured 2.4x faster than 16 on 414k decoded bunny Gaussians at 256²).
         chunk: Gaussians composited per tile and round.
         max_elements: ``tiles x tile² x chunk`` bound of one round's tensors.
 
@@ -434,7 +434,7 @@ def render_tensors(
     *,
     background: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
     backend: str = "auto",
-    tile: int = 16,
+    tile: int = 8,
     near_plane: float = 0.01,
 ) -> Rendered:
     """Render plain tensors (activated values) from one camera; differentiable w.r.t. all of them.
@@ -491,7 +491,7 @@ def render(
     *,
     background: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
     backend: str = "auto",
-    tile: int = 16,
+    tile: int = 8,
 ) -> Rendered:
     """Render one view of decoded `Gaussians` (activated attributes; SH degree 0 colour).
 
@@ -508,7 +508,7 @@ def render_views(
     *,
     background: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
     backend: str = "auto",
-    tile: int = 16,
+    tile: int = 8,
 ) -> Tensor:
     """RGB of ``V`` views, ``[V, H, W, 3]``; all cameras must share one image size."""
     cams = list(cameras)
