@@ -170,17 +170,22 @@ def reconstruct_sample(
     )
 
 
-def write_reconstruction(
-    result: Reconstruction, adapter: ModalityAdapter, out_dir: Path, extra: dict
-) -> dict[str, Path]:
-    """Write reconstruction, side-by-side view and metrics.json into ``out_dir`` (atomically)."""
+def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:
+    """Where a reconstruction goes: ``reconstruction``, ``side_by_side`` and ``metrics`` files."""
     suffix = adapter.output_suffix
     comparison_suffix = getattr(adapter, "comparison_suffix", None) or suffix
-    paths = {
+    return {
         "reconstruction": out_dir / f"reconstruction{suffix}",
         "side_by_side": out_dir / f"side_by_side{comparison_suffix}",
         "metrics": out_dir / "metrics.json",
     }
+
+
+def write_reconstruction(
+    result: Reconstruction, adapter: ModalityAdapter, out_dir: Path, extra: dict
+) -> dict[str, Path]:
+    """Write reconstruction, side-by-side view and metrics.json into ``out_dir`` (atomically)."""
+    paths = output_paths(adapter, out_dir)
     adapter.save(result.reconstruction, paths["reconstruction"])
     adapter.save_comparison(result.reference, result.reconstruction, paths["side_by_side"])
     atomic_write_json(
@@ -360,13 +365,7 @@ def reconstruct_to_dir(
             Path(source), result.tokens, result.metrics, paths, False, result.timings
         )
     bind_adapter(adapter, model)
-    suffix = adapter.output_suffix
-    comparison_suffix = getattr(adapter, "comparison_suffix", None) or suffix
-    paths = {
-        "reconstruction": out_dir / f"reconstruction{suffix}",
-        "side_by_side": out_dir / f"side_by_side{comparison_suffix}",
-        "metrics": out_dir / "metrics.json",
-    }
+    paths = output_paths(adapter, out_dir)
     t0 = time.perf_counter()
     latents, meta = encode_sample(model, adapter, sample)
     t1 = t2 = time.perf_counter()

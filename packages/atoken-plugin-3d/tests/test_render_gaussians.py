@@ -28,13 +28,7 @@ from atoken_plugin_3d.render_gaussians import (
 W, H, FOV = 64, 48, math.radians(40.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny scenes are overhead-bound: intra-op threads only contend on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0, 0.0]])

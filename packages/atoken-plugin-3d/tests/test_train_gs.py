@@ -20,14 +20,7 @@ from atoken_plugin_3d.gaussians import RepresentationConfig
 from atoken_plugin_3d.train_gs import GaussianDecoderTrainer
 from atoken_plugin_3d.train_gs_config import load_gs_config, validate_gs_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: extra intra-op threads only spin (seconds on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def tiny(steps: int = 6, *, init: str = "default", **run) -> dict:

@@ -13,14 +13,7 @@ from PIL import Image
 from atoken_plugin_3d.gaussians import Gaussians
 from atoken_plugin_3d.turntable import write_turntable
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny scenes are overhead-bound: intra-op threads only contend on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def blob(p: int = 300) -> Gaussians:
