@@ -74,3 +74,15 @@ def test_patch_tokens_check_shapes() -> None:
         PatchTokens(torch.zeros(3, 8), torch.zeros(2, 4, dtype=torch.int32), "image")
     with pytest.raises(InputError, match="must be integers"):
         PatchTokens(torch.zeros(2, 8), torch.zeros(2, 4), "image")
+
+
+def test_all_finite_checks_every_element_in_chunks() -> None:
+    from atoken.core.tokens import all_finite
+
+    x = torch.zeros(5, 7, 3)
+    assert all_finite(x, chunk=4) and all_finite(x[:, ::2], chunk=4)  # contiguous and strided
+    for value in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[4, 6, 2] = value  # the very last element: in the last chunk
+        assert not all_finite(y, chunk=4) and not all_finite(y[:, ::3], chunk=4)
+    assert all_finite(torch.arange(5))  # integers are always finite

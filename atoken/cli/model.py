@@ -89,20 +89,28 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
     tok = load_tokenizer(model).eval()
     if backend is not None:
         tok.attention_backend(backend)  # validate the name before any work
-    # read and check every input before writing anything
+    # read and check every input before writing anything; streamed inputs (long clips) are
+    # read again when their turn comes, so only one of them is in memory at a time
     loaded = []
     for path in inputs:
         adapter = adapter_for(path, modality, opts)
         sample = adapter.load(path)
-        try:
-            adapter.to_tokens(sample)  # fail on a bad input before any output is written
+        try:  # fail on a bad input before any output is written
+            chunks = getattr(adapter, "to_token_chunks", None)
+            if callable(chunks):
+                next(iter(chunks(sample, 4)))  # checks the whole clip, tokenizes 4 frames
+            else:
+                adapter.to_tokens(sample)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
-        loaded.append((path, adapter, sample))
+        streamed = callable(getattr(adapter, "stream_sink", None))
+        loaded.append((path, adapter, None if streamed else sample))
+        del sample
     names = Counter(p.stem for p, _, _ in loaded)
     with _progress() as progress:
         task = progress.add_task("reconstructing", total=len(loaded))
-        for i, (path, adapter, sample) in enumerate(loaded):
+        for i, (path, adapter, kept) in enumerate(loaded):
+            sample = kept if kept is not None else adapter.load(path)
             sub = path.stem if names[path.stem] == 1 else f"{path.stem}-{i}"
             with _frames_task(progress, path.name) as on_frames:
                 result = reconstruct_to_dir(

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
-from atoken.core.tokens import PatchTokens
+from atoken.core.tokens import PatchTokens, all_finite
 from atoken.eval.metrics import psnr, ssim
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
 
@@ -89,7 +89,7 @@ class ImageAdapter:
         h, w = sample.shape[:2]
         if h < 16 or w < 16:
             raise InputError(f"image is {h}x{w} pixels; atoken needs at least 16x16 (one patch)")
-        if not torch.isfinite(sample).all():
+        if not all_finite(sample):
             raise InputError("image contains NaN or Inf values")
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:

@@ -34,7 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
-from atoken.core.tokens import COORD_LIMIT, PatchTokens
+from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
 from atoken.eval.video_metrics import per_frame_metrics
 from atoken.plugins.video.io import (
     DEFAULT_FPS,
@@ -227,7 +227,7 @@ class VideoAdapter:
                 f"video has {t} frames; atoken positions allow at most {COORD_LIMIT * PATCH[0]}"
                 " (cut the clip)"
             )
-        if not torch.isfinite(sample).all():
+        if not all_finite(sample):
             raise InputError("video contains NaN or Inf values")
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:

@@ -154,8 +154,11 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
             f"the file is truncated or corrupt (its header lists {declared} frames, only"
             f" {len(frames)} could be decoded)",
         )
-    out = torch.from_numpy(np.stack(frames))  # [T, H, W, 3] uint8
-    return out.float().div_(127.5).sub_(1.0), fps
+    out = torch.empty((len(frames), *frames[0].shape), dtype=torch.float32)  # [T, H, W, 3]
+    for i in range(len(frames)):  # frame by frame: no stacked uint8 copy of the whole clip
+        out[i] = torch.from_numpy(frames[i])
+        frames[i] = None  # type: ignore[call-overload]
+    return out.div_(127.5).sub_(1.0), fps
 
 
 def from_tchw(clip: torch.Tensor) -> torch.Tensor:
