@@ -129,3 +129,38 @@ def test_atoken_convert_official_3d_gs_hands_over_to_the_plugin(tmp_path) -> Non
     # the plugin's converter checked the Gaussian decoder layout (not AToken's)
     assert "offset_perturbation" in result.output or "blocks.0.attn.to_qkv.weight" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_atoken_works_without_the_plugin(tmp_path) -> None:
+    """Blocked (as if uninstalled), nothing of it is registered and 3D inputs are clear errors."""
+    import os
+
+    env = {**os.environ, "ATOKEN_PLUGINS_TOML": str(tmp_path / "plugins.toml")}
+    (tmp_path / "plugins.toml").write_text('blocked = ["mesh3d"]\n')
+    (tmp_path / "bunny.stl").write_text("solid x\nendsolid x\n")
+    listed = subprocess.run(
+        [sys.executable, "-m", "atoken", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(listed.stdout)
+    assert not [r for r in rows if r["provider"].startswith(DIST)]
+    assert {("adapter", "image"), ("adapter", "video")} <= {(r["kind"], r["name"]) for r in rows}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atoken",
+            "reconstruct",
+            str(tmp_path / "bunny.stl"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "no adapter reads .stl files" in run.stderr
+    assert not (tmp_path / "out").exists()
