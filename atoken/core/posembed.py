@@ -57,3 +57,41 @@ class LearnedPositionEmbedding2D(nn.Module):
                 cache[key] = self.table(*key)
             out[s] = cache[key][x[s], y[s]].to(out.dtype)  # [n, D]
         return out
+
+    def rows(self, tokens: SparseTokens) -> RowPositions:
+        """A reader of this embedding for any rows of ``tokens`` (see `RowPositions`)."""
+        return RowPositions(self, tokens)
+
+
+class RowPositions:
+    """`LearnedPositionEmbedding2D` read for any rows, the table sized per whole sample.
+
+    ``reader(rows)`` equals ``embedder(tokens)[rows]`` without forming the ``[N, D]`` embedding
+    (tile steps of a long clip read their rows one step at a time).
+    """
+
+    def __init__(self, embedder: LearnedPositionEmbedding2D, tokens: SparseTokens) -> None:
+        self.embedder = embedder
+        self.x, self.y = tokens.coords[:, 1].long(), tokens.coords[:, 2].long()  # [N], [N]
+        self.extents = torch.stack(
+            [
+                torch.stack((self.x[s].max() + 1, self.y[s].max() + 1))
+                for s in tokens.sample_slices()
+            ]
+        ).tolist()  # [B, 2]
+        self.sample = tokens.batch_index()  # [N]
+        self.dtype = tokens.feats.dtype
+        self.tables: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        width = self.embedder.position_embedding.weight.shape[1]
+        out = torch.empty(len(rows), width, dtype=self.dtype, device=rows.device)  # [n, D]
+        owner = self.sample.index_select(0, rows)  # [n]
+        x, y = self.x.index_select(0, rows), self.y.index_select(0, rows)
+        for b in torch.unique(owner).tolist():
+            key = tuple(self.extents[b])
+            if key not in self.tables:
+                self.tables[key] = self.embedder.table(*key)
+            m = owner == b
+            out[m] = self.tables[key][x[m], y[m]].to(out.dtype)  # [n_b, D]
+        return out

@@ -34,7 +34,6 @@ from atoken.core.serialization import (
     read_json,
     save_tensors,
 )
-from atoken.core.temporal import TileStep, plan_tiles, stream_tiles
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.core.transformer import Decoder, Encoder
 
@@ -91,37 +90,6 @@ class DecodedRows:
     feats: Tensor
     coords: Tensor
     sample: Tensor
-
-
-class _RowPositions:
-    """A learned 2D position embedding read for any rows, the table sized per whole sample.
-
-    Equal to ``pos_embedder(tokens)[rows]`` without forming the ``[N, D]`` embedding.
-    """
-
-    def __init__(self, embedder: nn.Module, tokens: SparseTokens, sample: Tensor) -> None:
-        self.embedder = embedder
-        self.x, self.y = tokens.coords[:, 1].long(), tokens.coords[:, 2].long()  # [N], [N]
-        slices = tokens.sample_slices()
-        self.extents = torch.stack(
-            [torch.stack((self.x[s].max() + 1, self.y[s].max() + 1)) for s in slices]
-        ).tolist()  # [B, 2]
-        self.sample = sample
-        self.dtype = tokens.feats.dtype
-        self.tables: dict[tuple[int, int], Tensor] = {}
-
-    def __call__(self, rows: Tensor) -> Tensor:
-        width = self.embedder.position_embedding.weight.shape[1]
-        out = torch.empty(len(rows), width, dtype=self.dtype, device=rows.device)  # [n, D]
-        owner = self.sample.index_select(0, rows)  # [n]
-        x, y = self.x.index_select(0, rows), self.y.index_select(0, rows)
-        for b in torch.unique(owner).tolist():
-            key = tuple(self.extents[b])
-            if key not in self.tables:
-                self.tables[key] = self.embedder.table(*key)
-            m = owner == b
-            out[m] = self.tables[key][x[m], y[m]].to(out.dtype)  # [n_b, D]
-        return out
 
 
 @dataclass(frozen=True)
@@ -286,74 +254,18 @@ class Tokenizer(nn.Module):
             # inference: per-token layers per tile step, so a long clip never holds [N, D]
             tokens = self.prepare(inputs)
             enc = self.encoder
-            z = self._stepped(
-                enc,
+            z = enc.stepped(
                 tokens,
+                self.attention_backend(backend),
                 tiling,
                 tiling.encoder_cache,
+                STREAM_GROUP_TOKENS,
                 lambda h: self.proj(enc.post_layernorm(h)),
                 2 * self.config.latent_channels,
-                backend,
             )  # [N, 2Cz]
             return self._quantize_projected(tokens, z, sample=sample, generator=generator)
         dense = self.encode_dense(inputs, backend=backend, temporal=tiling)
         return self.quantize(dense, sample=sample, generator=generator)
-
-    def _stepped(
-        self,
-        stack: Encoder | Decoder,
-        tokens: SparseTokens,
-        tiling: TemporalConfig,
-        cache: int,
-        head,
-        width: int,
-        backend,
-    ) -> Tensor:
-        """``head(stack blocks(embed(tokens)))`` computed one tile step at a time: ``[N, width]``.
-
-        Every per-token layer (input layer, position embedding, the ``head`` after the blocks)
-        runs on one step's rows, written into one preallocated output, so memory is the output
-        plus one step (at most ``STREAM_GROUP_TOKENS`` tokens, or one tile per sample with a
-        cache) whatever the clip length. Equal to the whole-batch path up to float rounding.
-        """
-        out = tokens.feats.new_empty(tokens.num_tokens, width)
-        for rows, hidden in self._steps(stack, tokens, tiling, cache, backend):
-            out.index_copy_(0, rows, head(hidden))
-        return out
-
-    def _steps(
-        self,
-        stack: Encoder | Decoder,
-        tokens: SparseTokens,
-        tiling: TemporalConfig,
-        cache: int,
-        backend,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(rows [n], hidden [n, D])`` after the blocks, one tile step at a time.
-
-        Steps of the tiling with ``cache`` frames carried (independent tiles packed into steps
-        of at most ``STREAM_GROUP_TOKENS`` tokens); one step when nothing is tiled. The input
-        layer and the position embedding (its table sized per whole sample) run per step.
-        """
-        steps = plan_tiles(
-            tokens,
-            tile=tiling.tile,
-            cache=cache,
-            restart_t=tiling.restart_t,
-            group_tokens=min(tiling.group_tokens, STREAM_GROUP_TOKENS),
-            lazy=True,
-        )
-        if steps is None:  # nothing to tile: one pass over the batch as it is
-            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
-            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
-        pos = _RowPositions(stack.pos_embedder, tokens, tokens.batch_index())
-        att = self.attention_backend(backend)
-
-        def embed(rows: Tensor) -> Tensor:
-            return stack.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
-
-        blocks = lambda xs, layout, kv: stack.run_blocks(xs, layout, att, kv)  # noqa: E731
-        yield from stream_tiles(embed, steps, blocks)
 
     def encode_chunks(
         self,
@@ -461,14 +373,14 @@ class Tokenizer(nn.Module):
         tiling = self.temporal(temporal)
         if not torch.is_grad_enabled() and tiling.tile is not None:
             dec = self.decoder
-            feats = self._stepped(
-                dec,
+            feats = dec.stepped(
                 tokens,
+                self.attention_backend(backend),
                 tiling,
                 tiling.decoder_cache,
+                STREAM_GROUP_TOKENS,
                 lambda h: dec.out_layer(dec.out_norm(h)),
                 self.config.patch_dim,
-                backend,
             )  # [N, 3072]
             return tokens.replace(feats)
         return self.decoder(tokens, self.attention_backend(backend), tiling)
@@ -515,7 +427,9 @@ class Tokenizer(nn.Module):
         tokens = self._decoder_input(latents)
         dec, tiling = self.decoder, self.temporal(temporal)
         sample = tokens.batch_index()  # [N]
-        for rows, hidden in self._steps(dec, tokens, tiling, tiling.decoder_cache, backend):
+        att = self.attention_backend(backend)
+        steps = dec.steps(tokens, att, tiling, tiling.decoder_cache, STREAM_GROUP_TOKENS)
+        for rows, hidden in steps:
             yield DecodedRows(
                 rows=rows,
                 feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]

@@ -6,14 +6,15 @@ LayerNorm blocks with biases and 4D RoPE, post-LayerNorm; an optional pooling he
 blocks without biases and with per-head qk-RMSNorm, output RMSNorm and a linear D -> 3072.
 Parameter names follow the official AToken release so its checkpoints load without renaming.
 Given a `TemporalConfig`, the blocks run long samples in temporal tiles (`atoken.core.temporal`);
-the per-token layers before and after them see whole samples.
+the per-token layers before and after them see whole samples (`trunk`), or, in inference, run
+one tile step at a time (`steps`, `stepped`) so a long clip never holds its activations whole.
 
 References: AToken (arXiv 2509.14476) and its public inference release (layout and names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -25,7 +26,7 @@ from atoken.core.config import TemporalConfig, TransformerConfig
 from atoken.core.layers import RMSNorm, TransformerBlock, layer_norm
 from atoken.core.posembed import LearnedPositionEmbedding2D
 from atoken.core.rope import Rope4D
-from atoken.core.temporal import KVCache, plan_tiles, run_tiles
+from atoken.core.temporal import KVCache, TileStep, plan_tiles, run_tiles, stream_tiles
 from atoken.core.tokens import SparseTokens
 
 
@@ -97,6 +98,59 @@ class SparseTransformer(nn.Module):
             else:
                 x = block(x, tokens, rope, backend, kv)  # [n, D]
         return x
+
+    def steps(
+        self,
+        tokens: SparseTokens,
+        backend: AttentionBackend,
+        temporal: TemporalConfig,
+        cache: int,
+        group_tokens: int,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(rows [n], hidden [n, D])`` after the blocks, one tile step at a time (inference).
+
+        Steps of the tiling with ``cache`` frames carried (independent tiles packed into steps
+        of at most ``group_tokens`` tokens); one step when nothing is tiled. The input layer
+        and the position embedding (its table sized per whole sample) run per step, so only one
+        step's activations exist at a time. Equal to `trunk` up to float rounding.
+        """
+        steps = plan_tiles(
+            tokens,
+            tile=temporal.tile,
+            cache=cache,
+            restart_t=temporal.restart_t,
+            group_tokens=min(temporal.group_tokens, group_tokens),
+            lazy=True,
+        )
+        if steps is None:  # nothing to tile: one pass over the batch as it is
+            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
+            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
+        pos = self.pos_embedder.rows(tokens)
+
+        def embed(rows: Tensor) -> Tensor:
+            return self.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
+
+        blocks = lambda xs, layout, kv: self.run_blocks(xs, layout, backend, kv)  # noqa: E731
+        yield from stream_tiles(embed, steps, blocks)
+
+    def stepped(
+        self,
+        tokens: SparseTokens,
+        backend: AttentionBackend,
+        temporal: TemporalConfig,
+        cache: int,
+        group_tokens: int,
+        head: Callable[[Tensor], Tensor],
+        width: int,
+    ) -> Tensor:
+        """``head(hidden)`` of every row, computed by `steps` into one ``[N, width]`` output.
+
+        Memory is the output plus one step whatever the clip length.
+        """
+        out = tokens.feats.new_empty(tokens.num_tokens, width)
+        for rows, hidden in self.steps(tokens, backend, temporal, cache, group_tokens):
+            out.index_copy_(0, rows, head(hidden))
+        return out
 
     def trunk(
         self,

@@ -8,8 +8,8 @@ path, ``$ATOKEN_I3D``, or ``$ATOKEN_CACHE/i3d/`` (default ``~/.cache/atoken/i3d/
 * **safetensors**: an I3D state dict in the pytorch-i3d key layout (``Conv3d_1a_7x7.conv3d.weight``,
   ``Mixed_3b.b1b.bn.running_mean``, ..., ``logits.conv3d.bias``), run by atoken's own `I3D`
   module below. Pure data; nothing in the file executes. Convert a checkpoint you trust once,
-  outside atoken, e.g. ``safetensors.torch.save_file(torch.load("rgb_imagenet.pt",
-  weights_only=True), "i3d.safetensors")``.
+  outside atoken: load its state dict with ``torch.load(path, weights_only=True)`` and write
+  it with ``safetensors.torch.save_file(state, "i3d.safetensors")``.
 * **TorchScript** (``i3d_torchscript.pt``, the detector most FVD code uses): read with
   ``torch.jit.load``, whose C++ deserializer rebuilds only tensors, primitive containers and
   TorchScript modules, never Python callables (the restriction ``weights_only=True`` gives
