@@ -35,9 +35,9 @@ import io
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,20 +46,24 @@ from atoken.core.serialization import atomic_write_bytes
 from atoken.core.tokens import PatchTokens
 from torch import Tensor
 
+from atoken_plugin_3d.asset import (
+    BUILTIN,
+    MESH_EXTENSIONS,
+    NERF_EXTENSIONS,
+    SAMPLES,
+    VOXEL_EXTENSIONS,
+    Asset3D,
+    load_asset,
+)
 from atoken_plugin_3d.gaussians import Gaussians
 from atoken_plugin_3d.options import Mesh3DOptions
 
 if TYPE_CHECKING:
-    from atoken_plugin_3d.cameras import Camera
     from atoken_plugin_3d.gaussian_decoder import GaussianDecoder
-    from atoken_plugin_3d.mesh import Normalization
     from atoken_plugin_3d.views import Views
 
 logger = logging.getLogger("atoken_plugin_3d.adapter")
 
-MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
-VOXEL_EXTENSIONS = (".safetensors",)
-NERF_EXTENSIONS = (".json",)
 #: voxels per side of the AToken 3D grid
 RESOLUTION = 64
 #: channels of one voxel's RGB patch (16 x 16 x 3), the first frame of a 3072-value token
@@ -68,31 +72,7 @@ TOKEN_CHANNELS = 3072
 #: name of the Gaussian decoder directory inside a model directory
 DECODER_DIR = "gaussian_decoder"
 
-AssetKind = Literal["mesh", "nerf", "voxels"]
 _WARNED: set[str] = set()
-
-
-@dataclass(frozen=True, eq=False)
-class Asset3D:
-    """One 3D input, as `Mesh3DAdapter.load` returns it.
-
-    Attributes:
-        source: the path it was read from.
-        kind: ``mesh``, ``nerf`` or ``voxels``.
-        views: posed input views with depth (voxelized), ``None`` for voxel files.
-        heldout: reference views (not voxelized), ``None`` for voxel files.
-        voxels: ``(feats [N, 768] in [0, 1], coords [N, 3] (x, y, z))`` of a voxel file, else None.
-        normalization: the mesh's file-units -> unit-cube transform (None for other inputs).
-        cache: voxelization and tokens, computed once per option set (`Mesh3DAdapter.to_tokens`).
-    """
-
-    source: str
-    kind: AssetKind
-    views: Views | None = None
-    heldout: Views | None = None
-    voxels: tuple[Tensor, Tensor] | None = None
-    normalization: Normalization | None = None
-    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -102,18 +82,6 @@ class DecodedGaussians(Gaussians):
     @property
     def shape(self) -> tuple[int]:
         return (len(self),)
-
-
-#: prefix of the bundled assets `Mesh3DAdapter.load` reads (``builtin:bunny``)
-BUILTIN = "builtin:"
-#: the bundled assets offered to training (`Mesh3DAdapter.sample_assets`) and their captions
-SAMPLES = (
-    ("bunny", "a scanned white clay bunny"),
-    ("cube", "a box coloured with a smooth rainbow gradient"),
-    ("sphere", "a round ball coloured with a smooth rainbow gradient"),
-    ("torus", "a ring shaped like a donut with rainbow colours"),
-    ("cone", "a pointed cone with rainbow colours"),
-)
 
 
 class Mesh3DAdapter:
@@ -199,23 +167,9 @@ class Mesh3DAdapter:
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Asset3D:
-        """Read a mesh file, a NeRF folder (or its ``transforms*.json``) or a voxel file.
-
-        ``builtin:NAME`` loads a bundled asset (``bunny``, the pymeshfix scan, or a generated,
-        position-coloured ``cube``, ``sphere``, ``cylinder``, ``torus``, ``cone``).
-        """
-        if isinstance(path, str) and path.startswith(BUILTIN):
-            from atoken_plugin_3d.train_gs_data import builtin_mesh
-
-            return self._render_mesh(builtin_mesh(path[len(BUILTIN) :], self.options.fill), path)
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"3D input {str(p)!r} does not exist")
-        if p.is_dir() or p.suffix.lower() in NERF_EXTENSIONS:
-            return self._load_nerf(p)
-        if p.suffix.lower() in VOXEL_EXTENSIONS:
-            return self._load_voxels(p)
-        return self._load_mesh(p)
+        """Read a mesh file, a NeRF folder (or its ``transforms*.json``), a voxel file or a
+        bundled ``builtin:NAME`` asset (see `atoken_plugin_3d.asset.load_asset`)."""
+        return load_asset(path, self.options, voxel_resolution=self.resolution)
 
     def sample_assets(self) -> list[tuple[str, str, str]]:
         """Bundled assets for training sources (``samples`` of atoken's 3D tasks).
@@ -224,87 +178,6 @@ class Mesh3DAdapter:
         position-coloured primitives (made in memory, nothing downloaded or written).
         """
         return [(f"builtin/{name}", f"{BUILTIN}{name}", caption) for name, caption in SAMPLES]
-
-    def _mesh_cameras(self) -> tuple[list[Camera], list[Camera]]:
-        from atoken_plugin_3d.cameras import sphere_cameras
-
-        o = self.options
-        inputs = sphere_cameras(o.views, radius=o.radius, fov_deg=o.fov_deg, size=o.size)
-        # a rotated point set: held-out cameras are never input cameras
-        heldout = sphere_cameras(
-            o.heldout_views,
-            radius=o.radius,
-            fov_deg=o.fov_deg,
-            size=o.heldout_size,
-            offset=0.5 / o.views + 0.5 / o.heldout_views,
-        )
-        return inputs, heldout
-
-    def _load_mesh(self, path: Path) -> Asset3D:
-        from atoken_plugin_3d.mesh import load_mesh
-
-        return self._render_mesh(load_mesh(path, fill=self.options.fill), path)
-
-    def _render_mesh(self, mesh, path: Path | str) -> Asset3D:
-        from atoken_plugin_3d.render_mesh import render_views
-
-        inputs, heldout = self._mesh_cameras()
-        logger.info(
-            "mesh3d: rendering %d input + %d held-out views of %s", len(inputs), len(heldout), path
-        )
-        views = render_views(mesh, inputs, shading=self.options.shading)
-        held = render_views(mesh, heldout, shading=self.options.shading)
-        if not bool(views.mask.any()):
-            raise InputError(f"mesh file {str(path)!r}: no camera sees the mesh")
-        return Asset3D(str(path), "mesh", views, held, None, mesh.normalization)
-
-    def _load_nerf(self, path: Path) -> Asset3D:
-        from atoken_plugin_3d.nerf import read_nerf_folder
-
-        folder = path if path.is_dir() else path.parent
-        n_held = self.options.heldout_views
-        if path.is_file():
-            views, held = self._split(read_nerf_folder(path), n_held, path)
-        elif (folder / "transforms.json").is_file():
-            views, held = self._split(read_nerf_folder(folder), n_held, folder)
-        elif (folder / "transforms_train.json").is_file():
-            views = read_nerf_folder(folder, transforms="transforms_train.json")
-            if (folder / "transforms_test.json").is_file():
-                held = read_nerf_folder(folder, transforms="transforms_test.json")
-                held = held.select(range(min(n_held, len(held))))
-            else:
-                views, held = self._split(views, n_held, folder)
-        else:
-            raise InputError(
-                f"3D input {str(path)!r} is a folder without transforms.json (or"
-                " transforms_train.json); a NeRF-synthetic folder is expected"
-            )
-        if views.depth is None:
-            raise InputError(
-                f"NeRF folder {str(folder)!r} has no depth (depth_file_path per frame);"
-                " voxelization needs depth"
-            )
-        return Asset3D(str(path), "nerf", views, held)
-
-    @staticmethod
-    def _split(views: Views, n_held: int, where: Path) -> tuple[Views, Views]:
-        """Input views and ``n_held`` evenly spread held-out ones."""
-        n = len(views)
-        if n_held >= n:
-            raise InputError(
-                f"NeRF folder {str(where)!r} has {n} frames; holding out {n_held} leaves none to"
-                f" voxelize (set -O heldout_views=K with K < {n})"
-            )
-        held = sorted({round(i * (n - 1) / max(n_held - 1, 1)) for i in range(n_held)})
-        held = held if n_held > 1 else [n - 1]
-        kept = [i for i in range(n) if i not in set(held)]
-        return views.select(kept), views.select(held)
-
-    def _load_voxels(self, path: Path) -> Asset3D:
-        from atoken_plugin_3d.voxel_file import load_voxel_file
-
-        feats, coords = load_voxel_file(path, resolution=self.resolution())
-        return Asset3D(str(path), "voxels", voxels=(feats, coords))
 
     def save(self, sample: Gaussians, path: str | os.PathLike[str]) -> None:
         """Write Gaussians as a 3D Gaussian Splatting ``.ply`` (atomically)."""
