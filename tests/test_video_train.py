@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from atoken import ConfigError, hookimpl
+from atoken import ConfigError
 from atoken.core.errors import InputError
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
 from atoken.plugins.video.io import write_mp4
+from atoken.testing import BagOfWordsPlugin
 from atoken.train.config import load_train_config, validate_train_config
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.build import task_adapter
@@ -152,28 +153,6 @@ def test_short_and_corrupt_clips_are_named_and_skipped(clip_dir, tmp_path) -> No
         next(_stream(VideoFolderSource(only_bad, ClipSampling(clip_frames=4))))
 
 
-class _BagOfWords:
-    """A deterministic text tower for tests (hashed word counts), 32-d."""
-
-    dim = 32
-
-    def __init__(self, options=None) -> None:
-        pass
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.dim)
-        for i, text in enumerate(texts):
-            for word in text.lower().split():
-                out[i, sum(map(ord, word)) % self.dim] += 1.0
-        return out
-
-
-class _TextPlugin:
-    @hookimpl
-    def atoken_register_text_encoders(self, registry) -> None:
-        registry.add("bag", lambda: _BagOfWords(), description="test tower")
-
-
 def _stage2(clip_dir, **semantic) -> dict:
     clips = {"clip_frames": 4, "frame_stride": 2, "crop_scale": [0.75, 1.0]}
     return {
@@ -203,7 +182,7 @@ def _stage2(clip_dir, **semantic) -> dict:
 def test_stage2_mix_trains_video_rec_and_video_und(clip_dir, tmp_path, register_plugin) -> None:
     from atoken.train.trainer import Trainer
 
-    components = register_plugin(_TextPlugin(), name="test-text")
+    components = register_plugin(BagOfWordsPlugin(), name="test-text")
     config = validate_train_config(_stage2(clip_dir))
     trainer = Trainer(config, tmp_path / "run", components=components, progress=False)
     contrast = trainer.contrastive["video"]

@@ -10,9 +10,11 @@ Subclass a contract and give it the component under test::
             return torch.rand(40, 56, generator=generator) * 2 - 1
 
 pytest then runs every contract test against it; atoken's own suite parametrizes the same
-contracts over everything registered.
+contracts over everything registered. `BagOfWordsPlugin` registers a tiny deterministic text
+tower (``bag``) for tests of caption objectives.
 """
 
 from atoken.testing.contracts import AdapterContract, QuantizerContract
+from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
-__all__ = ["AdapterContract", "QuantizerContract"]
+__all__ = ["AdapterContract", "BagOfWordsPlugin", "BagOfWordsText", "QuantizerContract"]

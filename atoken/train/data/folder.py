@@ -69,7 +69,45 @@ def list_images(
     return sorted(found)
 
 
-class ImageFolderSource(ImageSource):
+class FolderFiles:
+    """The files of one kind under a folder, sorted, with stable keys (a source mixin).
+
+    ``_list_folder`` fills ``root``, ``relpaths`` and the keys; ``__len__``, ``key`` and
+    ``path`` serve them.
+    """
+
+    root: Path
+    relpaths: list[str]
+
+    def _list_folder(
+        self, root: Path, recursive: bool, extensions: Iterable[str], what: str
+    ) -> None:
+        """List ``root``'s ``what`` files (suffixes ``extensions``); InputError if none."""
+        self.root = root
+        if not root.is_dir():
+            raise InputError(f"{what} folder '{root}' does not exist or is not a directory")
+        exts = tuple(extensions)
+        self.relpaths = list_images(root, recursive, exts)
+        if not self.relpaths:
+            where = "under" if recursive else "directly in"
+            raise InputError(
+                f"no {what} files ({', '.join(exts)}) {where} '{root}'"
+                + ("" if recursive else "; pass recursive=True to include subdirectories")
+            )
+        self._keys = sample_keys(self.relpaths)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def key(self, index: int) -> str:
+        return self._keys[index]
+
+    def path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self.root / self.relpaths[index]
+
+
+class ImageFolderSource(FolderFiles, ImageSource):
     """Image files under ``root`` as ``(key, [H, W, 3] image)`` samples.
 
     Unreadable files (corrupt, truncated, not really images, unreadable permissions, smaller
@@ -92,27 +130,7 @@ class ImageFolderSource(ImageSource):
     ) -> None:
         self.root = Path(root)
         super().__init__(f"image folder '{self.root}'")
-        if not self.root.is_dir():
-            raise InputError(f"image folder '{self.root}' does not exist or is not a directory")
-        exts = tuple(extensions)
-        self.relpaths = list_images(self.root, recursive, exts)
-        if not self.relpaths:
-            where = "under" if recursive else "directly in"
-            raise InputError(
-                f"no image files ({', '.join(exts)}) {where} '{self.root}'"
-                + ("" if recursive else "; pass recursive=True to include subdirectories")
-            )
-        self._keys = sample_keys(self.relpaths)
-
-    def __len__(self) -> int:
-        return len(self.relpaths)
-
-    def key(self, index: int) -> str:
-        return self._keys[index]
-
-    def path(self, index: int) -> Path:
-        """The file of sample ``index``."""
-        return self.root / self.relpaths[index]
+        self._list_folder(self.root, recursive, extensions, "image")
 
     def read(self, index: int) -> Tensor:
         return read_image(self.path(index))  # [H, W, 3]

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from atoken.core.errors import InputError
 from atoken.train.data.augment import RandomScaleCrop
-from atoken.train.data.folder import list_images, sample_keys
+from atoken.train.data.folder import FolderFiles
 from atoken.train.data.source import MIN_SIDE, ImageSource
 from atoken.train.data.webdataset import WebDatasetSource
 
@@ -312,7 +312,7 @@ class VideoSource(ImageSource):
         check_clip(sample)
 
 
-class VideoFolderSource(VideoSource):
+class VideoFolderSource(FolderFiles, VideoSource):
     """Video files under ``root`` (recursive by default) as clip samples, sorted by path.
 
     Keys follow `sample_keys` (relative path without suffix). A caption is the UTF-8 text of
@@ -341,24 +341,7 @@ class VideoFolderSource(VideoSource):
         self.root = Path(root)
         super().__init__(f"video folder '{self.root}'")
         self._init_video(sampling, max_side)
-        if not self.root.is_dir():
-            raise InputError(f"video folder '{self.root}' does not exist or is not a directory")
-        exts = tuple(extensions)
-        self.relpaths = list_images(self.root, recursive, exts)
-        if not self.relpaths:
-            where = "under" if recursive else "directly in"
-            raise InputError(f"no video files ({', '.join(exts)}) {where} '{self.root}'")
-        self._keys = sample_keys(self.relpaths)
-
-    def __len__(self) -> int:
-        return len(self.relpaths)
-
-    def key(self, index: int) -> str:
-        return self._keys[index]
-
-    def path(self, index: int) -> Path:
-        """The file of sample ``index``."""
-        return self.root / self.relpaths[index]
+        self._list_folder(self.root, recursive, extensions, "video")
 
     def clip_data(self, index: int) -> tuple[ClipData, str]:
         path = self.path(index)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from atoken import hookimpl
 from atoken.core.plugins import build_plugin_manager, collect_components
+from atoken.testing import BagOfWordsPlugin
 from atoken.train.config import validate_train_config
 from atoken.train.trainer import Trainer
 
@@ -61,30 +61,10 @@ def mesh_dir(tmp_path_factory) -> Path:
     return root
 
 
-class BagOfWords:
-    """A deterministic 32-d text tower (hashed word counts): the caption loss without loading a
-    language model (configs/stage3-3d.toml uses minilm)."""
-
-    dim = 32
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.dim)
-        for i, text in enumerate(texts):
-            for word in text.lower().split():
-                out[i, sum(map(ord, word)) % self.dim] += 1.0
-        return out
-
-
-class TextPlugin:
-    @hookimpl
-    def atoken_register_text_encoders(self, registry) -> None:
-        registry.add("bag", BagOfWords, description="test text tower")
-
-
 def components():
     """Installed plugins (mesh3d comes from this distribution's entry point) plus ``bag``."""
     pm = build_plugin_manager()
-    pm.register(TextPlugin(), name="test-text")
+    pm.register(BagOfWordsPlugin(), name="test-text")
     return collect_components(pm)
 
 
