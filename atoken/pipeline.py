@@ -10,6 +10,8 @@ Optional adapter extensions (looked up with ``getattr``, so the core protocol st
 - ``bind(model)``: called with the tokenizer before the adapter is used with it (an adapter whose
   output needs a companion network, like 3D's Gaussian decoder, finds it from the model, e.g.
   ``model.source_dir``, set by ``Tokenizer.from_pretrained``).
+- ``metric_convention``: how ``metrics`` are computed (written into metrics.json as
+  ``convention``; images and video: `atoken.eval.metrics.METRIC_CONVENTION`).
 - ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
   (3D writes Gaussians as ``.ply`` and compares rendered views in a ``.png``).
 - ``stream_sink(meta, coords, output, *, comparison=None, reference=None, fps=None,
@@ -181,6 +183,12 @@ def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:
     }
 
 
+def _convention(adapter: ModalityAdapter) -> dict[str, Any]:
+    """``{"convention": ...}`` when the adapter says how its metrics are computed."""
+    convention = getattr(adapter, "metric_convention", None)
+    return {"convention": dict(convention)} if convention else {}
+
+
 def write_reconstruction(
     result: Reconstruction, adapter: ModalityAdapter, out_dir: Path, extra: dict
 ) -> dict[str, Path]:
@@ -195,6 +203,7 @@ def write_reconstruction(
             "tokens": result.tokens,
             **{k: _json_number(round(v, 6)) for k, v in result.metrics.items()},
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            **_convention(adapter),
             **extra,
         },
     )
@@ -392,6 +401,7 @@ def reconstruct_to_dir(
             "tokens": n_tokens,
             **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
             "timings": {k: round(v, 4) for k, v in timings.items()},
+            **_convention(adapter),
             **extra,
         },
     )

@@ -7,6 +7,7 @@ inputs (float32 accumulation); PSNR differs by < 3e-6 dB in float32.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -190,3 +191,49 @@ def test_half_precision_inputs_computed_in_float32(photos64) -> None:
     assert float(out) == pytest.approx(
         sk_ssim(a.half().double().numpy(), b.half().double().numpy()), abs=2e-5
     )
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_image_quality_is_the_fields_psnr_and_ssim_on_uint8(photos64, name: str) -> None:
+    """`image_quality` (what every metrics.json reports) equals scikit-image on the uint8 images,
+    for a reconstruction that is not on the 8-bit grid and leaves [-1, 1]."""
+    from atoken.eval.metrics import image_quality
+
+    ref = torch.from_numpy(photos64[name]).float()
+    rec = torch.from_numpy(degrade(photos64[name], "both", seed=3)).float() * 1.05
+    got = image_quality(ref, rec)
+    a, b = _uint8(ref), _uint8(rec)
+    assert got["ssim"] == pytest.approx(sk_ssim(a, b, data_range=255), abs=2e-5)
+    assert got["psnr"] == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), abs=1e-4)
+    # and it is not the [-1, 1] / data_range 2 figure the project used to report
+    assert abs(got["ssim"] - float(ssim(ref, rec.clamp(-1, 1)))) > 1e-3
+
+
+def test_reconstruct_metrics_json_matches_skimage_on_the_written_pngs(tmp_path) -> None:
+    """metrics.json's PSNR and SSIM are what scikit-image measures on the PNGs written beside
+    it (reference = left half of side_by_side.png), and the convention is recorded."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from atoken.cli import cli
+
+    src = tmp_path / "coffee.png"
+    with Image.open(SKIMAGE_DATA / "coffee.png") as im:
+        im.crop((40, 60, 40 + 200, 60 + 150)).save(src)  # 150x200: crops to 144x192
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["reconstruct", str(src), "--out", str(out), "-m", "atoken-tiny", "-O", "lpips=false"]
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "coffee" / "metrics.json").read_text())
+    rec = np.asarray(Image.open(out / "coffee" / "reconstruction.png").convert("RGB"))
+    h, w = rec.shape[:2]
+    ref = np.asarray(Image.open(out / "coffee" / "side_by_side.png").convert("RGB"))[:h, :w]
+    assert (h, w) == (144, 192)
+    assert meta["ssim"] == pytest.approx(sk_ssim(ref, rec, data_range=255), abs=2e-5)
+    assert meta["psnr"] == pytest.approx(peak_signal_noise_ratio(ref, rec, data_range=255), abs=1e-4)
+    assert "uint8" in meta["convention"]["pixels"] and "data_range 1" in meta["convention"]["ssim"]

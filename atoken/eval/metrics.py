@@ -147,3 +147,53 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
     per_channel = (num / den).mean(dim=(1, 2)).view(b, c)  # [B, C]
     out = per_channel.mean(dim=1)  # [B]
     return out if batched else out[0]
+
+
+#: How atoken reports image and video quality (recorded beside the numbers in metrics files).
+#: The field's convention: scikit-image, torchmetrics and papers compare images in [0, 1] or as
+#: uint8, so the reconstruction is clamped and rounded to the 8-bit levels it is written with.
+METRIC_CONVENTION: dict[str, str] = {
+    "pixels": "uint8 levels in [0, 1]: the reconstruction clamped and rounded as written",
+    "psnr": "10 log10(1 / MSE) over all pixels and channels (data_range 1)",
+    "ssim": (
+        "Wang et al. 2004: Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data_range 1,"
+        " valid window positions, mean over channels (= skimage structural_similarity with"
+        " gaussian_weights=True, use_sample_covariance=False, data_range=255 on the uint8 images)"
+    ),
+    "lpips": "LPIPS v0.1, VGG16 ImageNet trunk, inputs in [-1, 1] at the compared resolution",
+}
+
+
+def to_unit_uint8(x: Tensor) -> Tensor:
+    """Pixels in [-1, 1] -> the uint8 levels they are written with, as floats in [0, 1]."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round_() / 255
+
+
+def image_quality(reference: Tensor, reconstruction: Tensor) -> dict[str, float | Tensor]:
+    """PSNR and SSIM as the field computes them (see `METRIC_CONVENTION`).
+
+    Args:
+        reference: ``[H, W, 3]`` or ``[B, H, W, 3]`` in [-1, 1].
+        reconstruction: same shape; clamped to [-1, 1] and rounded to uint8 levels.
+
+    Returns:
+        ``{"psnr", "ssim"}``: floats for one image, ``[B]`` tensors for a batch.
+    """
+    ref, rec = to_unit_uint8(reference), to_unit_uint8(reconstruction)
+    p, s = psnr(ref, rec, 1.0), ssim(ref, rec, 1.0)
+    if reference.ndim == 3:
+        return {"psnr": float(p), "ssim": float(s)}
+    return {"psnr": p, "ssim": s}
+
+
+def image_lpips(lpips, reference: Tensor, reconstruction: Tensor) -> float:
+    """LPIPS of one ``[H, W, 3]`` pair at its own resolution, on its uint8 levels.
+
+    Args:
+        lpips: ``(prediction [1, 3, H, W], target [1, 3, H, W]) -> [1]`` on [-1, 1] inputs
+            (e.g. from `atoken.eval.video_metrics.load_lpips`).
+        reference / reconstruction: ``[H, W, 3]`` in [-1, 1].
+    """
+    ref = to_unit_uint8(reference).mul(2).sub(1).permute(2, 0, 1)[None]  # [1, 3, H, W]
+    rec = to_unit_uint8(reconstruction).mul(2).sub(1).permute(2, 0, 1)[None]
+    return float(lpips(rec, ref).flatten()[0])

@@ -12,8 +12,10 @@ clip, its reconstruction and its per-frame values:
   weights are found locally (`atoken.eval.i3d`); otherwise rFVD is reported as unavailable
   with the reason and where the weights may go.
 
-LPIPS uses the VGG network of the ``lpips`` loss with ImageNet weights found offline, on
-224 x 224 resizes. rFID needs Inception weights, which atoken never downloads; it is reported
+PSNR and SSIM are computed on the uint8 levels in [0, 1] (`atoken.eval.metrics.METRIC_CONVENTION`,
+recorded in the result as ``convention``). LPIPS uses the VGG network of the ``lpips`` loss with
+ImageNet weights found offline: images at the compared (cropped) resolution, video frames on
+224 x 224 resizes (a 720p frame at native size costs seconds on a CPU). rFID needs Inception weights, which atoken never downloads; it is reported
 as unavailable. Files that cannot be read are listed under ``skipped``.
 
 References: PSNR/SSIM (Wang et al., 2004); LPIPS (Zhang et al., 2018); rFID (Heusel et al.,
@@ -33,11 +35,11 @@ from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer
 from atoken.eval.fvd import FVDAccumulator, VideoFeatureExtractor
+from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import (
     LPIPSFn,
     VideoMetricsSummary,
     load_lpips,
-    lpips_input,
     per_frame_metrics,
 )
 
@@ -186,7 +188,7 @@ def reconstruction_metrics(
         return {**(opts or {}), **per_adapter.get(name, {})} or None
 
     adapters: dict[str, ModalityAdapter] = {
-        "image": comps.adapters.build("image", options_for("image"))
+        "image": comps.adapters.build("image", {"lpips": lpips, **(options_for("image") or {})})
     }
     if "video" in comps.adapters.names():
         adapters["video"] = comps.adapters.build("video", options_for("video"))
@@ -235,9 +237,8 @@ def reconstruction_metrics(
                 continue
             if kind == "image":
                 row: dict[str, Any] = {"image": name, "tokens": result.tokens, **result.metrics}
-                if lp is not None:
-                    rec = lpips_input(result.reconstruction.clamp(-1, 1)[None], 224)
-                    row["lpips"] = float(lp(rec, lpips_input(result.reference[None], 224))[0])
+                if lp is None:  # the adapter's LPIPS (option lpips) is off in this evaluation
+                    row.pop("lpips", None)
                 image_rows.append(row)
             elif kind != "video":
                 asset_rows.append(
@@ -257,7 +258,11 @@ def reconstruction_metrics(
     if not image_rows and not video_rows and not asset_rows:
         raise InputError(f"none of the {len(files)} files under {root} could be read")
 
-    out: dict[str, Any] = {"task": "reconstruction", "images": len(image_rows)}
+    out: dict[str, Any] = {
+        "task": "reconstruction",
+        "convention": {**METRIC_CONVENTION, "video_lpips": "frames resized to 224 x 224"},
+        "images": len(image_rows),
+    }
     if image_rows:
         keys = [k for k in ("psnr", "ssim", "lpips") if k in image_rows[0]]
         out.update({k: sum(r[k] for r in image_rows) / len(image_rows) for k in keys})

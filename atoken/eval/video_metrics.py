@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.eval.metrics import psnr, ssim
+from atoken.eval.metrics import image_quality
 
 #: ``(prediction, target)`` frames ``[B, 3, S, S]`` in [-1, 1] -> ``[B]`` LPIPS distances
 LPIPSFn = Callable[[Tensor, Tensor], Tensor]
@@ -139,18 +139,17 @@ def per_frame_metrics(
     *,
     chunk: int = 16,
     lpips_size: int | None = LPIPS_SIZE,
-    data_range: float = 2.0,
     device: torch.device | str | None = None,
 ) -> FrameMetrics:
     """PSNR, SSIM (and LPIPS when given) of every frame of a clip.
 
     Args:
         reference: ``[T, H, W, 3]`` in [-1, 1] (``H, W >= 11`` for SSIM).
-        reconstruction: same shape; clamped to [-1, 1] before comparing.
+        reconstruction: same shape; clamped to [-1, 1] before comparing. PSNR and SSIM are
+            computed on the uint8 levels in [0, 1] (`atoken.eval.metrics.METRIC_CONVENTION`).
         lpips: ``(prediction, target) [b, 3, S, S] -> [b]`` (e.g. `load_lpips`); None: no LPIPS.
         chunk: frames compared at once (bounds the memory of the LPIPS inputs).
         lpips_size: side the frames are resized to for LPIPS (None: native size).
-        data_range: value range width for PSNR/SSIM (2.0 for [-1, 1]).
         device: where each chunk is compared (default: the reference's device), e.g. the GPU
             for CPU clips.
 
@@ -170,8 +169,9 @@ def per_frame_metrics(
     for start in range(0, reference.shape[0], chunk):
         ref = reference[start : start + chunk].to(dev, torch.float32)  # [b, H, W, 3]
         rec = reconstruction[start : start + chunk].to(dev, torch.float32).clamp(-1, 1)
-        values["psnr"] += psnr(ref, rec, data_range).tolist()
-        values["ssim"] += ssim(ref, rec, data_range).tolist()
+        quality = image_quality(ref, rec)  # uint8 levels in [0, 1], as the field measures
+        values["psnr"] += quality["psnr"].tolist()
+        values["ssim"] += quality["ssim"].tolist()
         if lpips is not None:
             dist = lpips(lpips_input(rec, lpips_size), lpips_input(ref, lpips_size))
             values["lpips"] += dist.detach().float().flatten().cpu().tolist()
@@ -207,6 +207,17 @@ class VideoMetricsSummary:
             if len(self.clip_means[name]) == self.clips:  # a metric every clip has
                 out.update(describe(name, values, mean=_mean(self.clip_means[name])))
         return out
+
+
+_SHARED: dict[str, tuple[LPIPSFn | None, str | None]] = {}
+
+
+def shared_lpips(device: torch.device | str = "cpu") -> tuple[LPIPSFn | None, str | None]:
+    """`load_lpips` once per device and process (the network is frozen; callers share it)."""
+    key = str(torch.device(device))
+    if key not in _SHARED:
+        _SHARED[key] = load_lpips(device)
+    return _SHARED[key]
 
 
 def load_lpips(device: torch.device | str = "cpu") -> tuple[LPIPSFn | None, str | None]:

@@ -10,6 +10,7 @@ References: AToken (arXiv 2509.14476) image tokenization; the release's preproce
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -22,8 +23,13 @@ from torch import Tensor
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
 from atoken.core.tokens import PatchTokens, all_finite
-from atoken.eval.metrics import psnr, ssim
+from atoken.eval.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
+
+logger = logging.getLogger(__name__)
+
+#: reasons LPIPS was unavailable that were already logged (once each)
+_LPIPS_REPORTED: set[str | None] = set()
 
 PATCH = (4, 16, 16)
 CHANNELS = 3
@@ -35,12 +41,15 @@ class ImageOptions(BaseModel):
     Attributes:
         min_res: a shorter side below this is upscaled to it (never below 16).
         max_res: a longer side above this is downscaled to it (None: never).
+        lpips: `metrics` also reports LPIPS (VGG16, at the compared resolution) when the
+            ImageNet trunk weights are found offline; left out (with one logged reason) when not.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_res: int = Field(default=16, ge=16)
     max_res: int | None = Field(default=None, ge=16)
+    lpips: bool = True
 
     @model_validator(mode="after")
     def _ordered(self) -> ImageOptions:
@@ -55,6 +64,7 @@ class ImageAdapter:
     name = "image"
     extensions = IMAGE_EXTENSIONS
     output_suffix = ".png"
+    metric_convention = METRIC_CONVENTION
 
     def __init__(self, options: ImageOptions | None = None) -> None:
         self.options = options or ImageOptions()
@@ -70,8 +80,20 @@ class ImageAdapter:
         write_png(side_by_side(reference, reconstruction), path)
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
-        ref, rec = reference.float().cpu(), reconstruction.float().clamp(-1, 1).cpu()
-        return {"psnr": float(psnr(ref, rec)), "ssim": float(ssim(ref, rec))}
+        """PSNR, SSIM (and LPIPS) on the uint8 levels, as `atoken.eval.metrics.METRIC_CONVENTION`
+        says: PSNR and SSIM in [0, 1], LPIPS (option ``lpips``) at the compared resolution."""
+        ref, rec = reference.float().cpu(), reconstruction.float().cpu()
+        out = image_quality(ref, rec)
+        if self.options.lpips:
+            from atoken.eval.video_metrics import shared_lpips
+
+            lpips, why = shared_lpips("cpu")
+            if lpips is not None:
+                out["lpips"] = image_lpips(lpips, ref, rec)
+            elif why not in _LPIPS_REPORTED:
+                _LPIPS_REPORTED.add(why)
+                logger.warning("image metrics without LPIPS: %s", why)
+        return out
 
     def example(self, generator: torch.Generator | None = None) -> Tensor:
         """A small smooth random image (40x56, not a multiple of 16) for tests and demos."""

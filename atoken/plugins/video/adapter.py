@@ -35,6 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
+from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import per_frame_metrics
 from atoken.plugins.video.io import (
     DEFAULT_FPS,
@@ -85,6 +86,7 @@ class VideoAdapter:
     name = "video"
     extensions = VIDEO_EXTENSIONS
     output_suffix = ".mp4"
+    metric_convention = METRIC_CONVENTION  # per frame; metrics here have no LPIPS
     #: keys of `metrics` that are facts, not quality numbers (see the adapter contract)
     metric_info_keys = ("frames",)
     #: H.264 is lossy: the contract checks a save -> load round trip by mean error in [-1, 1]
