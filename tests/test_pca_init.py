@@ -68,6 +68,54 @@ def test_held_out_photos_reconstruct_like_a_linear_tokenizer(fitted) -> None:
     assert min(psnr) > 25.0 and sum(psnr) / 3 > 27.0, psnr
 
 
+def test_step_zero_is_exactly_an_independent_patch_pca(fitted) -> None:
+    """The start reconstructs like `PatchPCA` (a separate implementation) fitted on the same
+    patches: the whole transformer computes the linear code, spare channels and all."""
+    from atoken.eval.baselines import PatchPCA
+    from atoken.plugins.image.io import read_image
+    from tests.conftest import SKIMAGE_DATA
+
+    model, info, feats = fitted
+    assert info["spare_components"] == model.encoder.width - 2 * 48 - 2
+    rows = feats[:, :768].reshape(-1, 16, 16, 3)  # each patch as a 16x16 image
+    pca = PatchPCA(list(rows))
+    adapter = atoken.default_components().adapters.build("image", {"lpips": False})
+    image = read_image(SKIMAGE_DATA / "chelsea.png")
+    result = reconstruct_sample(model, adapter, image)
+    expected = pca(result.reference)
+    err = (result.reconstruction - expected).abs().max().item()
+    assert err < 2e-3, err  # float32 through LayerNorm/RMSNorm of a ±1000 constant pair
+
+
+def test_blocks_see_the_coefficients_not_the_constant(fitted) -> None:
+    """The pre-norms drop the constant pair and hand the blocks the coefficients at unit scale:
+    tokens differ from each other as much as their patches do (the lead of the issue: with the
+    constant in, every block saw ~the same token)."""
+    model, _, feats = fitted
+    n = 64
+    coords = torch.stack(
+        [torch.zeros(n), torch.arange(n) // 8, torch.arange(n) % 8, torch.zeros(n)], 1
+    ).int()
+    rows = feats[torch.linspace(0, len(feats) - 1, n).long()]  # patches from every photo
+    tokens = atoken.collate([atoken.PatchTokens(rows, coords, "image")])
+    with torch.no_grad():
+        x = model.encoder.input_layer(tokens.feats) + model.encoder.pos_embedder(tokens)
+        seen = model.encoder.blocks[0].norm1(x)  # [n, D]: what attention reads
+    hi, lo = 2 * 48, 2 * 48 + 1
+    assert seen[:, hi].abs().max() < 1e-6 and seen[:, lo].abs().max() < 1e-6
+    # the coefficient channels reach the blocks as they are in the stream (unit scale) ...
+    torch.testing.assert_close(seen[:, :96], x[:, :96], rtol=2e-3, atol=1e-4)
+    # ... which is the PCA coefficient in units of the RMS coefficient: O(1), not O(1e-2)
+    rms = seen[:, :48].square().mean().sqrt().item()
+    assert 0.05 < rms < 20, rms
+    cos = torch.nn.functional.cosine_similarity(seen[:1], seen[1:], dim=-1)
+    stale = torch.nn.functional.cosine_similarity(x[:1], x[1:], dim=-1)
+    # distinct patches look distinct to the blocks; in the raw stream the constant pair makes
+    # every token point the same way (what the blocks saw before the norms dropped it)
+    assert (1 - cos.mean()) > 1000 * (1 - stale.mean()), (cos.mean(), stale.mean())
+    assert cos.mean() < 0.9
+
+
 def test_pca_init_refuses_narrow_models() -> None:
     narrow = atoken.build_tokenizer(
         "atoken-tiny", encoder={"width": 64, "num_heads": 1}, decoder={"width": 64, "num_heads": 1}

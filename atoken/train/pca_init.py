@@ -6,13 +6,31 @@ encoder + decoder compute a 48-component PCA of 16×16×3 patches (≈27 dB on h
 the transformer blocks (residual branches zeroed) are identities that training turns into a
 residual on top.
 
-How the normalisations are kept linear: the encoder writes ``+c`` and ``−c`` of every
-(whitened) PCA coefficient into paired channels plus a large constant pair ``±C``, so each token's
-channel mean is exactly 0 and its standard deviation is ≈ ``C·sqrt(2/D)`` whatever the patch; the
-post-LayerNorm then only rescales, which the projection undoes. The decoder gets the same constant
-pair from its position table (its input layer has no bias), so its RMSNorm also only rescales, and
-the output layer adds the mean patch through the constant channel. The log-variance half of the
-projection reads the constant channel to start at ``logvar_init``.
+How the normalisations are kept linear: the encoder writes ``+c`` and ``−c`` of every PCA
+coefficient into paired channels plus a large constant pair ``±C``, so each token's channel mean
+is exactly 0 and its standard deviation is ≈ ``C·sqrt(2/D)`` whatever the patch; the
+post-LayerNorm then only rescales. The decoder gets the same constant pair from its position
+table (its input layer has no bias), so its RMSNorm also only rescales, and the output layer adds
+the mean patch through the constant channel. The log-variance half of the projection reads the
+constant channel to start at ``logvar_init``.
+
+How the blocks can learn from there:
+
+* **The stream is isometric.** Coefficients sit in the residual stream in units of the RMS
+  coefficient, not whitened: a change of ``d`` in any coefficient channel changes the patch by
+  the same amount, so an optimiser step costs every channel alike. The latent (``mean``) is the
+  whitened coefficient, as a KL-regularised latent should be.
+* **The blocks see the coefficients, not the constant.** Every pre-norm's gain is 0 on the
+  constant pair and ``C·sqrt(2/D)`` elsewhere, so attention and MLPs read the coefficients at
+  stream scale. With the constant left in (the earlier start), every normalised token was ≈ the
+  same vector and the blocks learnt nothing that showed.
+* **Patch-linear layers read O(1) inputs.** The norms in front of the projection and the output
+  layer scale the coefficients to stream units and the constant to 1, so no weight column moves
+  1000× faster than the others under Adam (the mean-patch column did, adding a block pattern).
+* **Spare channels carry the next components** (``spare``): the channels the PCA leaves free get
+  principal components 49, 50, ... (encoder: readable ± pairs; decoder: output directions),
+  zero-weighted at step 0 so the start is still exactly the PCA, and the blocks can add detail
+  beyond the 48 in a well-conditioned basis.
 
 References: the idea follows TRAINING_NOTES.md (start the patch-linear first/last layers at a good
 linear tokenizer); PCA as the optimal linear code (Pearson 1901; Hotelling 1933).
@@ -57,6 +75,7 @@ def pca_init(
     values: int | None = None,
     constant: float = 1000.0,
     logvar_init: float = -8.0,
+    spare: bool = True,
 ) -> dict[str, float]:
     """Set ``model``'s first/last layers to a PCA tokenizer fitted on ``patches`` (in place).
 
@@ -67,9 +86,12 @@ def pca_init(
             default: all that vary.
         constant: magnitude of the constant channel pair (≫ the coefficients).
         logvar_init: initial posterior log-variance.
+        spare: give the channels the PCA leaves free the next principal components (encoder:
+            as ± pairs the blocks can read; decoder: as output directions the blocks can write).
+            Both stay zero-weighted at step 0, so the start is still exactly the PCA.
 
     Returns:
-        facts about the fit (explained variance ratio, patches used).
+        facts about the fit (explained variance ratio, patches used, spare components).
     """
     feats = torch.cat([p.detach().float().cpu() for p in patches], 0)  # [M, 3072]
     cz, width = model.config.latent_channels, model.encoder.width
@@ -78,49 +100,78 @@ def pca_init(
     if width < 2 * cz + 2:
         raise PCAInitError(f"PCA initialisation needs width >= {2 * cz + 2}, model has {width}")
     p = values if values is not None else int((feats.std(0) > 0).nonzero().max()) + 1
-    mean, comps, stds = fit_patch_pca(feats[:, :p], cz)  # [p], [p, cz], [cz]
+    free = width - 2 * cz - 2 if spare else 0  # channels the PCA start leaves unused
+    extra = max(0, min(free, p - 1 - cz))
+    mean, comps_all, stds_all = fit_patch_pca(feats[:, :p], cz + extra)  # [p], [p, k], [k]
+    comps, stds = comps_all[:, :cz], stds_all[:cz]
     total = float(feats[:, :p].double().var(0).sum())
     dev = model.proj.weight.device
     scale = constant * math.sqrt(2.0 / width)  # std of a token's channels after the input layer
+    unit = float(stds.square().mean().sqrt())  # one stream unit: the RMS coefficient
     a, b = slice(0, cz), slice(cz, 2 * cz)
     hi, lo = 2 * cz, 2 * cz + 1
+    sp = slice(2 * cz + 2, 2 * cz + 2 + extra)  # decoder: spare output directions
+    pairs = extra // 2
+    sp_pos = slice(2 * cz + 2, 2 * cz + 2 + pairs)  # encoder: spare components as ± pairs
+    sp_neg = slice(2 * cz + 2 + pairs, 2 * cz + 2 + 2 * pairs)
+    norm_gain = torch.full((width,), scale)  # normalised stream -> stream units ...
+    norm_gain[hi] = norm_gain[lo] = scale / constant  # ... and the constant pair -> ±1
 
     enc = model.encoder
     w_in = torch.zeros_like(enc.input_layer.weight)  # [D, 3072]
     b_in = torch.zeros_like(enc.input_layer.bias)
-    proj_rows = (comps / stds).T  # [cz, p]: whitened coefficients
-    w_in[a, :p], w_in[b, :p] = proj_rows, -proj_rows
-    b_in[a], b_in[b] = -(proj_rows @ mean), proj_rows @ mean
+    rows = comps.T / unit  # [cz, p]: isometric coefficients (stream error = pixel error)
+    w_in[a, :p], w_in[b, :p] = rows, -rows
+    b_in[a], b_in[b] = -(rows @ mean), rows @ mean
+    if pairs:
+        more = comps_all[:, cz : cz + pairs].T / unit  # [pairs, p]
+        w_in[sp_pos, :p], w_in[sp_neg, :p] = more, -more
+        b_in[sp_pos], b_in[sp_neg] = -(more @ mean), more @ mean
     b_in[hi], b_in[lo] = constant, -constant
     enc.input_layer.weight.copy_(w_in.to(dev))
     enc.input_layer.bias.copy_(b_in.to(dev))
     enc.pos_embedder.position_embedding.weight.zero_()
-    nn.init.ones_(enc.post_layernorm.weight)
+    # Every norm that feeds a patch-linear layer scales the coefficients back to stream units and
+    # the constant to 1, so those layers' weights are O(1) and an optimiser step moves each of
+    # their columns by a like amount (no column 1000x faster than the others).
+    enc.post_layernorm.weight.copy_(norm_gain.to(dev))
     nn.init.zeros_(enc.post_layernorm.bias)
     proj = torch.zeros_like(model.proj.weight)  # [2cz, D]
-    proj[:cz, a] = torch.eye(cz) * scale  # mean = whitened coefficient
-    proj[cz:, hi] = logvar_init / (constant / scale)  # logvar = logvar_init
+    proj[:cz, a] = torch.diag(unit / stds)  # mean = whitened coefficient
+    proj[cz:, hi] = logvar_init  # logvar = logvar_init
     model.proj.weight.copy_(proj.to(dev))
 
     dec = model.decoder
     w_dec = torch.zeros_like(dec.input_layer.weight)  # [D, cz]
-    w_dec[a] = torch.eye(cz)
-    w_dec[b] = -torch.eye(cz)
+    w_dec[a] = torch.diag(stds / unit)  # whitened latent -> isometric coefficients
+    w_dec[b] = -torch.diag(stds / unit)
     dec.input_layer.weight.copy_(w_dec.to(dev))
     pos = torch.zeros_like(dec.pos_embedder.position_embedding.weight)  # [G*G, D]
     pos[:, hi], pos[:, lo] = constant, -constant
     dec.pos_embedder.position_embedding.weight.copy_(pos.to(dev))
-    nn.init.ones_(dec.out_norm.weight)
+    dec.out_norm.weight.copy_(norm_gain.to(dev))
     w_out = torch.zeros_like(dec.out_layer.weight)  # [3072, D]
-    w_out[:p, a] = (comps * stds) * scale  # coefficient * std * component
-    w_out[:p, hi] = mean * scale / constant
+    w_out[:p, a] = comps * unit  # coefficient * component
+    w_out[:p, sp] = comps_all[:, cz:] * unit  # spare channels: the next components
+    w_out[:p, hi] = mean  # the constant channel adds the mean patch
     dec.out_layer.weight.copy_(w_out.to(dev))
 
+    # The blocks read their pre-norms' output; the constant pair would swamp every token (all
+    # tokens would look alike), so the norms drop it and scale the rest back to stream units.
+    gain = torch.full((width,), scale)
+    gain[hi] = gain[lo] = 0.0
     for stack in (enc, dec):  # residual branches start at zero: every block is the identity
         for block in stack.blocks:
+            block.norm1.weight.copy_(gain.to(dev))
+            block.norm2.weight.copy_(gain.to(dev))
             for layer in (block.attn.to_out, block.mlp.mlp[2]):
                 nn.init.zeros_(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
     explained = float((stds.double() ** 2).sum()) / total if total > 0 else 0.0
-    return {"patches": feats.shape[0], "values": p, "explained_variance": explained}
+    return {
+        "patches": feats.shape[0],
+        "values": p,
+        "explained_variance": explained,
+        "spare_components": extra,
+    }
