@@ -139,3 +139,40 @@ def test_trunk_cache_is_converted_once_and_matches(tmp_path, monkeypatch) -> Non
     second = trunk_state("alex")  # now from the safetensors cache
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert first["features.0.weight"].shape == (64, 3, 11, 11)
+
+
+def test_mse_is_the_squared_pixel_error_of_real_frames(photos) -> None:
+    from atoken.plugins.losses.reconstruction import MSELoss
+
+    ref = photos["chelsea"][:64, :96]
+    rec = (ref + 0.1 * torch.sign(ref)).clamp(-1, 1)
+    torch.testing.assert_close(MSELoss()(_inputs([ref], [rec])), (rec - ref).square().mean())
+
+
+def test_lpips_at_native_size_and_in_windows(photos, lpips_loss) -> None:
+    """``size = "native"`` is the mean of per-image LPIPS at each image's own size (how the
+    metric is measured); ``window`` compares one random crop of each pair, the same crop for
+    prediction and target, drawn from torch's generator."""
+    from atoken.plugins.losses.perceptual import LPIPSLoss, PerceptualOptions
+
+    model = lpips_loss.model
+    refs = [photos["coffee"][:96, :128], photos["chelsea"][:64, :80]]
+    recs = [_blur(r, 1.5) for r in refs]
+    native = LPIPSLoss(PerceptualOptions(size="native"))
+    with torch.no_grad():
+        got = float(native(_inputs(refs, recs)))
+        each = [
+            float(model(c.permute(2, 0, 1)[None], r.permute(2, 0, 1)[None], normalize=False))
+            for r, c in zip(refs, recs, strict=True)
+        ]
+        assert got == pytest.approx(sum(each) / 2, rel=1e-5)
+        windowed = LPIPSLoss(PerceptualOptions(size="native", window=48))
+        torch.manual_seed(5)
+        a = float(windowed(_inputs(refs, recs)))
+        torch.manual_seed(5)
+        b = float(windowed(_inputs(refs, recs)))
+        assert a == b and a > 0.01 and a != pytest.approx(got, rel=1e-3)
+        same = float(windowed(_inputs(refs, [r.clone() for r in refs])))
+        assert same < 1e-6  # the crop is the same window of both images
+    with pytest.raises(ValueError):
+        PerceptualOptions(size="full")

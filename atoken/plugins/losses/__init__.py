@@ -1,7 +1,7 @@
 """Built-in losses.
 
-Reconstruction (``LossInputs`` in, scalar out): ``l1`` (masked, averaged over patches), ``kl``,
-``lpips`` and ``gram`` (perceptual, on 224² resizes). Semantic: ``semantic_distill`` (images) and
+Reconstruction (``LossInputs`` in, scalar out): ``l1`` and ``mse`` (masked, averaged over
+patches), ``kl``, ``lpips`` and ``gram`` (perceptual, on 224² resizes by default). Semantic: ``semantic_distill`` (images) and
 ``siglip_sigmoid`` (video, 3D), which take embeddings. Perceptual losses import their network
 only when built.
 """
@@ -11,7 +11,13 @@ from __future__ import annotations
 from atoken import hookimpl
 from atoken.plugins.losses.distill import SemanticDistillLoss, SemanticDistillOptions
 from atoken.plugins.losses.options import GramOptions, PerceptualOptions
-from atoken.plugins.losses.reconstruction import KLLoss, KLOptions, L1Loss, L1Options
+from atoken.plugins.losses.reconstruction import (
+    KLLoss,
+    KLOptions,
+    L1Loss,
+    L1Options,
+    MSELoss,
+)
 from atoken.plugins.losses.sigmoid import SigLIPSigmoidLoss, SigLIPSigmoidOptions
 
 
@@ -30,12 +36,15 @@ def _gram(options: GramOptions):
 @hookimpl
 def atoken_register_losses(registry) -> None:
     registry.add("l1", L1Loss, options=L1Options, description="L1 per patch, averaged over patches")
+    registry.add(
+        "mse", MSELoss, options=L1Options, description="squared error per patch, averaged"
+    )
     registry.add("kl", KLLoss, options=KLOptions, description="KL of the posterior to N(0, I)")
     registry.add(
         "lpips",
         _lpips,
         options=PerceptualOptions,
-        description="LPIPS (VGG/AlexNet) on 224² resizes",
+        description="LPIPS (VGG/AlexNet) on 224² resizes (or native size, windows)",
     )
     registry.add(
         "gram",

@@ -1,9 +1,11 @@
-"""Perceptual reconstruction losses on 224² resizes: ``lpips`` and ``gram`` (VGG features).
+"""Perceptual reconstruction losses: ``lpips`` and ``gram`` (VGG features).
 
 ``lpips`` is the ``lpips`` package's LPIPS (learned linear heads shipped with it) on an ImageNet
 trunk loaded offline (see `trunk_weights`). ``gram`` compares Gram matrices
 ``G(F) = F Fᵀ / (C·H·W)`` of the same trunk's activations: ``Σ_l ‖G(Φ_l(x)) − G(Φ_l(x̂))‖²``.
-Both take the pixel views of a batch (``LossInputs.images()``), resize each to 224×224 and
+Both take the pixel views of a batch (``LossInputs.images()``), resize each to 224×224 (the
+paper's choice; option ``size``) or keep each at its own resolution (``size = "native"``, how LPIPS
+is measured), optionally compare one random window of each (``window``: a CPU budget), and
 average over samples.
 
 The PyPI torchvision that matches torch 2.13 is a CUDA build that cannot import on CPU torch;
@@ -66,6 +68,36 @@ def resize_batch(images: list[Tensor], size: int = 224) -> Tensor:
     return torch.cat(out, 0)  # [B, 3, S, S]
 
 
+def random_windows(
+    preds: list[Tensor], targets: list[Tensor], size: int
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The same random ``size`` x ``size`` crop (or the whole side, if shorter) of each pair."""
+    out_p, out_t = [], []
+    for p, t in zip(preds, targets, strict=True):
+        h, w = p.shape[:2]
+        wh, ww = min(size, h), min(size, w)
+        top = int(torch.randint(0, h - wh + 1, ()))
+        left = int(torch.randint(0, w - ww + 1, ()))
+        out_p.append(p[top : top + wh, left : left + ww])
+        out_t.append(t[top : top + wh, left : left + ww])
+    return out_p, out_t
+
+
+def network_batches(
+    preds: list[Tensor], targets: list[Tensor], options: PerceptualOptions
+) -> list[tuple[Tensor, Tensor]]:
+    """What the trunk sees: ``[B, 3, S, S]`` pairs, one batch of ``size`` resizes, or one pair
+    per image at its own resolution (``size = "native"``); after the optional random windows."""
+    if options.window is not None:
+        preds, targets = random_windows(preds, targets, options.window)
+    if options.size == "native":
+        return [
+            (p.permute(2, 0, 1)[None].float(), t.permute(2, 0, 1)[None].float())
+            for p, t in zip(preds, targets, strict=True)
+        ]
+    return [(resize_batch(preds, options.size), resize_batch(targets, options.size))]
+
+
 def _lpips_model(options: PerceptualOptions):
     lpips = import_lpips()
     with warnings.catch_warnings():
@@ -101,8 +133,8 @@ class LPIPSLoss(nn.Module):
         preds, targets = inputs.images()
         if not preds:
             return inputs.pred.feats.new_zeros((), dtype=torch.float32)
-        s = self.options.size
-        return self.distance(resize_batch(preds, s), resize_batch(targets, s)).mean()
+        dists = [self.distance(p, t) for p, t in network_batches(preds, targets, self.options)]
+        return torch.cat(dists).mean()
 
     def train(self, mode: bool = True) -> LPIPSLoss:  # the network stays frozen in eval mode
         super().train(mode)
@@ -134,15 +166,17 @@ class GramLoss(nn.Module):
         preds, targets = inputs.images()
         if not preds:
             return inputs.pred.feats.new_zeros((), dtype=torch.float32)
-        s = self.options.size
-        x = self.net(self.scaling(resize_batch(preds, s)))
-        with torch.no_grad():
-            y = self.net(self.scaling(resize_batch(targets, s)))
-        total = x[0].new_zeros(len(preds), dtype=torch.float32)
-        for layer in self.options.layers:
-            diff = gram(x[layer - 1]) - gram(y[layer - 1])  # [B, C, C]
-            total = total + diff.pow(2).sum((1, 2))
-        return total.mean()
+        totals = []
+        for p, t in network_batches(preds, targets, self.options):
+            x = self.net(self.scaling(p))
+            with torch.no_grad():
+                y = self.net(self.scaling(t))
+            total = x[0].new_zeros(p.shape[0], dtype=torch.float32)
+            for layer in self.options.layers:
+                diff = gram(x[layer - 1]) - gram(y[layer - 1])  # [B, C, C]
+                total = total + diff.pow(2).sum((1, 2))
+            totals.append(total)
+        return torch.cat(totals).mean()
 
     def train(self, mode: bool = True) -> GramLoss:
         super().train(mode)

@@ -1,4 +1,4 @@
-"""Token-space reconstruction losses: ``l1`` (masked, averaged over patches) and ``kl``.
+"""Token-space reconstruction losses: ``l1`` and ``mse`` (masked, averaged over patches), ``kl``.
 
 References: AToken (arXiv 2509.14476) "Losses": L1 averaged over patches; KL of the LDM VAE
 (Rombach et al., 2022) ``0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2)``.
@@ -39,6 +39,23 @@ class L1Loss(nn.Module):
         return per_patch.mean()
 
 
+class MSELoss(nn.Module):
+    """Mean squared error per patch, averaged over patches (the error PSNR measures); options
+    as ``l1``."""
+
+    def __init__(self, options: L1Options | None = None) -> None:
+        super().__init__()
+        self.options = options or L1Options()
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        err = (inputs.pred.feats.float() - inputs.target.feats.float()).square()  # [N, P]
+        mask = inputs.value_mask() if self.options.mask_padding else None
+        if mask is None:
+            return err.mean()
+        per_patch = (err * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [N]
+        return per_patch.mean()
+
+
 class KLOptions(BaseModel):
     """Options of ``kl``.
 
@@ -65,3 +82,4 @@ class KLLoss(nn.Module):
         logvar = inputs.logvar.float().clamp(self.options.logvar_min, self.options.logvar_max)
         mean = inputs.mean.float()
         return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)).mean()
+
