@@ -32,6 +32,7 @@ def _config(**over):
         ],
         "optimizer": {"lr": 1e-3, "warmup_steps": 1},
         "run": {"log_every": 1, "checkpoint_every": 2, "sample_every": 5, "eval_images": 1},
+        "eval": {"lpips": False, "max_res": 128},
     }
     base.update(over)
     return validate_train_config(base)
@@ -138,3 +139,89 @@ def test_short_run_trains_hands_over_and_resumes(tmp_path) -> None:
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(second[key], first[key], atol=0, rtol=0, msg=key)
+
+
+def test_resume_on_an_empty_run_folder_applies_the_configured_start(tmp_path, capsys) -> None:
+    """``--resume`` with no checkpoint yet is a new run: the PCA start is applied, and the
+    parameters after a few steps are bit-identical to a run started without ``--resume``."""
+    cfg = _config(
+        model={"preset": "atoken-tiny", "init": "pca", "pca_images": 4},
+        stages=[{"name": "s1", "steps": 3, "min_res": 32, "max_res": 96, "tokens_per_batch": 192}],
+        run={"log_every": 1, "checkpoint_every": 3, "sample_every": 100, "eval_images": 1},
+    )
+    fresh = Trainer(cfg, tmp_path / "fresh", progress=False)
+    fresh.fit()
+    assert "PCA start" in capsys.readouterr().out
+    resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "no complete checkpoint" in out and "PCA start" in out
+    resumed.fit()
+    a, b = fresh.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=0, rtol=0, msg=key)
+    # and the start really is the PCA one: without the init the weights differ
+    plain = _config(
+        stages=[{"name": "s1", "steps": 3, "min_res": 32, "max_res": 96, "tokens_per_batch": 192}],
+        run={"log_every": 1, "checkpoint_every": 3, "sample_every": 100, "eval_images": 1},
+    )
+    other = Trainer(plain, tmp_path / "plain", resume=True, progress=False)
+    other.fit()
+    w = "encoder.input_layer.weight"
+    assert not torch.equal(other.model.state_dict()[w], a[w])
+
+
+def test_lr_mult_zero_freezes_and_unknown_prefixes_are_errors(tmp_path) -> None:
+    one = [{"name": "s1", "steps": 2, "min_res": 32, "max_res": 64, "tokens_per_batch": 96}]
+    cfg = _config(
+        stages=one,
+        optimizer={"lr": 1e-3, "warmup_steps": 1, "lr_mult": {"decoder.out_layer": 0.0, "proj": 0.5}},
+    )
+    trainer = Trainer(cfg, tmp_path / "a", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    assert torch.equal(after["decoder.out_layer.weight"], before["decoder.out_layer.weight"])
+    assert not torch.equal(after["proj.weight"], before["proj.weight"])
+    assert not torch.equal(after["decoder.blocks.0.attn.to_qkv.weight"], before["decoder.blocks.0.attn.to_qkv.weight"])
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert any(n.endswith("/x0.5") for n in lrs)
+    typo = _config(stages=one, optimizer={"lr": 1e-3, "lr_mult": {"decoder.outlayer": 0.0}})
+    with pytest.raises(ConfigError, match=r"lr_mult: \['decoder.outlayer'\] match no parameter"):
+        Trainer(typo, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="lr_mult"):
+        validate_train_config({"stages": [{"steps": 1}], "optimizer": {"lr_mult": {"proj": -1}}})
+
+
+def test_eval_section_names_the_held_out_data(tmp_path, photos) -> None:
+    """The monitor judges the run on the images [eval] names (a folder here), not on the
+    built-in photos, with standard SSIM and LPIPS when asked."""
+    from atoken.plugins.image.io import write_png
+
+    held = tmp_path / "held"
+    held.mkdir()
+    write_png(photos["chelsea"][:96, :128], held / "cat.png")
+    write_png(photos["coffee"][:64, :80], held / "cup.png")
+    (held / "broken.png").write_bytes(b"not a png")
+    one = [{"name": "s1", "steps": 2, "min_res": 32, "max_res": 64, "tokens_per_batch": 96}]
+    cfg = _config(
+        stages=one,
+        eval={"source": "folder", "path": str(held), "lpips": False},
+        run={"log_every": 1, "checkpoint_every": 2, "sample_every": 2, "eval_images": 5},
+    )
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]  # the start, then every sample_every
+    assert [i["image"] for i in rows[0]["images"]] == ["cat", "cup"]  # the broken file skipped
+    assert rows[0]["data"] == f"folder {str(held)!r}" and "lpips" not in rows[0]
+    assert {i["tokens"] for i in rows[0]["images"]} == {6 * 8, 4 * 5}
+    assert "uint8" in rows[0]["convention"]["pixels"]
+    with pytest.raises(ConfigError, match="eval source 'folder' needs a path"):
+        validate_train_config({"stages": [{"steps": 1}], "eval": {"source": "folder"}})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = _config(stages=one, eval={"source": "folder", "path": str(empty)})
+    from atoken.core.errors import AtokenError
+
+    with pytest.raises(AtokenError, match="no image files .* under"):
+        Trainer(bad, tmp_path / "run2", progress=False).fit()

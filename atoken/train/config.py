@@ -259,7 +259,14 @@ class SemanticConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    """AdamW with linear warm-up and cosine decay."""
+    """AdamW with linear warm-up and cosine decay.
+
+    ``lr_mult`` scales the learning rate of the parameters whose names start with a prefix, e.g.
+    ``{ "encoder.input_layer" = 0.0, "decoder.out_layer" = 0.1 }`` (the longest matching prefix
+    wins; applied on top of ``encoder_lr_mult``). A multiplier of 0 freezes those parameters
+    (no gradient, no weight decay): how a PCA start keeps its patch-linear layers while the
+    blocks learn.
+    """
 
     lr: PositiveFloat = 3e-4
     min_lr: float = Field(default=3e-5, ge=0)
@@ -269,11 +276,58 @@ class OptimizerConfig(Strict):
     encoder_lr_mult: PositiveFloat = 0.1
     grad_clip: float | None = Field(default=1.0, gt=0)
     grad_accum: PositiveInt = 1
+    lr_mult: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _multipliers(self) -> OptimizerConfig:
+        bad = {k: v for k, v in self.lr_mult.items() if not (v >= 0) or not k}
+        if bad:
+            raise ValueError(
+                f"lr_mult: give non-empty name prefixes and multipliers >= 0, got {bad}"
+            )
+        return self
 
 
 class EmaConfig(Strict):
     decay: float = Field(default=0.9999, gt=0, lt=1)
     warmup: bool = True
+
+
+class EvalConfig(Strict):
+    """``[eval]``: the held-out images a run is judged on while it trains.
+
+    Every ``run.sample_every`` steps the EMA model reconstructs the first ``run.eval_images``
+    of them (sorted by key); PSNR, SSIM and LPIPS (as `atoken.eval.metrics.METRIC_CONVENTION`
+    says) go to ``eval.jsonl``, the pictures to ``samples/``, the curves to ``loss_curve.png``.
+
+    Attributes:
+        source: ``samples`` (a split of the built-in photos), ``folder`` (image files under
+            ``path``, recursive) or ``webdataset`` (tar shards: a path, brace pattern or glob).
+        split: which built-in split (``samples`` only): ``tune`` (the default; the photos a
+            recipe may be tuned on) or ``final`` (photos held out of tuning too).
+        path: the folder or shards (``folder`` / ``webdataset``).
+        max_res: longer sides above this are downscaled first (bounds the evaluation time).
+        lpips: also compute LPIPS (VGG16 at the compared resolution) when its weights exist.
+    """
+
+    source: Literal["samples", "folder", "webdataset"] = "samples"
+    split: Literal["tune", "heldout", "final"] = "tune"
+    path: str | None = None
+    max_res: PositiveInt | None = 512
+    lpips: bool = True
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> EvalConfig:
+        if self.source != "samples" and not self.path:
+            raise ValueError(f"eval source {self.source!r} needs a path")
+        if self.source == "samples" and self.path:
+            raise ValueError("eval source 'samples' takes a split, not a path")
+        return self
+
+    def describe(self) -> str:
+        if self.source == "samples":
+            return f"built-in photos, {self.split!r} split"
+        return f"{self.source} {self.path!r}"
 
 
 class RunConfig(Strict):
@@ -286,7 +340,7 @@ class RunConfig(Strict):
     checkpoint_every: PositiveInt = 500
     keep_last: PositiveInt = 3
     sample_every: PositiveInt = 500
-    eval_images: PositiveInt = 3
+    eval_images: PositiveInt = 3  # how many of the [eval] images the monitor reconstructs
 
 
 class TrainConfig(Strict):
@@ -298,6 +352,7 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EmaConfig = EmaConfig()
     run: RunConfig = RunConfig()
+    eval: EvalConfig = EvalConfig()
     kl_weight: float = Field(default=1e-8, ge=0)
     rec_weight: float = Field(default=0.2, ge=0)
     semantic: SemanticConfig | None = None

@@ -1,9 +1,11 @@
-"""What a run shows and leaves behind: progress bar, metrics.jsonl, loss curve, sample grids.
+"""What a run shows and leaves behind: progress bar, metrics.jsonl, curves, sample grids.
 
 Rank 0 only. The progress bar shows the step, stage, loss terms and tokens/s; every
 ``log_every`` steps a record goes to ``metrics.jsonl`` (and a line to stderr when no live bar is
-shown); every ``sample_every`` steps the held-out photos are reconstructed with the EMA model into
-``samples/step-XXXXXXXX.png`` with PSNR/SSIM in ``eval.jsonl``, and ``loss_curve.png`` is redrawn.
+shown); every ``sample_every`` steps the run's held-out images (its ``[eval]`` section) are
+reconstructed with the EMA model into ``samples/step-XXXXXXXX.png`` with PSNR, SSIM and LPIPS
+(`atoken.eval.metrics.METRIC_CONVENTION`) in ``eval.jsonl``, and ``loss_curve.png`` is redrawn:
+reconstruction losses, the KL term, and held-out PSNR and LPIPS, each on its own panel.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from atoken.train.plots import loss_curve, reconstruction_grid
+from atoken.train.plots import reconstruction_grid, run_curves
 
 if TYPE_CHECKING:
     from atoken.train.trainer import Trainer
 
-_SHOWN = ("loss", "l1", "lpips", "gram", "sem", "kl")
+_SHOWN = ("loss", "l1", "mse", "lpips", "gram", "sem", "kl")
+_KL = ("kl",)
 
 
 class Monitor:
@@ -37,10 +40,12 @@ class Monitor:
         self._progress: Progress | None = None
         self._task = None
         self._held_out: list[tuple[str, torch.Tensor]] | None = None
+        self.evals: list[dict[str, Any]] = []
 
     def __enter__(self) -> Monitor:
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.evals = self._earlier_evals()
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]train[/]"),
@@ -62,6 +67,22 @@ class Monitor:
         if self.enabled and self.trainer.history:
             self.draw_curve()
 
+    def _earlier_evals(self) -> list[dict[str, Any]]:
+        """Evaluations a resumed run made up to its checkpoint (for the curves)."""
+        path = self.run_dir / "eval.jsonl"
+        rows: list[dict[str, Any]] = []
+        if self.trainer.step == 0 or not path.is_file():
+            return rows
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if isinstance(row, dict) and row.get("step", 1 << 62) <= self.trainer.step:
+                    rows.append(row)
+        return rows
+
     def on_step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -81,9 +102,23 @@ class Monitor:
                 )
 
     def draw_curve(self) -> None:
-        keys = [k for k in _SHOWN if any(k in r for r in self.trainer.history)]
-        series = {k: [(r["step"], r[k]) for r in self.trainer.history if k in r] for k in keys}
-        loss_curve(series, self.run_dir / "loss_curve.png", title="training losses (log scale)")
+        """``loss_curve.png``: losses, KL, held-out PSNR and LPIPS on separate panels."""
+        history = self.trainer.history
+
+        def series(keys, rows, skip=()):
+            found = [k for k in keys if k not in skip and any(k in r for r in rows)]
+            return {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in found}
+
+        panels = [
+            ("training losses (log scale)", series(_SHOWN, history, skip=_KL), True),
+            ("KL term (log scale)", series(_KL, history), True),
+            (f"held-out PSNR, dB ({self._eval_name()})", series(("psnr",), self.evals), False),
+            ("held-out LPIPS (lower is better)", series(("lpips",), self.evals), False),
+        ]
+        run_curves(panels, self.run_dir / "loss_curve.png")
+
+    def _eval_name(self) -> str:
+        return self.trainer.config.eval.describe()
 
     def held_out(self) -> list[tuple[str, torch.Tensor]]:
         if self._held_out is None:
@@ -95,36 +130,52 @@ class Monitor:
         return self._held_out
 
     @torch.no_grad()
-    def on_sample(self, step: int) -> None:
-        """Reconstruct held-out images with the EMA model; write a grid and eval metrics."""
+    def evaluate(self, model) -> dict[str, Any]:
+        """Held-out metrics of ``model`` (means and per image) and the picture pairs."""
+        from atoken.eval.metrics import METRIC_CONVENTION
         from atoken.pipeline import reconstruct_sample
 
-        images = self.held_out()
-        self.draw_curve()
-        if not images:
+        spec = self.trainer.config.eval
+        adapter = self.trainer.components.adapters.build(
+            "image", {"max_res": spec.max_res, "lpips": spec.lpips}
+        )
+        rows, pairs = [], []
+        for name, img in self.held_out():
+            result = reconstruct_sample(model, adapter, img, name)
+            rows.append({"image": name, "tokens": result.tokens, **result.metrics})
+            pairs.append((result.reference, result.reconstruction))
+        summary: dict[str, Any] = {}
+        if rows:
+            keys = [k for k in ("psnr", "ssim", "lpips") if all(k in r for r in rows)]
+            summary = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+        summary.update(data=self._eval_name(), convention=METRIC_CONVENTION, images=rows)
+        return {"summary": summary, "pairs": pairs}
+
+    def on_sample(self, step: int) -> None:
+        """Reconstruct held-out images with the EMA model; write a grid and eval metrics."""
+        if not self.held_out():
+            self.draw_curve()
             return
         model = self.trainer.ema.module.eval()
-        adapter = self.trainer.components.adapters.build("image")
-        pairs, captions, rows = [], [], []
-        for name, img in images:
-            result = reconstruct_sample(model, adapter, img, name)
-            pairs.append((result.reference, result.reconstruction))
-            captions.append(
-                f"{name}: PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f}"
-            )
-            rows.append({"image": name, **result.metrics})
+        result = self.evaluate(model)
+        summary = {"step": step, **result["summary"]}
+        self.evals.append(summary)
+        captions = [
+            f"{r['image']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
+            + (f", LPIPS {r['lpips']:.3f}" if "lpips" in r else "")
+            for r in summary["images"]
+        ]
         reconstruction_grid(
-            pairs, self.run_dir / "samples" / f"step-{step:08d}.png", captions=captions
+            result["pairs"], self.run_dir / "samples" / f"step-{step:08d}.png", captions=captions
         )
-        summary = {
-            "step": step,
-            "psnr": sum(r["psnr"] for r in rows) / len(rows),
-            "ssim": sum(r["ssim"] for r in rows) / len(rows),
-            "images": rows,
-        }
         with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(summary) + "\n")
-        msg = f"step {step}: held-out PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.3f}"
+        self.draw_curve()
+        lp = f", LPIPS {summary['lpips']:.3f}" if "lpips" in summary else ""
+        msg = (
+            f"step {step}: held-out PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.3f}{lp}"
+            f" ({len(summary['images'])} images: {self._eval_name()})"
+        )
         if self._progress is not None:
             self._progress.console.print(msg)
         else:

@@ -39,22 +39,37 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     )
 
 
+def lr_multiplier(name: str, cfg: OptimizerConfig) -> float:
+    """The ``lr_mult`` of parameter ``name`` (longest matching prefix; 1.0 when none matches)."""
+    best = max((k for k in cfg.lr_mult if name.startswith(k)), key=len, default=None)
+    return 1.0 if best is None else cfg.lr_mult[best]
+
+
+def unknown_prefixes(model: nn.Module, cfg: OptimizerConfig) -> list[str]:
+    """``lr_mult`` prefixes that match no parameter of ``model`` (a typo must not pass)."""
+    names = [n for n, _ in model.named_parameters()]
+    return sorted(k for k in cfg.lr_mult if not any(n.startswith(k) for n in names))
+
+
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
-    """AdamW groups: (encoder | rest) x (decay | no decay); each group records its base lr."""
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """AdamW groups: (encoder | rest) x (decay | no decay) x lr multiplier; each records its
+    base lr. Frozen parameters (multiplier 0) get no weight decay."""
+    buckets: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        key = (group_of(name) == "encoder", _no_decay(name, p))
+        mult = lr_multiplier(name, cfg)
+        key = (group_of(name) == "encoder", _no_decay(name, p) or mult == 0, mult)
         buckets.setdefault(key, []).append(p)
     groups = []
-    for (is_encoder, no_decay), params in sorted(buckets.items()):
-        lr = cfg.lr * (cfg.encoder_lr_mult if is_encoder else 1.0)
+    for (is_encoder, no_decay, mult), params in sorted(buckets.items()):
+        lr = cfg.lr * (cfg.encoder_lr_mult if is_encoder else 1.0) * mult
+        label = f"{'encoder' if is_encoder else 'rest'}{'/no_decay' if no_decay else ''}"
         groups.append(
             {
                 "params": params,
                 "lr": lr,
                 "base_lr": lr,
                 "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-                "name": f"{'encoder' if is_encoder else 'rest'}{'/no_decay' if no_decay else ''}",
+                "name": label if mult == 1.0 else f"{label}/x{mult:g}",
             }
         )
     return groups
@@ -87,13 +102,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, tota
     )
 
 
-def set_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, int]:
-    """Freeze every parameter outside ``groups``; returns trainable counts per group."""
+def set_trainable(
+    model: nn.Module, groups: Iterable[str], cfg: OptimizerConfig | None = None
+) -> dict[str, int]:
+    """Freeze every parameter outside ``groups`` (and those ``cfg.lr_mult`` sets to 0);
+    returns trainable counts per group."""
     wanted = set(groups)
     counts = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():
         g = group_of(name)
-        p.requires_grad_(g in wanted)
-        if g in wanted:
+        on = g in wanted and (cfg is None or lr_multiplier(name, cfg) > 0)
+        p.requires_grad_(on)
+        if on:
             counts[g] += p.numel()
     return counts

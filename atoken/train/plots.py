@@ -30,15 +30,15 @@ def _save(img: Image.Image, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
 
 
-def loss_curve(
+def chart(
     series: Mapping[str, Sequence[tuple[int, float]]],
-    path: str | os.PathLike[str],
     *,
-    title: str = "training loss",
+    title: str,
     size: tuple[int, int] = (900, 500),
     log_y: bool = True,
-) -> None:
-    """Plot ``{name: [(step, value), ...]}`` as lines on one chart (log y by default)."""
+    y_label: str = "",
+) -> Image.Image:
+    """Lines of ``{name: [(step, value), ...]}`` on one chart (log y by default), as an image."""
     w, h = size
     left, right, top, bottom = 70, 170, 40, 50
     img = Image.new("RGB", size, "white")
@@ -52,8 +52,7 @@ def loss_curve(
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     if not points:
         draw.text((left + 10, top + 10), "no data yet", fill="black")
-        _save(img, path)
-        return
+        return img
     ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
     steps = [s for pts in points.values() for s, _ in pts]
     vals = [ty(v) for pts in points.values() for _, v in pts]
@@ -70,9 +69,11 @@ def loss_curve(
     for i in range(5):  # y ticks
         val = y0 + (y1 - y0) * i / 4
         py = (h - bottom) - (val - y0) / (y1 - y0) * (h - bottom - top)
-        label = f"{10**val:.3g}" if log_y else f"{val:.3g}"
+        label = f"{10**val:.3g}" if log_y else f"{val:.4g}"
         draw.line([left - 4, py, left, py], fill="black")
         draw.text((4, py - 6), label, fill="black")
+    if y_label:
+        draw.text((4, top - 16), y_label, fill="black")
     for i in range(5):  # x ticks
         s = x0 + (x1 - x0) * i / 4
         px = left + (s - x0) / (x1 - x0) * (w - right - left)
@@ -84,15 +85,48 @@ def loss_curve(
         xy = [to_px(s, v) for s, v in pts]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
-        else:
-            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=colour)
+        for x, y in xy if len(xy) <= 40 else xy[-1:]:  # few points (evaluations): mark each
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         draw.line(
             [w - right + 10, top + 10 + 16 * i, w - right + 30, top + 10 + 16 * i],
             fill=colour,
             width=3,
         )
         draw.text((w - right + 36, top + 4 + 16 * i), name, fill="black")
-    _save(img, path)
+    return img
+
+
+def loss_curve(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "training loss",
+    size: tuple[int, int] = (900, 500),
+    log_y: bool = True,
+) -> None:
+    """Plot ``{name: [(step, value), ...]}`` as lines on one chart (log y by default)."""
+    _save(chart(series, title=title, size=size, log_y=log_y), path)
+
+
+def run_curves(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[int, float]]], bool]],
+    path: str | os.PathLike[str],
+    *,
+    panel_size: tuple[int, int] = (640, 360),
+    columns: int = 2,
+) -> None:
+    """Several charts in a grid, one per ``(title, series, log_y)`` panel (empty ones say so)."""
+    if not panels:
+        raise ValueError("run_curves: no panels to draw")
+    pw, ph = panel_size
+    rows = math.ceil(len(panels) / columns)
+    grid = Image.new("RGB", (pw * min(columns, len(panels)), ph * rows), "white")
+    for i, (title, series, log_y) in enumerate(panels):
+        grid.paste(
+            chart(series, title=title, size=panel_size, log_y=log_y),
+            (pw * (i % columns), ph * (i // columns)),
+        )
+    _save(grid, path)
 
 
 def reconstruction_grid(
@@ -127,6 +161,30 @@ def reconstruction_grid(
         grid.paste(r, (0, y))
         y += r.height + 6
     _save(grid, path)
+
+
+def comparison_strip(
+    images: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    gap: int = 8,
+) -> None:
+    """Images ``[H, W, 3]`` in [-1, 1] side by side, each with its label above (e.g. reference,
+    reconstruction and a baseline with their metrics)."""
+    if len(images) != len(labels) or not images:
+        raise ValueError("comparison_strip: give one label per image, at least one image")
+    tiles = [Image.fromarray(to_uint8(img.float().cpu().clamp(-1, 1))) for img in images]
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    height = max(t.height for t in tiles) + 18
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for tile, label in zip(tiles, labels, strict=True):
+        canvas.paste(tile, (x, 18))
+        draw.text((x + 2, 3), label, fill="black")
+        x += tile.width + gap
+    _save(canvas, path)
 
 
 def as_array(path: str | os.PathLike[str]) -> np.ndarray:

@@ -34,7 +34,7 @@ from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.train.config import StageConfig, TrainConfig, task_modality
 from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from atoken.train.objective import ReconstructionObjective
-from atoken.train.optim import build_optimizer, build_scheduler, set_trainable
+from atoken.train.optim import build_optimizer, build_scheduler, set_trainable, unknown_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -113,23 +113,34 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         torch.manual_seed(config.run.seed + self.dist.rank)
         self.model = self._build_model().to(self.dist.device)
-        if config.model.init == "pca" and not resume:
-            self._pca_init()
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
+        resume_from = self.checkpoints.latest() if resume else None
+        if resume and resume_from is None and self.dist.is_main:
+            print(f"--resume: no complete checkpoint in {self.run_dir}; starting a new run")
+        if resume_from is None:  # the run's start applies whenever no checkpoint is loaded
+            self._initialise()
         self.semantic = self._build_semantic()
         self.contrastive = self._build_contrastive()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
+        unknown = unknown_prefixes(self.model, config.optimizer)
+        if unknown:
+            from atoken.core.config import ConfigError
+
+            raise ConfigError(
+                f"optimizer.lr_mult: {unknown} match no parameter of the model (names look like"
+                " 'encoder.input_layer', 'decoder.blocks.0', 'decoder.out_layer', 'proj')"
+            )
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self._add_objective_params()
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
-        self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.streams: dict[str, Any] = {}
         self._stage_index = -1
         self._data_state: dict[str, Any] = {}
-        if resume:
-            self._resume()
-        elif self.checkpoints.latest() is not None:
+        if resume_from is not None:
+            self._resume(resume_from)
+        elif not resume and self.checkpoints.latest() is not None:
             from atoken.core.config import ConfigError
 
             raise ConfigError(
@@ -252,15 +263,15 @@ class Trainer:
                 " of the patch variance in the latent"
             )
 
-    def _resume(self) -> None:
-        from atoken.train.checkpoint import latest, load
+    def _initialise(self) -> None:
+        """The configured start of a new run (``model.init``); a ``from_pretrained`` model
+        starts from its weights, loaded in `_build_model`."""
+        if self.config.model.init == "pca":
+            self._pca_init()
 
-        path = latest(self.run_dir)
-        if path is None:
-            logger.warning(
-                "--resume: no complete checkpoint in %s; starting from step 0", self.run_dir
-            )
-            return
+    def _resume(self, path: Path) -> None:
+        from atoken.train.checkpoint import load
+
         state = load(
             path, model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler
         )
@@ -288,7 +299,7 @@ class Trainer:
             ).to(self.dist.device)
             self.ema.module.config = self.model.config
         groups = [g for g in stage.train if g != "head" or self._uses_head(stage)]
-        set_trainable(self.model, groups)
+        set_trainable(self.model, groups, self.config.optimizer)
         self.objective = ReconstructionObjective(
             stage.losses,
             self.components,
@@ -471,6 +482,8 @@ class Trainer:
         monitor = Monitor(self, enabled=self.dist.is_main, progress=self.progress)
         try:
             with monitor:
+                if self.step == 0 and self.dist.is_main:
+                    monitor.on_sample(0)  # the start, so the curves show what training adds
                 while self.step < total:
                     record = self.train_step()
                     self.history.append(record)

@@ -378,24 +378,43 @@ def build_stream(
 def held_out_images(
     config: TrainConfig | None = None, limit: int | None = None
 ) -> list[tuple[str, Tensor]]:
-    """The fixed held-out photos (``SampleImagesSource("heldout")``) as ``(name, image)``.
+    """The run's held-out images (its ``[eval]`` section) as ``(name, image)``.
 
-    They are never in the built-in train split; with other sources they are still a fixed,
-    real-photo yardstick. Without scikit-image the list is empty (a warning is logged).
+    Default (no config, or ``[eval]`` left out): the built-in ``tune`` split. Unreadable files
+    are skipped (counted, logged). Built-in photos that are not installed give an empty list
+    (a warning is logged); a folder or shard set that yields nothing is an error.
 
     Args:
-        config: the training config (reserved for per-run held-out sets; unused now).
-        limit: at most this many images (None: all three).
+        config: the training config (its ``eval`` section).
+        limit: at most this many images (None: all).
+
+    Raises:
+        ConfigError: the ``[eval]`` folder or shards hold no readable image.
     """
     from atoken.train.samples import SampleDataMissing
 
-    try:
-        source = SampleImagesSource("heldout")
-    except SampleDataMissing as exc:
-        logger.warning("no held-out images for evaluation: %s", exc)
-        return []
-    images = [(key.rsplit("/", 1)[-1], image) for key, image in source]
-    return images if limit is None else images[:limit]
+    spec = config.eval if config is not None else None
+    if spec is None or spec.source == "samples":
+        split = spec.split if spec is not None else "tune"
+        try:
+            source: ImageSource = SampleImagesSource(split)
+        except SampleDataMissing as exc:
+            logger.warning("no held-out images for evaluation: %s", exc)
+            return []
+    elif spec.source == "folder":
+        source = ImageFolderSource(spec.path or "")
+    else:
+        source = WebDatasetSource(spec.path or "")
+    images: list[tuple[str, Tensor]] = []
+    for index in range(len(source)):  # the source's own (sorted, for folders and shards) order
+        if limit is not None and len(images) >= limit:
+            break
+        image = source.load(index)
+        if image is not None:
+            images.append((source.key(index).rsplit("/", 1)[-1], image))
+    if not images and spec is not None and spec.source != "samples":
+        raise ConfigError(f"[eval] {spec.describe()} holds no readable image")
+    return images
 
 
 def held_out_clips(

