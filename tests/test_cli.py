@@ -56,11 +56,9 @@ def test_plugins_table_and_presets() -> None:
     )
     presets = run("presets")
     assert presets.exit_code == 0
-    assert [ln.split()[0] for ln in presets.output.splitlines()] == [
-        "atoken-tiny",
-        "atoken-base",
-        "atoken-so400m",
-    ]
+    names = [ln.split()[0] for ln in presets.output.splitlines() if ln.startswith("  ")]
+    assert names == ["atoken-tiny-photo", "atoken-tiny", "atoken-base", "atoken-so400m"]
+    assert "atoken-tiny-photo" in presets.output.split("untrained")[0]  # listed as trained
 
 
 def test_reconstruct_writes_three_files_per_input(tmp_path) -> None:
@@ -156,3 +154,26 @@ def test_decode_refuses_latents_of_another_model(tmp_path) -> None:
         run("decode", str(junk), "-o", str(out))
     )
     assert not out.exists()
+
+
+def test_the_default_model_is_the_shipped_trained_one_and_presets_warn(tmp_path) -> None:
+    """Without --model, reconstruct uses atoken-tiny-photo (a trained model: well above the
+    ~9 dB of random weights); an untrained preset still works, with one warning line."""
+    from atoken.models import DEFAULT_MODEL, shipped_model_dir
+
+    assert (shipped_model_dir(DEFAULT_MODEL) / "README.md").is_file()  # the model card ships
+    src = tmp_path / "coffee.png"
+    with Image.open(SKIMAGE_DATA / "coffee.png") as im:
+        im.crop((100, 100, 292, 260)).save(src)  # 192x160
+    trained = run("reconstruct", str(src), "--out", str(tmp_path / "a"), "-O", "lpips=false")
+    assert trained.exit_code == 0 and "warning" not in trained.output, trained.output
+    meta = json.loads((tmp_path / "a" / "coffee" / "metrics.json").read_text())
+    assert meta["model"] == DEFAULT_MODEL and meta["psnr"] > 24, meta
+    untrained = run(
+        "reconstruct", str(src), "--out", str(tmp_path / "b"), "-m", "atoken-tiny", "-O", "lpips=false"
+    )
+    assert untrained.exit_code == 0
+    warnings = [ln for ln in untrained.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "untrained preset" in warnings[0] and DEFAULT_MODEL in warnings[0]
+    noise = json.loads((tmp_path / "b" / "coffee" / "metrics.json").read_text())
+    assert noise["psnr"] < meta["psnr"] - 8

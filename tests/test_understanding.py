@@ -215,7 +215,7 @@ def test_a_registered_video_like_adapter_goes_through_embed_files(
 def test_embed_cli_writes_rows_and_metadata(tiny, photos_dir, tmp_path) -> None:
     paths = [photos_dir / "coffee.png", photos_dir / "chelsea.png"]
     out = tmp_path / "emb" / "embeddings.safetensors"
-    result = run("embed", *paths, "-o", out)
+    result = run("embed", *paths, "-o", out, "--model", "atoken-tiny")
     assert result.exit_code == 0, result.output
     assert f"-> {out} (embeddings 2 x 144" in result.output
     assert [p.name for p in out.parent.iterdir()] == ["embeddings.safetensors"]  # no temp files
@@ -225,7 +225,7 @@ def test_embed_cli_writes_rows_and_metadata(tiny, photos_dir, tmp_path) -> None:
     assert meta["dim"] == 144 and meta["normalized"] is True
     torch.testing.assert_close(emb, und.embed_files(tiny, paths), atol=1e-5, rtol=1e-4)
     raw_out = tmp_path / "raw.safetensors"
-    assert run("embed", *paths, "-o", raw_out, "--no-normalize").exit_code == 0
+    assert run("embed", *paths, "-o", raw_out, "--no-normalize", "-m", "atoken-tiny").exit_code == 0
     raw, meta = und.read_embeddings(raw_out)
     assert meta["normalized"] is False
     torch.testing.assert_close(F.normalize(raw, dim=-1), emb, atol=1e-5, rtol=1e-4)
@@ -288,6 +288,8 @@ def test_zeroshot_cli_ranks_with_the_text_towers_logits(
         siglip_dir,
         "--template",
         "a photo of {}.",
+        "--model",
+        "atoken-tiny",
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -321,7 +323,7 @@ def test_zeroshot_cli_uses_the_given_tower(tiny, photos_dir, monkeypatch) -> Non
     cat = photos_dir / "chelsea.png"
     table = {"cat": embed_one(tiny, cat), "dog": embed_one(tiny, photos_dir / "astronaut.png")}
     monkeypatch.setattr(und, "load_text_encoder", lambda *a, **k: TableEncoder(table))
-    result = run("zeroshot", cat, "--labels", "dog,cat")
+    result = run("zeroshot", cat, "--labels", "dog,cat", "--model", "atoken-tiny")
     assert result.exit_code == 0, result.output
     assert re.match(r"\s+1\. cat\s+(\d\.\d+)", result.output.splitlines()[1])
 
@@ -438,7 +440,17 @@ def test_eval_cli_zeroshot(tiny, image_folder, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(und, "load_text_encoder", lambda *a, **k: TableEncoder(table))
     out = tmp_path / "res" / "results.json"
     result = run(
-        "eval", "--task", "zeroshot", "--data", image_folder, "--class-names", names, "-o", out
+        "eval",
+        "--task",
+        "zeroshot",
+        "--data",
+        image_folder,
+        "--class-names",
+        names,
+        "-o",
+        out,
+        "--model",
+        "atoken-tiny",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[: result.output.rindex("}") + 1])
@@ -585,6 +597,8 @@ def test_eval_cli_retrieval(tiny, caption_set, tmp_path, monkeypatch) -> None:
         out,
         "--batch-size",
         "2",
+        "--model",
+        "atoken-tiny",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[: result.output.rindex("}") + 1])

@@ -58,6 +58,32 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def warn_if_untrained(model: str) -> None:
+    """One warning line on stderr when ``model`` is a preset (random weights, noise out)."""
+    from atoken.core.tokenizer import is_untrained
+    from atoken.models import DEFAULT_MODEL
+
+    if is_untrained(model):
+        err_console.print(
+            f"warning: {model!r} is an untrained preset (random weights): its reconstructions"
+            f" are noise. Leave out --model for the trained {DEFAULT_MODEL!r}, or pass a trained"
+            " model directory (e.g. RUN/model of `atoken train`).",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,  # one line, whatever the terminal width
+        )
+
+
+def load_model(model: str, *, reconstructs: bool = True):
+    """`load_tokenizer` in eval mode; a command that reconstructs warns first when ``model`` is
+    an untrained preset (embedding commands do not: no shipped model has a trained head)."""
+    from atoken.core.tokenizer import load_tokenizer
+
+    if reconstructs:
+        warn_if_untrained(model)
+    return load_tokenizer(model).eval()
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),

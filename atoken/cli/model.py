@@ -13,11 +13,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from atoken.cli._group import _parse_options, _progress, cli, err_console
+from atoken.cli._group import _parse_options, _progress, cli, err_console, load_model
 from atoken.core.errors import InputError
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
-from atoken.core.tokenizer import describe, load_tokenizer
+from atoken.core.tokenizer import describe
+from atoken.models import DEFAULT_MODEL
 
 
 @cli.command("plugins")
@@ -58,15 +59,26 @@ def plugins_cmd(as_json: bool) -> None:
 
 @cli.command("presets")
 def presets_cmd() -> None:
-    """List the model presets."""
+    """List the trained models shipped with atoken and the (untrained) model presets."""
+    from atoken.models import DEFAULT_MODEL, SHIPPED_MODELS
+
+    click.echo("trained models (loadable by name):")
+    for name, what in SHIPPED_MODELS.items():
+        default = " [default --model]" if name == DEFAULT_MODEL else ""
+        click.echo(f"  {name:18s} {what}{default}")
+    click.echo("untrained presets (random weights; for `atoken train`):")
     for name in PRESETS:
-        click.echo(f"{name:16s} {PRESET_DESCRIPTIONS.get(name, '')}")
+        click.echo(f"  {name:18s} {PRESET_DESCRIPTIONS.get(name, '')}")
 
 
 @cli.command("reconstruct")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
 )
 @click.option(
     "--out",
@@ -86,7 +98,7 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
     from atoken.pipeline import adapter_for, reconstruct_to_dir
 
     opts = _parse_options(options)
-    tok = load_tokenizer(model).eval()
+    tok = load_model(model)
     if backend is not None:
         tok.attention_backend(backend)  # validate the name before any work
     # read and check every input before writing anything; streamed inputs (long clips) are
@@ -163,7 +175,11 @@ def _frames_task(progress, name: str):
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="latents .safetensors"
 )
 @click.option(
-    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
 )
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
 @click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
@@ -173,7 +189,7 @@ def encode_cmd(input_path, output, model, modality, options) -> None:
 
     opts = _parse_options(options)
     adapter = adapter_for(input_path, modality, opts)
-    tok = load_tokenizer(model).eval()
+    tok = load_model(model)
     info = encode_to_file(tok, model, adapter, input_path, output, adapter_options=opts)
     shapes = ", ".join(f"{k} {v}" for k, v in info.items() if k != "tokens")
     click.echo(f"{input_path}: {info['tokens']} tokens -> {output} ({shapes})")
@@ -193,7 +209,7 @@ def decode_cmd(latents, output, model) -> None:
     from atoken.pipeline import decode_to_file, read_latents_header
 
     header = read_latents_header(latents)
-    tok = load_tokenizer(model or header["model"]).eval()
+    tok = load_model(model or header["model"])
     with _progress() as progress, _frames_task(progress, latents.name) as on_frames:
         info = decode_to_file(tok, latents, output, progress=on_frames)
     click.echo(f"{latents} -> {output} ({'x'.join(map(str, info['shape']))})")
@@ -249,7 +265,13 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
 
 
 @cli.command("demo")
-@click.option("--model", "-m", default="atoken-tiny", show_default=True)
+@click.option(
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
+)
 @click.option(
     "--out",
     "-o",
@@ -258,48 +280,63 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
     show_default=True,
     type=click.Path(path_type=Path),
 )
-def demo_cmd(model, out_dir) -> None:
-    """Reconstruct the three held-out sample photos; print token counts, shapes and timings."""
-    from atoken.core.tokens import collate
-    from atoken.pipeline import adapter_for, reconstruct_sample, write_reconstruction
-    from atoken.train.samples import sample_photos
+@click.option(
+    "--split",
+    type=click.Choice(["final", "tune"]),
+    default="final",
+    show_default=True,
+    help="built-in held-out photos: 'final' (held out of training and tuning) or 'tune'",
+)
+def demo_cmd(model, out_dir, split) -> None:
+    """Judge a model on held-out photos beside PCA-48 and bicubic x4 (same crops, same run).
 
-    photos = sample_photos(["astronaut.png", "coffee.png", "chelsea.png"])
+    Writes, per photo, ``reference | model | PCA-48`` with metrics (``comparison.png``) and the
+    model's reconstruction files, and ``demo.json`` with the table and its protocol.
+    """
+    from atoken.core.serialization import atomic_write_json
+    from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
+    from atoken.pipeline import Reconstruction, write_reconstruction
+    from atoken.train.data.sample_images import SampleImagesSource
+    from atoken.train.plots import comparison_strip
+
     t0 = time.perf_counter()
-    tok = load_tokenizer(model).eval()
+    tok = load_model(model)
     info = describe(tok)
     click.echo(
         f"model {model}: encoder {info['encoder_params'] / 1e6:.2f}M + head {info['head_params'] / 1e6:.2f}M"
         f" + decoder {info['decoder_params'] / 1e6:.2f}M parameters, latent {info['latent_channels']}"
-        f" channels, quantizer {info['quantizer']} (built in {time.perf_counter() - t0:.2f} s)"
+        f" channels, quantizer {info['quantizer']} (loaded in {time.perf_counter() - t0:.2f} s)"
     )
-    adapter = adapter_for(photos[0])
-    samples = [adapter.load(p) for p in photos]
-    tokens = [adapter.to_tokens(s) for s in samples]
-    batch = collate(tokens)
+    images = list(SampleImagesSource(split))
+    pca = fit_pca_baseline([im for _, im in SampleImagesSource("train")])
     click.echo(
-        f"packed batch: {batch.batch_size} images, feats {list(batch.feats.shape)},"
-        f" coords {list(batch.coords.shape)}, cu_seqlens {batch.cu_seqlens.tolist()}"
+        f"baselines: PCA-48 fitted on {pca.patches} patches of the built-in training photos;"
+        " bicubic x4 (both 48 values per 16x16 patch, like the model's latent)"
     )
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        latents = tok.encode(batch)
-        t1 = time.perf_counter()
-        decoded = tok.decode(latents)
-        t2 = time.perf_counter()
-        emb = tok.embed(batch)
-    click.echo(
-        f"encode: latents {list(latents.codes.shape)} in {t1 - t0:.3f} s"
-        f" ({batch.num_tokens / (t1 - t0):.0f} tokens/s); decode: {list(decoded.feats.shape)}"
-        f" in {t2 - t1:.3f} s; embedding {list(emb.shape)}"
-    )
-    for path, sample in zip(photos, samples, strict=True):
-        result = reconstruct_sample(tok, adapter, sample, path)
-        written = write_reconstruction(result, adapter, out_dir / path.stem, {"model": model})
-        h, w = result.reference.shape[:2]
-        click.echo(
-            f"  {path.name}: {h}x{w} px -> {result.tokens} tokens; PSNR {result.metrics['psnr']:.2f} dB,"
-            f" SSIM {result.metrics['ssim']:.3f} -> {written['side_by_side']}"
+    t0 = time.perf_counter()
+    report = compare_on_held_out(tok, images, pca, split=f"built-in '{split}' photos")
+    elapsed = time.perf_counter() - t0
+    adapter = default_components().adapters.build("image", {"lpips": False})
+    for (name, ref, rec), row in zip(report.pairs, report.rows, strict=True):
+        stem = name.rsplit("/", 1)[-1]
+        m, p = row["model"], row["pca48"]
+
+        def label(title, r):
+            lp = f", LPIPS {r['lpips']:.3f}" if "lpips" in r else ""
+            return f"{title}: {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{lp}"
+
+        comparison_strip(
+            [ref, rec, pca(ref)],
+            [f"{stem} (reference)", label("model", m), label("PCA-48", p)],
+            out_dir / stem / "comparison.png",
         )
-    if model in PRESETS:
-        click.echo("(a freshly initialised preset: expect noise; train one with `atoken train`)")
+        result = Reconstruction(Path(name), ref, rec, row["tokens"], m)
+        write_reconstruction(result, adapter, out_dir / stem, {"model": model})
+        click.echo(
+            f"  {stem}: {ref.shape[0]}x{ref.shape[1]} px, {row['tokens']} tokens; model"
+            f" {m['psnr']:.2f} dB / PCA-48 {p['psnr']:.2f} dB -> {out_dir / stem / 'comparison.png'}"
+        )
+    for line in format_table(report):
+        click.echo(line)
+    click.echo(f"({len(images)} photos in {elapsed:.1f} s)")
+    atomic_write_json(out_dir / "demo.json", {"model": model, **report.as_dict()})

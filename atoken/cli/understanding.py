@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from atoken.cli._group import _parse_options, cli
+from atoken.cli._group import _parse_options, cli, load_model
 from atoken.core.errors import InputError
-from atoken.core.tokenizer import load_tokenizer
+from atoken.models import DEFAULT_MODEL
 
 
 def _understanding_model(model: str, device: str | None):
@@ -22,7 +22,7 @@ def _understanding_model(model: str, device: str | None):
     from atoken.eval.understanding import require_head, resolve_device
 
     dev = resolve_device(device)
-    tok = load_tokenizer(model).eval()
+    tok = load_model(model, reconstructs=False)
     require_head(tok)
     return tok.to(dev) if dev is not None else tok
 
@@ -65,7 +65,11 @@ _batch_option = click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="embeddings .safetensors"
 )
 @click.option(
-    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
 )
 @click.option(
     "--no-normalize", is_flag=True, help="keep the head's raw output (default: L2-normalised)"
@@ -133,7 +137,11 @@ def embed_cmd(
     "--top", default=5, show_default=True, type=click.IntRange(min=1), help="labels shown"
 )
 @click.option(
-    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
 )
 @_batch_option
 @_device_option
@@ -250,7 +258,11 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     help="what to measure",
 )
 @click.option(
-    "--model", "-m", default="atoken-tiny", show_default=True, help="preset or model directory"
+    "--model",
+    "-m",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="trained model name, model directory, or (untrained) preset",
 )
 @click.option(
     "--data",
@@ -330,7 +342,7 @@ def eval_cmd(task, model, data, output, **options) -> None:
     if task in _HEAD_TASKS:
         tok = _understanding_model(model, options["device"])
     else:
-        tok = load_tokenizer(model).eval()
+        tok = load_model(model)
     results = {"model": model, "model_id": tok.model_id, **EVAL_TASKS[task](tok, data, options)}
     results = json_safe(results)  # a perfect frame's PSNR is inf; JSON has no infinities
     detail = ("per_class", "confusion", "per_image", "per_video")

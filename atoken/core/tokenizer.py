@@ -8,6 +8,7 @@ sample. `build_tokenizer` is the single factory behind every preset; ``save_pret
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from atoken.core.errors import AtokenError, InputError
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import PRESETS, get_preset
 from atoken.core.quantizer import Quantizer, QuantizerOutput
+from atoken.core.registry import UnknownComponentError
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_json,
@@ -483,7 +485,12 @@ class Tokenizer(nn.Module):
         components: Components | None = None,
         map_location="cpu",
     ) -> Tokenizer:
-        """Load a directory written by `save_pretrained` (no pickle is ever read)."""
+        """Load a directory written by `save_pretrained`, or a shipped trained model by name
+        (``"atoken-tiny-photo"``, see `atoken.models`); no pickle is ever read."""
+        from atoken.models import SHIPPED_MODELS, shipped_model_dir
+
+        if str(path) in SHIPPED_MODELS and not Path(path).is_dir():
+            path = shipped_model_dir(str(path))
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"model directory {str(path)!r} does not exist")
@@ -607,16 +614,39 @@ def build_tokenizer(
 def load_tokenizer(
     name_or_path: str | os.PathLike[str], *, components: Components | None = None
 ) -> Tokenizer:
-    """A preset name (freshly initialised) or a `save_pretrained` directory."""
+    """A shipped trained model's name (`atoken.models`), a `save_pretrained` directory, or a
+    preset name (a freshly initialised, untrained model: see `is_untrained`)."""
+    from atoken.models import SHIPPED_MODELS, shipped_model_dir
+
     name = str(name_or_path)
     if name in PRESETS:
         return build_tokenizer(name, components=components)
+    if name in SHIPPED_MODELS and not Path(name).is_dir():
+        path = shipped_model_dir(name)
+        if not (path / WEIGHTS_NAME).is_file():
+            raise CheckpointError(
+                f"the shipped model {name!r} is missing from this installation (expected"
+                f" {path / WEIGHTS_NAME}); reinstall atoken:"
+                " pip install -c constraints.txt --force-reinstall atoken"
+            )
+        return Tokenizer.from_pretrained(path, components=components)
     if Path(name).is_dir():
         return Tokenizer.from_pretrained(name, components=components)
     if os.sep in name or name.startswith("."):
         raise CheckpointError(f"model directory {name!r} does not exist")
-    get_preset(name)  # raises with did-you-mean
-    raise AssertionError("unreachable")
+    names = [*SHIPPED_MODELS, *PRESETS]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    raise UnknownComponentError(
+        f"no model named {name!r}{hint}\n  trained models: {', '.join(SHIPPED_MODELS)}"
+        f"\n  untrained presets: {', '.join(PRESETS)}"
+        "\n  or pass a directory written by save_pretrained (e.g. RUN/model of `atoken train`)"
+    )
+
+
+def is_untrained(name_or_path: str | os.PathLike[str]) -> bool:
+    """True when ``name_or_path`` names a preset, which `load_tokenizer` builds at random."""
+    return str(name_or_path) in PRESETS
 
 
 def describe(model: Tokenizer) -> dict[str, Any]:
