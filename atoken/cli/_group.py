@@ -58,6 +58,20 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def model_option(command):
+    """``--model/-m``: a shipped trained model's name (default `atoken.models.DEFAULT_MODEL`),
+    a model directory, or an untrained preset."""
+    from atoken.models import DEFAULT_MODEL
+
+    return click.option(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        help="trained model name, model directory, or (untrained) preset",
+    )(command)
+
+
 def warn_if_untrained(model: str) -> None:
     """One warning line on stderr when ``model`` is a preset (random weights, noise out)."""
     from atoken.core.tokenizer import is_untrained

@@ -13,12 +13,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from atoken.cli._group import _parse_options, _progress, cli, err_console, load_model
+from atoken.cli._group import _parse_options, _progress, cli, err_console, load_model, model_option
 from atoken.core.errors import InputError
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
 from atoken.core.tokenizer import describe
-from atoken.models import DEFAULT_MODEL
 
 
 @cli.command("plugins")
@@ -73,13 +72,7 @@ def presets_cmd() -> None:
 
 @cli.command("reconstruct")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @click.option(
     "--out",
     "-o",
@@ -174,13 +167,7 @@ def _frames_task(progress, name: str):
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="latents .safetensors"
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
 @click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
 def encode_cmd(input_path, output, model, modality, options) -> None:
@@ -265,13 +252,7 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
 
 
 @cli.command("demo")
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @click.option(
     "--out",
     "-o",

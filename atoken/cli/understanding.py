@@ -12,9 +12,8 @@ from typing import Any
 
 import click
 
-from atoken.cli._group import _parse_options, cli, load_model
+from atoken.cli._group import _parse_options, cli, load_model, model_option
 from atoken.core.errors import InputError
-from atoken.models import DEFAULT_MODEL
 
 
 def _understanding_model(model: str, device: str | None):
@@ -64,13 +63,7 @@ _batch_option = click.option(
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="embeddings .safetensors"
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @click.option(
     "--no-normalize", is_flag=True, help="keep the head's raw output (default: L2-normalised)"
 )
@@ -136,13 +129,7 @@ def embed_cmd(
 @click.option(
     "--top", default=5, show_default=True, type=click.IntRange(min=1), help="labels shown"
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @_batch_option
 @_device_option
 def zeroshot_cmd(
@@ -257,13 +244,7 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     type=click.Choice(sorted(EVAL_TASKS)),
     help="what to measure",
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="trained model name, model directory, or (untrained) preset",
-)
+@model_option
 @click.option(
     "--data",
     required=True,

@@ -23,6 +23,16 @@ class L1Options(BaseModel):
     mask_padding: bool = True
 
 
+def patch_mean(err: Tensor, inputs: LossInputs, mask_padding: bool) -> Tensor:
+    """``err [N, P]`` averaged per patch over its real values (padded frames left out when
+    ``mask_padding``), then over patches: every token weighs the same."""
+    mask = inputs.value_mask() if mask_padding else None
+    if mask is None:
+        return err.mean()
+    per_patch = (err * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [N]
+    return per_patch.mean()
+
+
 class L1Loss(nn.Module):
     """Mean absolute error per patch, averaged over patches (every token weighs the same)."""
 
@@ -32,11 +42,7 @@ class L1Loss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         err = (inputs.pred.feats.float() - inputs.target.feats.float()).abs()  # [N, P]
-        mask = inputs.value_mask() if self.options.mask_padding else None
-        if mask is None:
-            return err.mean()
-        per_patch = (err * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [N]
-        return per_patch.mean()
+        return patch_mean(err, inputs, self.options.mask_padding)
 
 
 class MSELoss(nn.Module):
@@ -49,11 +55,7 @@ class MSELoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         err = (inputs.pred.feats.float() - inputs.target.feats.float()).square()  # [N, P]
-        mask = inputs.value_mask() if self.options.mask_padding else None
-        if mask is None:
-            return err.mean()
-        per_patch = (err * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [N]
-        return per_patch.mean()
+        return patch_mean(err, inputs, self.options.mask_padding)
 
 
 class KLOptions(BaseModel):
