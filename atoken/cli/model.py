@@ -303,12 +303,12 @@ def demo_cmd(model, out_dir, split) -> None:
         m, p = row["model"], row["pca48"]
 
         def label(title, r):
-            lp = f", LPIPS {r['lpips']:.3f}" if "lpips" in r else ""
-            return f"{title}: {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{lp}"
+            lp = f"\nLPIPS {r['lpips']:.3f}" if "lpips" in r else ""
+            return f"{title}\n{r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{lp}"
 
         comparison_strip(
             [ref, rec, pca(ref)],
-            [f"{stem} (reference)", label("model", m), label("PCA-48", p)],
+            [f"{stem}\nreference", label("model", m), label("PCA-48", p)],
             out_dir / stem / "comparison.png",
         )
         result = Reconstruction(Path(name), ref, rec, row["tokens"], m)

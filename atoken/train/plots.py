@@ -170,19 +170,21 @@ def comparison_strip(
     *,
     gap: int = 8,
 ) -> None:
-    """Images ``[H, W, 3]`` in [-1, 1] side by side, each with its label above (e.g. reference,
-    reconstruction and a baseline with their metrics)."""
+    """Images ``[H, W, 3]`` in [-1, 1] side by side, each under its label (lines split at
+    ``"\n"``; e.g. reference, reconstruction and a baseline with their metrics)."""
     if len(images) != len(labels) or not images:
         raise ValueError("comparison_strip: give one label per image, at least one image")
     tiles = [Image.fromarray(to_uint8(img.float().cpu().clamp(-1, 1))) for img in images]
+    lines = [label.split("\n") for label in labels]
+    header = 4 + 12 * max(len(x) for x in lines)
     width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
-    height = max(t.height for t in tiles) + 18
-    canvas = Image.new("RGB", (width, height), "white")
+    canvas = Image.new("RGB", (width, max(t.height for t in tiles) + header), "white")
     draw = ImageDraw.Draw(canvas)
     x = 0
-    for tile, label in zip(tiles, labels, strict=True):
-        canvas.paste(tile, (x, 18))
-        draw.text((x + 2, 3), label, fill="black")
+    for tile, text in zip(tiles, lines, strict=True):
+        canvas.paste(tile, (x, header))
+        for i, line in enumerate(text):
+            draw.text((x + 2, 2 + 12 * i), line, fill="black")
         x += tile.width + gap
     _save(canvas, path)
 
