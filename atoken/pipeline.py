@@ -12,6 +12,8 @@ Optional adapter extensions (looked up with ``getattr``, so the core protocol st
   ``model.source_dir``, set by ``Tokenizer.from_pretrained``).
 - ``metric_convention``: how ``metrics`` are computed (written into metrics.json as
   ``convention``; images and video: `atoken.eval.metrics.METRIC_CONVENTION`).
+- ``metric_lower_is_better``: names of ``metrics`` keys where lower is better (image: LPIPS);
+  ``metric_info_keys``: keys that are plain facts, not quality (video: frames).
 - ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
   (3D writes Gaussians as ``.ply`` and compares rendered views in a ``.png``).
 - ``stream_sink(meta, coords, output, *, comparison=None, reference=None, fps=None,

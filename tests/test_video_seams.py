@@ -107,8 +107,10 @@ def seam_model():
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for block in tok.decoder.blocks:
-            qkv = block.attn.to_qkv.weight  # [3D, D]: read the content strongly
-            qkv[:, :content] = torch.randn(qkv.shape[0], content, generator=gen) * 5.0
+            # [3D, D]: read the content strongly. The pre-norm scales the content to stream units
+            # (its gain); dividing by the gain reads the normalised token, as before that gain.
+            qkv, gain = block.attn.to_qkv.weight, block.norm1.weight[:content]
+            qkv[:, :content] = torch.randn(qkv.shape[0], content, generator=gen) * 5.0 / gain
             out = block.attn.to_out.weight  # [D, D]: write back into the content
             out.zero_()
             out[:content] = torch.randn(content, out.shape[1], generator=gen) * 0.02

@@ -103,9 +103,12 @@ class AdapterContract(_Contract):
         ).clamp(-1, 1)
         good, bad = adapter.metrics(target, target), adapter.metrics(target, noisy)
         assert good and set(good) == set(bad)
-        # quality numbers are higher-is-better; ``metric_info_keys`` names plain facts (counts)
+        # quality numbers are higher-is-better unless ``metric_lower_is_better`` names them
+        # (distances such as LPIPS); ``metric_info_keys`` names plain facts (counts)
         info = set(getattr(adapter, "metric_info_keys", ()))
-        assert all(good[k] > bad[k] for k in good if k not in info), (good, bad)
+        lower = set(getattr(adapter, "metric_lower_is_better", ()))
+        assert all(good[k] > bad[k] for k in good if k not in info | lower), (good, bad)
+        assert all(good[k] < bad[k] for k in lower & set(good)), (good, bad)
         assert all(good[k] == bad[k] for k in info & set(good)), (good, bad)
 
     def test_save_writes_a_loadable_file(self, tmp_path) -> None:

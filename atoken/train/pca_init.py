@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from atoken.core.errors import AtokenError
 from atoken.core.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from atoken.core.registry import Registry
+    from atoken.train.config import TrainConfig
 
 
 class PCAInitError(AtokenError, ValueError):
@@ -175,3 +180,23 @@ def pca_init(
         "explained_variance": explained,
         "spare_components": extra,
     }
+
+
+def pca_init_from_config(model: Tokenizer, config: TrainConfig, adapters: Registry) -> dict:
+    """`pca_init` fitted on a run's first ``model.pca_images`` ``image_rec`` training images,
+    read at its first stage's resolution range; the facts gain ``images`` (how many were read)."""
+    from atoken.core.config import ConfigError
+    from atoken.train.data.build import build_source
+
+    stage = config.stages[0]
+    specs = [s for s in config.data if s.task == "image_rec"]
+    if not specs:
+        raise ConfigError("model.init = 'pca' needs an image_rec data source to fit on")
+    adapter = adapters.build("image", {"min_res": stage.min_res, "max_res": stage.max_res})
+    feats: list[Tensor] = []
+    for spec in specs:
+        for _, image in build_source(spec):
+            if len(feats) >= config.model.pca_images:
+                break
+            feats.append(adapter.to_tokens(image).feats)
+    return {**pca_init(model, feats), "images": len(feats)}

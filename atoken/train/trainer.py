@@ -235,39 +235,19 @@ class Trainer:
                     {k: torch.as_tensor(v) for k, v in state[modality].items()}, strict=True
                 )
 
-    def _pca_init(self) -> None:
-        """Fit the PCA start on training images (identical on every rank: same data, same order)."""
-        from atoken.train.data.build import build_source
-        from atoken.train.pca_init import pca_init
-
-        stage = self.config.stages[0]
-        specs = [s for s in self.config.data if s.task == "image_rec"]
-        if not specs:
-            from atoken.core.config import ConfigError
-
-            raise ConfigError("model.init = 'pca' needs an image_rec data source to fit on")
-        adapter = self.components.adapters.build(
-            "image", {"min_res": stage.min_res, "max_res": stage.max_res}
-        )
-        feats, seen = [], 0
-        for spec in specs:
-            for _, image in build_source(spec):
-                feats.append(adapter.to_tokens(image).feats)
-                seen += 1
-                if seen >= self.config.model.pca_images:
-                    break
-        info = pca_init(self.model, feats)
-        if self.dist.is_main:
-            print(
-                f"PCA start: {info['patches']} patches of {seen} images, {info['explained_variance']:.1%}"
-                " of the patch variance in the latent"
-            )
-
     def _initialise(self) -> None:
         """The configured start of a new run (``model.init``); a ``from_pretrained`` model
         starts from its weights, loaded in `_build_model`."""
         if self.config.model.init == "pca":
-            self._pca_init()
+            from atoken.train.pca_init import pca_init_from_config
+
+            # identical on every rank: the same data in the same order
+            info = pca_init_from_config(self.model, self.config, self.components.adapters)
+            if self.dist.is_main:
+                print(
+                    f"PCA start: {info['patches']} patches of {info['images']} images,"
+                    f" {info['explained_variance']:.1%} of the patch variance in the latent"
+                )
 
     def _resume(self, path: Path) -> None:
         from atoken.train.checkpoint import load

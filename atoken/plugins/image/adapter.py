@@ -65,6 +65,7 @@ class ImageAdapter:
     extensions = IMAGE_EXTENSIONS
     output_suffix = ".png"
     metric_convention = METRIC_CONVENTION
+    metric_lower_is_better = ("lpips",)
 
     def __init__(self, options: ImageOptions | None = None) -> None:
         self.options = options or ImageOptions()
