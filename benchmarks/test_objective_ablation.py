@@ -55,6 +55,10 @@ def ablation(tmp_path_factory) -> dict:
         t0 = time.perf_counter()
         while trainer.step < steps:
             trainer.train_step()
+            if trainer.step % 25 == 0 or trainer.step == steps:
+                rate = trainer.step / (time.perf_counter() - t0)
+                eta = (steps - trainer.step) / rate
+                print(f"{name}: step {trainer.step}/{steps}, {rate:.2f} steps/s, ETA {eta:.0f} s")
         seconds = time.perf_counter() - t0
         report = compare_on_held_out(trainer.ema.module, images, pca, split="final")
         out["runs"][name] = {"seconds": round(seconds, 1), **report.means()["model"]}
