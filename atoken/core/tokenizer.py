@@ -487,11 +487,7 @@ class Tokenizer(nn.Module):
     ) -> Tokenizer:
         """Load a directory written by `save_pretrained`, or a shipped trained model by name
         (``"atoken-tiny-photo"``, see `atoken.models`); no pickle is ever read."""
-        from atoken.models import SHIPPED_MODELS, shipped_model_dir
-
-        if str(path) in SHIPPED_MODELS and not Path(path).is_dir():
-            path = shipped_model_dir(str(path))
-        path = Path(path)
+        path = _shipped_or_path(path)
         if not path.is_dir():
             raise CheckpointError(f"model directory {str(path)!r} does not exist")
         doc = read_json(path / CONFIG_NAME, what="model config")
@@ -611,26 +607,35 @@ def build_tokenizer(
     return model
 
 
+def _shipped_or_path(path: str | os.PathLike[str]) -> Path:
+    """The directory of a shipped model named ``path`` (a real directory of that name wins),
+    checked to hold its weights; any other ``path`` as a `Path`."""
+    from atoken.models import SHIPPED_MODELS, shipped_model_dir
+
+    name = str(path)
+    if name not in SHIPPED_MODELS or Path(name).is_dir():
+        return Path(path)
+    found = shipped_model_dir(name)
+    if not (found / WEIGHTS_NAME).is_file():
+        raise CheckpointError(
+            f"the shipped model {name!r} is missing from this installation (expected"
+            f" {found / WEIGHTS_NAME}); reinstall atoken:"
+            " pip install -c constraints.txt --force-reinstall atoken"
+        )
+    return found
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike[str], *, components: Components | None = None
 ) -> Tokenizer:
     """A shipped trained model's name (`atoken.models`), a `save_pretrained` directory, or a
     preset name (a freshly initialised, untrained model: see `is_untrained`)."""
-    from atoken.models import SHIPPED_MODELS, shipped_model_dir
+    from atoken.models import SHIPPED_MODELS
 
     name = str(name_or_path)
     if name in PRESETS:
         return build_tokenizer(name, components=components)
-    if name in SHIPPED_MODELS and not Path(name).is_dir():
-        path = shipped_model_dir(name)
-        if not (path / WEIGHTS_NAME).is_file():
-            raise CheckpointError(
-                f"the shipped model {name!r} is missing from this installation (expected"
-                f" {path / WEIGHTS_NAME}); reinstall atoken:"
-                " pip install -c constraints.txt --force-reinstall atoken"
-            )
-        return Tokenizer.from_pretrained(path, components=components)
-    if Path(name).is_dir():
+    if name in SHIPPED_MODELS or Path(name).is_dir():
         return Tokenizer.from_pretrained(name, components=components)
     if os.sep in name or name.startswith("."):
         raise CheckpointError(f"model directory {name!r} does not exist")

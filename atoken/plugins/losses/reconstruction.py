@@ -40,22 +40,22 @@ class L1Loss(nn.Module):
         super().__init__()
         self.options = options or L1Options()
 
+    @staticmethod
+    def error(diff: Tensor) -> Tensor:
+        return diff.abs()
+
     def forward(self, inputs: LossInputs) -> Tensor:
-        err = (inputs.pred.feats.float() - inputs.target.feats.float()).abs()  # [N, P]
-        return patch_mean(err, inputs, self.options.mask_padding)
+        diff = inputs.pred.feats.float() - inputs.target.feats.float()  # [N, P]
+        return patch_mean(self.error(diff), inputs, self.options.mask_padding)
 
 
-class MSELoss(nn.Module):
+class MSELoss(L1Loss):
     """Mean squared error per patch, averaged over patches (the error PSNR measures); options
     as ``l1``."""
 
-    def __init__(self, options: L1Options | None = None) -> None:
-        super().__init__()
-        self.options = options or L1Options()
-
-    def forward(self, inputs: LossInputs) -> Tensor:
-        err = (inputs.pred.feats.float() - inputs.target.feats.float()).square()  # [N, P]
-        return patch_mean(err, inputs, self.options.mask_padding)
+    @staticmethod
+    def error(diff: Tensor) -> Tensor:
+        return diff.square()
 
 
 class KLOptions(BaseModel):
@@ -84,4 +84,3 @@ class KLLoss(nn.Module):
         logvar = inputs.logvar.float().clamp(self.options.logvar_min, self.options.logvar_max)
         mean = inputs.mean.float()
         return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)).mean()
-
