@@ -20,7 +20,6 @@ ITU-T H.264 / libx264 CRF rate control; PyAV's encoding examples.
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +27,12 @@ import numpy as np
 import torch
 
 from atoken.core.errors import InputError
+from atoken.core.serialization import (
+    check_output_target,
+    commit_temp,
+    remove_empty_folders,
+    temp_beside,
+)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif")
 """Lower-case file suffixes (with the dot) of the containers :func:`read_video` accepts."""
@@ -214,12 +219,6 @@ def _even(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _check_fps(fps: float) -> Fraction:
     if isinstance(fps, bool) or not (
         isinstance(fps, int | float) and np.isfinite(fps) and 0 < fps <= 1000
@@ -260,8 +259,8 @@ class Mp4Writer:
     ) -> None:
         self.rate = _check_fps(fps)
         self.dest = Path(os.fspath(path))
-        if self.dest.is_dir():
-            raise InputError(f"cannot write video '{os.fspath(path)}': is a directory")
+        check_output_target(self.dest, "video")
+        self._created: list[Path] = []
         av = _av()
         self.codec = codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
         self.crf = crf
@@ -282,11 +281,8 @@ class Mp4Writer:
 
     def _open(self, h: int, w: int) -> None:
         av = _av()
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(
-            prefix=f".{self.dest.name}.", suffix=".mp4", dir=self.dest.parent
-        )
-        os.close(fd)
+        tmp, self._created = temp_beside(self.dest, suffix=".mp4")
+        self._tmp = str(tmp)
         try:
             self._container = av.open(self._tmp, mode="w", format="mp4")
             stream = self._container.add_stream(self.codec, rate=self.rate)
@@ -344,8 +340,7 @@ class Mp4Writer:
             self._container = None
             with open(self._tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.chmod(self._tmp, 0o666 & ~_umask())
-            os.replace(self._tmp, self.dest)
+            commit_temp(self._tmp, self.dest, self._created)  # now, or with its output set
             self._tmp = None
         except BaseException:
             self.abort()
@@ -363,6 +358,7 @@ class Mp4Writer:
         if self._tmp is not None:
             Path(self._tmp).unlink(missing_ok=True)
             self._tmp = None
+            remove_empty_folders(self._created)
 
 
 def write_mp4(
