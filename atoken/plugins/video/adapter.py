@@ -7,24 +7,26 @@ frame: a padded patch then holds a still continuation of the clip rather than a 
 the model spends nothing on an artificial edge and the real frames of that patch are coded as
 in the middle of a clip. Decoding drops the padding frames, so no frame is dropped from and no
 frame is added to the clip. (The AToken release instead cuts T down to a multiple of 4; that
-loses up to 3 frames, which a reconstruction tool should not do.) Token t is the latent frame
+loses up to 3 frames, which a reconstruction tool should not do; ``frame_mode="release"`` does
+it anyway, to reproduce release numbers on any clip.) Token t is the latent frame
 index (input frames ``4t .. 4t + 3``); all four frames of a patch are real except in the tail,
 so ``valid_frames`` is not set. The meta records ``frames`` (original T), ``pad``, the crop, the
-resize and the frame rate (``fps``) so outputs keep the input's rate.
+resize and the frame rate (``fps``) so outputs keep the input's rate; in release mode ``frames``
+is the kept count (a multiple of 4), ``pad`` is 0 and ``dropped`` the trailing frames cut.
 
 Long clips need not be held decoded: ``stream_sink`` returns a `VideoSink` that takes the rows
 `Tokenizer.decode_stream` yields (one temporal tile step at a time) and appends the finished
 frames to the MP4 (and a side-by-side MP4 and per-frame metrics), committing the files at the end.
 
 References: AToken (arXiv 2509.14476) video tokenization (4 x 16 x 16 patches, t = latent frame);
-the release's preprocessing (crop to multiples of 16).
+the release's preprocessing (crop to multiples of 16; T cut to a multiple of 4).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,12 @@ class VideoOptions(BaseModel):
         min_res: a shorter side below this is upscaled to it (never below 16).
         max_res: a longer side above this is downscaled to it (None: never).
         crf: H.264 quality of saved MP4s (libx264 CRF; 0 lossless, 18 visually lossless).
+        frame_mode: how a frame count that is not a multiple of 4 is made one. ``"pad"``
+            (default) repeats the last frame and drops the repeats on output, so every frame
+            is kept; ``"release"`` cuts the clip to ``4 * (T // 4)`` frames as the AToken
+            release's preprocessing does (up to 3 trailing frames are dropped from tokens,
+            outputs and metrics; a clip of fewer than 4 frames is an error), so release
+            numbers can be reproduced on any clip.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +73,7 @@ class VideoOptions(BaseModel):
     min_res: int = Field(default=16, ge=16)
     max_res: int | None = Field(default=None, ge=16)
     crf: int = Field(default=18, ge=0, le=51)
+    frame_mode: Literal["pad", "release"] = "pad"
 
     @model_validator(mode="after")
     def _ordered(self) -> VideoOptions:
@@ -180,6 +189,8 @@ class VideoAdapter:
             fps: rate override (default: the meta's, else this adapter's fallback).
             progress: ``progress(frames_done, frames_total)`` after each chunk.
         """
+        if reference is not None and meta.get("dropped"):
+            reference = reference[: int(meta["frames"])]  # release mode: compare the cut clip
         rate = fps if fps is not None else meta.get("fps")
         if rate is None:
             rate = self.fps if self.fps is not None else DEFAULT_FPS
@@ -229,8 +240,20 @@ class VideoAdapter:
                 f"video has {t} frames; atoken positions allow at most {COORD_LIMIT * PATCH[0]}"
                 " (cut the clip)"
             )
+        if self.options.frame_mode == "release" and t < PATCH[0]:
+            raise InputError(
+                f"video has {t} frames; frame_mode='release' cuts T to a multiple of {PATCH[0]}"
+                f" and needs at least {PATCH[0]} (use frame_mode='pad' to keep short clips)"
+            )
         if not all_finite(sample):
             raise InputError("video contains NaN or Inf values")
+
+    def _frame_meta(self, t: int) -> dict[str, Any]:
+        """``frames`` / ``pad`` (/ ``dropped``) of a ``t``-frame clip under ``frame_mode``."""
+        if self.options.frame_mode == "release":
+            kept = t - t % PATCH[0]
+            return {"frames": kept, "pad": 0, "dropped": t - kept, "frame_mode": "release"}
+        return {"frames": t, "pad": -t % PATCH[0]}
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
         return resize_target(h, w, self.options.min_res, self.options.max_res)
@@ -264,10 +287,8 @@ class VideoAdapter:
         resize = self._resize_target(h, w)
         rh, rw = resize if resize is not None else (h, w)
         crop = self._crop_box(rh, rw, train, generator)
-        pad = -t % PATCH[0]
         meta: dict[str, Any] = {
-            "frames": t,
-            "pad": pad,
+            **self._frame_meta(t),
             "height": h,
             "width": w,
             "resize": list(resize) if resize else None,
@@ -276,7 +297,8 @@ class VideoAdapter:
         fps = self.fps_of(sample)
         if fps is not None:
             meta["fps"] = fps
-        clip = self.prepare(sample, meta)  # [T, ch, cw, 3]
+        pad = meta["pad"]
+        clip = self.prepare(sample[: meta["frames"]], meta)  # [T, ch, cw, 3]
         if pad:
             clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])  # [T + pad, ch, cw, 3]
         feats, coords = patchify(clip.contiguous(), PATCH)  # [n, 3072], [n, 4]
@@ -299,8 +321,7 @@ class VideoAdapter:
         resize = self._resize_target(h, w)
         rh, rw = resize if resize is not None else (h, w)
         meta: dict[str, Any] = {
-            "frames": t,
-            "pad": -t % PATCH[0],
+            **self._frame_meta(t),
             "height": h,
             "width": w,
             "resize": list(resize) if resize else None,
@@ -309,8 +330,9 @@ class VideoAdapter:
         fps = self.fps_of(sample)
         if fps is not None:
             meta["fps"] = fps
-        for f0 in range(0, t, frames):
-            clip = self.prepare(sample[f0 : f0 + frames], meta)
+        kept = meta["frames"]  # release mode: the cut clip
+        for f0 in range(0, kept, frames):
+            clip = self.prepare(sample[f0 : min(f0 + frames, kept)], meta)
             pad = -clip.shape[0] % PATCH[0]
             if pad:
                 clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])
@@ -332,5 +354,5 @@ class VideoAdapter:
         return out
 
     def target(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
-        """The cropped/resized clip with the original frame count."""
-        return self.prepare(sample, meta)
+        """The cropped/resized clip with the frames the tokens hold (all but release cuts)."""
+        return self.prepare(sample[: int(meta.get("frames", sample.shape[0]))], meta)
