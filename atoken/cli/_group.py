@@ -13,7 +13,12 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from atoken.core.errors import AtokenError
+from atoken.core.errors import (
+    AtokenError,
+    describe_allocator_failure,
+    describe_os_error,
+    is_allocator_failure,
+)
 from atoken.core.plugins import default_components
 
 err_console = Console(stderr=True)
@@ -36,13 +41,36 @@ class AtokenGroup(click.Group):
         return super().get_command(ctx, name) or self._plugin_commands().get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; atoken errors, OS errors on a path and allocator failures become
+        one ``atoken: error: ...`` line and exit status 1.
+
+        Anything else (a `TypeError`, ...) is a bug and keeps its traceback for the report.
+        """
         try:
             return super().invoke(ctx)
-        except (AtokenError, KeyError, FileNotFoundError, PermissionError) as exc:
-            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            one_line = "; ".join(part.strip() for part in msg.splitlines() if part.strip())
-            click.echo(f"atoken: error: {one_line}", err=True)
+        except click.exceptions.Exit:
+            raise
+        except (AtokenError, KeyError, OSError, MemoryError, RuntimeError) as exc:
+            msg = _one_line_message(exc)
+            if msg is None:
+                raise
+            click.echo(f"atoken: error: {msg}", err=True)
             ctx.exit(1)
+
+
+def _one_line_message(exc: BaseException) -> str | None:
+    """The one line to print for ``exc``, or None when it is not a user-facing failure."""
+    if is_allocator_failure(exc):
+        msg = describe_allocator_failure(exc)
+    elif isinstance(exc, OSError):
+        msg = describe_os_error(exc)
+    elif isinstance(exc, AtokenError):
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    elif isinstance(exc, KeyError):
+        msg = str(exc.args[0]) if exc.args else repr(exc)
+    else:
+        return None
+    return "; ".join(part.strip() for part in msg.splitlines() if part.strip()) or repr(exc)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class PluginSettings(BaseModel):
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise PluginError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise PluginError(f"{path}: not UTF-8 text (byte {exc.start}); expected TOML") from None
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

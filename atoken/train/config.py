@@ -403,6 +403,12 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
         raise ConfigError(f"training config {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); a training config is a TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read training config {str(path)!r}: {exc.strerror}") from None
     return validate_train_config(data, where=str(path))
 
 
