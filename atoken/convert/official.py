@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from atoken.core.config import ModelConfig, TransformerConfig
+from atoken.core.config import ModelConfig, TemporalConfig, TransformerConfig
 from atoken.core.errors import AtokenError
 from atoken.core.serialization import (
     CheckpointError,
@@ -126,6 +126,57 @@ def model_config_from_official(arch: Mapping[str, Any], preset: str | None = Non
         encoder=stack("encoder"),
         decoder=stack("decoder"),
         quantizer=quantizer,
+    )
+
+
+def temporal_from_official(
+    batch_frames: int, stride_frames: int, cache_frames: int = 0, *, patch_frames: int = 4
+) -> TemporalConfig:
+    """The `TemporalConfig` of the release's temporal tiling settings (all in input frames).
+
+    The release tiles a clip into windows of ``num_sample_frames_batch_size`` frames; with its
+    decoder KV cache on, each decoder step adds ``num_sample_frames_stride`` new frames and
+    attends to ``kv_cache_size`` cached ones. In atoken's terms that is
+    ``tile = (stride + cache) / patch_frames`` latent frames and ``decoder_cache = cache /
+    patch_frames``, with t restarted in every tile (e.g. 16/16/0 -> ``tile=4``; 16/12/4 ->
+    ``tile=4, decoder_cache=1``).
+
+    Args:
+        batch_frames: ``num_sample_frames_batch_size`` (the encoder's tile).
+        stride_frames: ``num_sample_frames_stride`` (new frames per decoder step).
+        cache_frames: ``kv_cache_size`` (0: no cache).
+        patch_frames: frames per patch (the patch size's first entry).
+
+    Raises:
+        ConversionError: a value that is not a multiple of ``patch_frames``, or a window that
+            differs between encoder and decoder (atoken tiles both with one window).
+    """
+    values = {
+        "num_sample_frames_batch_size": batch_frames,
+        "num_sample_frames_stride": stride_frames,
+        "kv_cache_size": cache_frames,
+    }
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConversionError(f"official {key} must be a non-negative integer, got {value!r}")
+        if value % patch_frames:
+            raise ConversionError(
+                f"official {key}={value} is not a multiple of {patch_frames} frames (one patch);"
+                " atoken tiles whole latent frames"
+            )
+    if stride_frames == 0:
+        raise ConversionError("official num_sample_frames_stride must be positive, got 0")
+    if stride_frames + cache_frames != batch_frames:
+        raise ConversionError(
+            f"official num_sample_frames_stride={stride_frames} + kv_cache_size={cache_frames}"
+            f" != num_sample_frames_batch_size={batch_frames}: atoken tiles encoder and decoder"
+            " with one window of stride + cache frames"
+        )
+    return TemporalConfig(
+        tile=batch_frames // patch_frames,
+        encoder_cache=0,
+        decoder_cache=cache_frames // patch_frames,
+        restart_t=True,
     )
 
 
