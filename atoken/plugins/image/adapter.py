@@ -43,6 +43,8 @@ class ImageOptions(BaseModel):
         max_res: a longer side above this is downscaled to it (None: never).
         lpips: `metrics` also reports LPIPS (VGG16, at the compared resolution) when the
             ImageNet trunk weights are found offline; left out (with one logged reason) when not.
+        max_pixels: pixel budget of a file ``load`` reads, checked from its header (None:
+            ``$ATOKEN_MAX_PIXELS`` or 2**26; see `atoken.core.budgets`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,6 +52,7 @@ class ImageOptions(BaseModel):
     min_res: int = Field(default=16, ge=16)
     max_res: int | None = Field(default=None, ge=16)
     lpips: bool = True
+    max_pixels: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> ImageOptions:
@@ -72,7 +75,7 @@ class ImageAdapter:
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Tensor:
-        return read_image(path)
+        return read_image(path, max_pixels=self.options.max_pixels)
 
     def save(self, sample: Tensor, path: str | os.PathLike[str]) -> None:
         write_png(sample, path)

@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +27,28 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atoken.core import budgets
 from atoken.core.errors import InputError
 from atoken.core.serialization import atomic_write
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 """Lower-case file suffixes (with the dot) of the formats :func:`read_image` accepts."""
 
-MAX_PIXELS = 2**28
-"""Largest image (width x height) :func:`read_image` decodes; bigger ones raise InputError."""
+MAX_PIXELS = budgets.DEFAULT_MAX_PIXELS
+"""Default pixel budget (width x height) of :func:`read_image`: 2**26 (e.g. 8192 x 8192).
+
+Raised per call with ``max_pixels=``, per process with ``$ATOKEN_MAX_PIXELS`` (see
+`atoken.core.budgets`); the image adapter's option ``max_pixels`` (``-O max_pixels=N``) passes it.
+"""
+
+#: peak bytes per pixel of reading an 8-bit RGB(A) image (Pillow's buffer, the uint8 view and
+#: the float32 result), quoted in the over-budget message
+READ_BYTES_PER_PIXEL = 20
+
+# Pillow's own decompression-bomb check is lifted only while opening under a budget above it
+# (our check, from the same header, runs before any pixel is decoded); the lock keeps the
+# module-global change from leaking into other threads' opens.
+_PIL_LIMIT_LOCK = threading.Lock()
 
 # Pillow format names accepted; MPO is how Pillow reports multi-picture (camera) JPEGs.
 _FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF"})
@@ -75,15 +90,43 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def _open(path: Path, name: str) -> Image.Image:
-    """Open (header only) and check format and size; the caller closes the image."""
+def _pil_open(path: Path, limit: int) -> Image.Image:
+    """``Image.open`` with Pillow's bomb check no stricter than ``limit`` (header only)."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is None or limit < 2 * pil_limit:
+        return Image.open(path)
+    with _PIL_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+
+
+def _over_budget(name: str, w: int, h: int, limit: int) -> InputError:
+    need = budgets.human_bytes(w * h * READ_BYTES_PER_PIXEL)
+    return _fail(
+        name,
+        f"image too large: {w}x{h} = {w * h} pixels, above the pixel budget of {limit} (reading"
+        f" it needs about {need}); downscale it, or raise the budget with -O max_pixels=N or"
+        f" {budgets.PIXELS_ENV}=N",
+    )
+
+
+def _open(path: Path, name: str, limit: int) -> Image.Image:
+    """Open (header only) and check format and size against ``limit`` pixels; the caller closes
+    the image. Nothing is decoded here: Pillow reads the size from the header."""
     try:
         with warnings.catch_warnings():
-            # Size is checked below against MAX_PIXELS; Pillow's warning would only add noise.
+            # Size is checked below against the budget; Pillow's warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise _fail(name, f"image too large ({_one_line(exc)})") from exc
+            img = _pil_open(path, limit)
+    except Image.DecompressionBombError as exc:  # above 2 x Pillow's limit > our budget
+        raise _fail(
+            name,
+            f"image too large: above the pixel budget of {limit} ({_one_line(exc)}); downscale"
+            f" it, or raise the budget with -O max_pixels=N or {budgets.PIXELS_ENV}=N",
+        ) from exc
     except UnidentifiedImageError as exc:
         kind = _sniff(path)
         if kind is None:
@@ -99,8 +142,8 @@ def _open(path: Path, name: str) -> Image.Image:
         if img.format not in _FORMATS:
             raise _fail(name, f"{img.format} images are not supported ({_EXPECTED})")
         w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise _fail(name, f"image is {w}x{h} = {w * h} pixels, above the limit of {MAX_PIXELS}")
+        if w * h > limit:
+            raise _over_budget(name, w, h, limit)
         if w == 0 or h == 0:
             raise _fail(name, f"image is empty ({w}x{h} pixels)")
     except InputError:
@@ -153,7 +196,9 @@ def _swap_byte_order(rawmode: str) -> str:
     return f"{base};16{swapped}"
 
 
-def _redecode(path: Path, name: str, rawmode_for: Callable[[str], str]) -> np.ndarray | None:
+def _redecode(
+    path: Path, name: str, rawmode_for: Callable[[str], str], limit: int
+) -> np.ndarray | None:
     """Decode the file again with every tile's raw mode replaced; oriented pixels or None.
 
     Used to recover the 16-bit samples Pillow otherwise truncates to their high byte: Pillow's
@@ -164,7 +209,7 @@ def _redecode(path: Path, name: str, rawmode_for: Callable[[str], str]) -> np.nd
     then keeps 8-bit precision).
     """
     try:
-        alt = _open(path, name)
+        alt = _open(path, name, limit)
     except InputError:
         return None
     with alt:
@@ -185,7 +230,8 @@ def _redecode(path: Path, name: str, rawmode_for: Callable[[str], str]) -> np.nd
 
 def _split(arr: np.ndarray, scale: float, alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """``[H, W, C]`` integer samples -> float32 colour ``[H, W, C']`` in [0, 1] and alpha."""
-    x = arr.astype(np.float32) / np.float32(scale)
+    x = arr.astype(np.float32)
+    x /= np.float32(scale)  # in place: one float32 copy at a time
     if alpha:
         return x[..., :-1], x[..., -1]
     return x, None
@@ -221,7 +267,7 @@ def _pixels(img: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]
     return _split(np.asarray(rgb), 255.0, alpha=False)
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> torch.Tensor:
     """Read a PNG, JPEG, WebP, BMP or TIFF file as float32 ``[H, W, 3]`` in [-1, 1].
 
     Decoding rules:
@@ -241,17 +287,21 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     * The EXIF orientation tag is applied (a rotated photo comes back upright, dims swapped).
     * Multi-frame files (animated WebP, multi-page TIFF) give their first frame.
 
+    * The size is checked from the header against the pixel budget before any pixel is
+      decoded, so a small file declaring a huge image costs nothing.
+
     Args:
         path: the image file.
+        max_pixels: pixel budget (width x height); default ``$ATOKEN_MAX_PIXELS`` or
+            :data:`MAX_PIXELS` (2**26). Pillow's own decompression-bomb limit is lifted when the
+            budget is above it.
 
     Returns:
         ``[H, W, 3]`` float32 tensor in [-1, 1] (channels last).
 
     Raises:
         InputError: the path is missing or a directory; the file is not a PNG/JPEG/WebP/BMP/TIFF
-            image, is truncated or corrupt, or is larger than :data:`MAX_PIXELS` (2**28) pixels
-            or Pillow's decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179
-            million pixels unless changed), whichever is lower.
+            image, is truncated or corrupt, or has more pixels than the budget.
     """
     name = os.fspath(path)
     p = Path(name)
@@ -259,19 +309,20 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise _fail(name, "no such file")
     if p.is_dir():
         raise _fail(name, f"is a directory, not an image file ({_EXPECTED})")
+    limit = budgets.max_pixels(max_pixels)
 
-    with _open(p, name) as img:
+    with _open(p, name, limit) as img:
         kind = _wide_kind(img)  # before load(): loading clears the tile descriptors
         _load(img, name)
         _orient(img)
         wide: np.ndarray | None = None  # [H, W, C] uint16 with the last channel alpha
         if kind == "rgb":
-            low = _redecode(p, name, _swap_byte_order)  # [H, W, 3 or 4] low bytes
+            low = _redecode(p, name, _swap_byte_order, limit)  # [H, W, 3 or 4] low bytes
             high = np.asarray(img)  # [H, W, 3 or 4] high bytes
             if low is not None and low.shape == high.shape:
                 wide = (high.astype(np.uint16) << 8) | low
         elif kind == "la":
-            b = _redecode(p, name, lambda _: "RGBA")  # [H, W, 4]: L_hi, L_lo, A_hi, A_lo
+            b = _redecode(p, name, lambda _: "RGBA", limit)  # [H, W, 4]: L_hi, L_lo, A_hi, A_lo
             if b is not None and b.shape[:2] == img.size[::-1]:
                 b = b.astype(np.uint16)
                 wide = np.stack([(b[..., 0] << 8) | b[..., 1], (b[..., 2] << 8) | b[..., 3]], -1)
