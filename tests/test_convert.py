@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,13 +16,7 @@ from atoken.convert.official import (
     read_official_state,
     resolve_official_config,
 )
-
-FIXTURES = Path(
-    os.environ.get(
-        "ATOKEN_OFFICIAL_FIXTURES",
-        Path(__file__).resolve().parents[2] / "shared" / "reference" / "official",
-    )
-)
+from tests.official_set import FIXTURES, pixel_samples, sample_ids, setting
 
 
 class Payload:
@@ -93,9 +84,12 @@ def test_converted_tiny_model_reproduces_release_tensors(tmp_path) -> None:
     model = atoken.Tokenizer.from_pretrained(out).eval()
     ref = load_file(str(fixture))
     b = ref["main.coords_in"][:, 0]
+    kinds = {i: "image" if px.ndim == 3 else "video" for i, px in pixel_samples(ref, "main")}
     samples = [
-        atoken.PatchTokens(ref["main.feats_in"][b == i], ref["main.coords_in"][b == i, 1:], "image")
-        for i in range(3)
+        atoken.PatchTokens(
+            ref["main.feats_in"][b == i], ref["main.coords_in"][b == i, 1:], kinds.get(i, "video")
+        )
+        for i in sample_ids(ref["main.coords_in"])
     ]
     with torch.inference_mode():
         dense = model.encode_dense(samples)
@@ -168,9 +162,10 @@ def test_converted_tiny_model_embeds_and_ranks_labels_end_to_end(tmp_path) -> No
     assert res.exit_code == 0, res.output
     with safe_open(str(out), "pt") as fh:
         emb = fh.get_tensor("embeddings")
-    assert emb.shape == (2, 144)
+    width = setting("tiny-soc.json", "arch_cfg", "encoder_model_channels")
+    assert emb.shape == (2, width)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
-    text_dir = make_tiny_siglip2(tmp_path / "siglip2")  # a text tower of the model's width (144)
+    text_dir = make_tiny_siglip2(tmp_path / "siglip2", hidden=width)  # the model's width
     res = runner.invoke(
         cli,
         [

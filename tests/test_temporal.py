@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +12,14 @@ from atoken.core.config import ConfigError, TemporalConfig
 from atoken.core.rope import Rope4D
 from atoken.core.temporal import plan_tiles
 from atoken.core.tokenizer import load_state_dict_checked
+from tests.official_set import (
+    need,
+    pixel_samples,
+    release_kv_temporal,
+    release_temporal,
+    tensors,
+    tiny_config,
+)
 
 UNTILED = TemporalConfig(tile=None)
 
@@ -261,65 +266,59 @@ def test_gradients_flow_through_tiles_with_checkpointing(components) -> None:
 
 # ---------------------------------------------------------------------- the official release
 
-FIXTURES = Path(
-    os.environ.get(
-        "ATOKEN_OFFICIAL_FIXTURES",
-        Path(__file__).resolve().parents[2] / "shared" / "reference" / "official",
-    )
-)
-#: the release's tiling: 16-frame tiles, no cache, t restarted in every tile
-RELEASE = TemporalConfig(tile=4, encoder_cache=0, decoder_cache=0, restart_t=True)
-#: its decoder KV-cache mode: num_sample_frames_stride=12, kv_cache_size=4 (input frames)
-RELEASE_KV = RELEASE.model_copy(update={"decoder_cache": 1})
+#: the tilings of the fixture set (tests.official_set): ``runtime_settings`` and ``spec.kv``
+RELEASE_TILINGS = {"dec_mean": release_temporal, "dec_mean_kvcache": release_kv_temporal}
 
 
 @pytest.fixture(scope="module")
 def official(components):
-    weights, fixture = (
-        FIXTURES / "tiny-soc.safetensors",
-        FIXTURES / "fixture-crop-tiling.safetensors",
-    )
-    if not (weights.is_file() and fixture.is_file()):
-        pytest.skip(f"official fixtures not found in {FIXTURES} (set ATOKEN_OFFICIAL_FIXTURES)")
-    from safetensors.torch import load_file
-
-    tiny = TransformerConfig(width=144, depth=2, num_heads=2, mlp_width=160)
-    model = build_tokenizer(ModelConfig(encoder=tiny, decoder=tiny), components=components)
-    load_state_dict_checked(model, load_file(weights), source=str(weights))
-    data = load_file(fixture)
-    coords = data["extra.coords_in"]
+    data = tensors("fixture-crop-tiling")
+    model = build_tokenizer(tiny_config(), components=components)
+    load_state_dict_checked(model, tensors("tiny-soc"), source="tiny-soc.safetensors")
+    coords, feats = need(data, "extra.coords_in"), need(data, "extra.feats_in")
+    kinds = {b: "image" if px.ndim == 3 else "video" for b, px in pixel_samples(data, "extra")}
     samples = [
-        PatchTokens(data["extra.feats_in"][coords[:, 0] == b], coords[coords[:, 0] == b, 1:], m)
-        for b, m in enumerate(("image", "video"))
+        PatchTokens(feats[coords[:, 0] == b], coords[coords[:, 0] == b, 1:], kinds.get(b, "video"))
+        for b in torch.unique(coords[:, 0]).tolist()
     ]
     return model.eval(), samples, data
+
+
+def latent_frames(samples) -> int:
+    return max(len(torch.unique(s.coords[:, 0])) for s in samples)
 
 
 @pytest.mark.official
 def test_release_encoder_tiles_and_pooling(official) -> None:
     model, samples, data = official
-    assert samples[1].coords[:, 0].max() == 4  # 5 latent frames: tiles of 4 + 1
+    release = release_temporal()
+    frames = latent_frames(samples)
+    assert frames > release.tile, f"the clip spans {frames} latent frames, one tile: no tiling"
     with torch.inference_mode():
-        dense = model.encode_dense(samples, temporal=RELEASE)
+        dense = model.encode_dense(samples, temporal=release)
         got = {
             "dense": dense.feats,
             "z_proj": model.project(dense),
             "pooled": model.pool(dense, normalize=False),  # pools every token of the tiled clip
             "pooled_normalized": model.pool(dense),
         }
+        untiled = model.encode_dense(samples, temporal=UNTILED).feats
     for name, value in got.items():
         torch.testing.assert_close(value, data[f"extra.{name}"], atol=1e-5, rtol=1e-5, msg=name)
+    assert (untiled - data["extra.dense"]).abs().max() > 1e-3  # tiling is what matches
 
 
 @pytest.mark.official
-@pytest.mark.parametrize(
-    ("name", "temporal"), [("dec_mean", RELEASE), ("dec_mean_kvcache", RELEASE_KV)]
-)
-def test_release_decoder_tiles_and_kv_cache(official, name, temporal) -> None:
+@pytest.mark.parametrize("name", list(RELEASE_TILINGS))
+def test_release_decoder_tiles_and_kv_cache(official, name) -> None:
     model, samples, data = official
     layout = collate(samples)
+    latent = model.config.latent_channels
     with torch.inference_mode():
-        out = model.decode(layout.replace(data["extra.z_proj"][:, :48]), temporal=temporal).feats
-    torch.testing.assert_close(out, data[f"extra.{name}"], atol=2e-5, rtol=1e-5)
-    other = data["extra.dec_mean" if name == "dec_mean_kvcache" else "extra.dec_mean_kvcache"]
-    assert (out - other).abs().max() > 0.1  # the two modes are told apart
+        out = model.decode(
+            layout.replace(data["extra.z_proj"][:, :latent]), temporal=RELEASE_TILINGS[name]()
+        ).feats
+    torch.testing.assert_close(out, need(data, f"extra.{name}"), atol=2e-5, rtol=1e-5)
+    other = need(data, "extra.dec_mean" if name == "dec_mean_kvcache" else "extra.dec_mean_kvcache")
+    gap = (data[f"extra.{name}"] - other).abs().max()
+    assert (out - other).abs().max() > gap / 2  # the two modes are told apart
