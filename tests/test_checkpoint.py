@@ -451,16 +451,174 @@ def test_keep_last_prunes_the_oldest(tmp_path) -> None:
     assert not (tmp_path / "model").exists()  # export=False
 
 
-def test_saving_an_older_step_drops_newer_checkpoints(tmp_path, caplog) -> None:
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path, with its bytes."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _discarded(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("discarded-*"))
+
+
+def test_saving_an_older_step_sets_newer_checkpoints_aside(tmp_path, caplog) -> None:
+    """Pruning never deletes a checkpoint newer than the step saved: it is moved aside intact,
+    and the next resume continues the lineage that was just saved."""
     run = straight_run(1)
     manager = CheckpointManager(tmp_path, keep_last=5)
     for step in (2, 4, 6):
         save_run(manager, step, run, export=False)
+    before = _tree(tmp_path / "checkpoints")
     with caplog.at_level(logging.INFO, logger=LOGGER):
         save_run(manager, 4, run, extra={"again": True}, export=False)  # resumed from 4, say
     assert [p.name for p in manager.checkpoints()] == ["step-00000002", "step-00000004"]
-    assert "removing checkpoint step-00000006" in caplog.text
+    assert (
+        "moved checkpoints/step-00000006 to" in caplog.text and "nothing was deleted" in caplog.text
+    )
+    aside = {}
+    for folder in _discarded(tmp_path):
+        aside |= _tree(folder / "checkpoints")
+    # the earlier step 4 and the newer step 6, byte for byte
+    assert aside == {k: v for k, v in before.items() if not k.startswith("step-00000002")}
     assert load(manager.latest(), model=TinyNet(), restore_rng=False)["extra"] == {"again": True}
+
+
+def test_resume_sets_newer_damaged_checkpoints_aside_and_prunes_only_older(tmp_path) -> None:
+    run = straight_run(2)
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (2, 4, 6):
+        save_run(manager, step, run, export=False)
+    assert [p.name for p in manager.checkpoints()] == ["step-00000004", "step-00000006"]
+    weights = tmp_path / "checkpoints" / "step-00000006" / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size - 7)
+    damaged = _tree(tmp_path / "checkpoints" / "step-00000006")
+    state = CheckpointManager(tmp_path, keep_last=2).resume(**build_run().objects())
+    assert state["step"] == 4
+    assert [p.name for p in manager.checkpoints()] == ["step-00000004"]
+    (aside,) = _discarded(tmp_path)
+    assert _tree(aside / "checkpoints" / "step-00000006") == damaged
+    for step in (6, 8, 10):  # the resumed run goes on; only ever older ones are pruned
+        save_run(manager, step, run, export=False)
+        names = [p.name for p in manager.checkpoints()]
+        assert names[-1] == f"step-{step:08d}" and len(names) <= 2
+    assert _tree(aside / "checkpoints" / "step-00000006") == damaged  # never touched
+
+
+def test_no_verifying_checkpoint_refuses_to_resume_and_changes_nothing(tmp_path) -> None:
+    """Every checkpoint damaged (truncated, a flipped byte, an edited state.json): resume stops
+    with an error listing each one and its reason, and the run folder is left exactly as is."""
+    from atoken.train.checkpoint import NoUsableCheckpointError
+
+    run = straight_run(2)
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    for step in (2, 4, 6):
+        save_run(manager, step, run)
+    ckpts = tmp_path / "checkpoints"
+    opt = ckpts / "step-00000002" / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 3])
+    ema = ckpts / "step-00000004" / "ema.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    ema.write_bytes(bytes(data))
+    state = ckpts / "step-00000006" / "state.json"
+    doc = json.loads(state.read_text())
+    doc["data_state"] = {"batches": 999}
+    state.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    before = _tree(tmp_path)
+    with pytest.raises(NoUsableCheckpointError) as info:
+        CheckpointManager(tmp_path).resume(**build_run().objects())
+    msg = str(info.value)
+    assert "holds 3 checkpoint(s) and none verifies" in msg and "--restart" in msg
+    assert "step-00000002: " in msg and "(truncated)" in msg
+    assert "step-00000004: " in msg and "does not match the sha256" in msg
+    assert "step-00000006: " in msg and "was changed after it was written" in msg
+    assert [p.name for p, _ in info.value.failures] == [
+        "step-00000006",
+        "step-00000004",
+        "step-00000002",
+    ]
+    assert _tree(tmp_path) == before and not _discarded(tmp_path)
+    assert isinstance(info.value, CheckpointError)
+
+
+def test_edited_state_json_fails_verification(tmp_path, caplog) -> None:
+    run = straight_run(2)
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    save_run(manager, 2, run, export=False)
+    newest = save_run(manager, 4, run, data_state={"batches": 4}, export=False)
+    state = newest / "state.json"
+    original = state.read_text()
+    doc = json.loads(original)
+    assert doc["format_version"] == 2 and len(doc["state_sha256"]) == 64
+    verify_checkpoint(newest)
+    # one value edited, the file otherwise as atoken writes it
+    state.write_text(original.replace('"batches": 4', '"batches": 5'))
+    with pytest.raises(CheckpointError, match=r"state\.json' was changed after it was written"):
+        verify_checkpoint(newest)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert manager.latest().name == "step-00000002"
+    assert "skipping checkpoint step-00000004" in caplog.text
+    # the digest removed
+    del doc["state_sha256"]
+    state.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="has no state_sha256"):
+        verify_checkpoint(newest, check_hashes=False)
+    # a state of format 1 (before the digest) still loads
+    doc["format_version"] = 1
+    state.write_text(json.dumps(doc))
+    assert load(newest, model=TinyNet(), restore_rng=False)["data_state"] == {"batches": 4}
+
+
+def test_restart_moves_the_earlier_run_aside_byte_for_byte(tmp_path, caplog) -> None:
+    run = straight_run(1)
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    for step in (2, 4):
+        save_run(manager, step, run)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "notes.txt").write_text("mine")  # not a run output: stays
+    before = _tree(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        aside = manager.restart()
+    assert aside is not None and aside.name.startswith("discarded-")
+    assert "--restart: a new run starts at step 0" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, "notes.txt"]
+    assert _tree(aside) == {k: v for k, v in before.items() if k != "notes.txt"}
+    assert manager.latest() is None and manager.resume_point() is None
+    assert manager.restart() is None  # nothing left to move: no empty folder either
+    assert len(_discarded(tmp_path)) == 1
+
+
+def test_stale_temporaries_of_killed_runs_are_removed_and_nothing_else(tmp_path) -> None:
+    """Only atoken-marked temporaries of processes that are gone; other hidden files, a live
+    writer's temporary and discarded runs stay."""
+    from atoken.core.serialization import _HOST, _TEMP_MARK
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    (tmp_path / "samples").mkdir()
+    stale = [
+        tmp_path / f".loss_curve.png.{_TEMP_MARK}.{_HOST}.{dead_pid}.k2j3x9.tmp",
+        tmp_path / "samples" / f".step-00000004.png.{_TEMP_MARK}.{_HOST}.{dead_pid}.a1b2c3.tmp",
+    ]
+    kept = [
+        tmp_path / ".loss_curve.png.k2j3x9.tmp",  # not our mark
+        tmp_path / ".hidden",
+        tmp_path / "samples" / f".x.png.{_TEMP_MARK}.{_HOST}.{os.getppid()}.zz.tmp",  # alive
+        tmp_path / "discarded-20260101T000000Z" / f".a.{_TEMP_MARK}.{_HOST}.{dead_pid}.q.tmp",
+    ]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    CheckpointManager(tmp_path)
+    assert [p.exists() for p in stale] == [False, False]
+    assert all(p.read_bytes() == b"partial" for p in kept)
 
 
 def test_truncated_newest_checkpoint_is_skipped(tmp_path, caplog) -> None:

@@ -11,20 +11,24 @@ A run folder looks like this::
           ema.safetensors         EMA weights, same names as model.safetensors (if an EMA is kept)
           optimizer.safetensors   per-parameter optimizer state as ``state.{index}.{name}``
           state.json              step, scheduler, data position, RNG, extra, EMA counter,
-                                  optimizer hyper-parameters, and size + sha256 of every file
+                                  optimizer hyper-parameters, size + sha256 of every file, and
+                                  its own sha256 (``state_sha256``)
         step-00001000/
         .tmp-step-00001500-k2j3/  a save in progress or one killed midway: ignored, removed later
       model/                      ``from_pretrained`` directory of the newest checkpoint: EMA
         config.json               weights if an EMA is kept, else the raw weights; it is what
         model.safetensors         ``atoken reconstruct --model RUN/model`` and ``atoken eval``
         source.json               take (source.json says which step and which weights)
+      discarded-20261202T061500Z/ what a run set aside instead of deleting: checkpoints newer
+                                  than the one it resumed from, an earlier run on --restart
 
 Everything is safetensors or JSON; nothing is ever unpickled. A checkpoint is written into a
 ``.tmp-*`` sibling, fsynced, and renamed to ``step-XXXXXXXX`` only when complete, so a process
 killed mid-save (even by SIGKILL) leaves the previous checkpoints untouched and at most one
 checkpoint interval of work is lost. `latest` checks every file's size and sha256 against
 ``state.json`` and skips (with a logged reason) a checkpoint that was truncated or corrupted
-afterwards, falling back to the one before it.
+afterwards, falling back to the one before it; `CheckpointManager.resume_point` refuses (and
+lists them) when there are checkpoints and none verifies, rather than start over.
 
 ``RUN/model`` is replaced by writing ``RUN/model.tmp``, renaming ``model`` to ``model.old``,
 ``model.tmp`` to ``model`` and deleting ``model.old``; `repair_model_dir` (run whenever a
@@ -46,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.serialization import CheckpointError, load_tensors
+from atoken.core.serialization import CheckpointError, clean_stale_temporaries, load_tensors
 from atoken.core.tokenizer import (
     CONFIG_NAME,
     Tokenizer,
@@ -56,6 +60,7 @@ from atoken.core.tokenizer import (
 from atoken.train.checkpoint_files import (
     _STEP_DIR,
     CHECKPOINTS_DIR,
+    DISCARDED_PREFIX,
     EMA_FILE,
     MODEL_DIR,
     MODEL_FILE,
@@ -70,8 +75,10 @@ from atoken.train.checkpoint_files import (
     _json_bytes,
     _make_temp_dir,
     _read_state,
+    _sealed_state_bytes,
     _write_file,
     _write_tensors,
+    set_aside,
     verify_checkpoint,
 )
 from atoken.train.ema import ModelEma, unwrap_model
@@ -84,6 +91,16 @@ from atoken.train.state_codec import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: what `CheckpointManager.restart` moves aside: everything a run writes into its folder
+RUN_OUTPUTS = (
+    CHECKPOINTS_DIR,
+    MODEL_DIR,
+    "metrics.jsonl",
+    "eval.jsonl",
+    "samples",
+    "loss_curve.png",
+)
 
 
 # ====================================================================== files
@@ -112,14 +129,42 @@ def latest(run_dir: str | os.PathLike[str], *, check_hashes: bool = True) -> Pat
     the reason, and the one before it is tried. ``.tmp-*`` directories (saves in progress or
     killed) are never considered.
     """
+    return _newest_intact(run_dir, check_hashes=check_hashes)[0]
+
+
+def _newest_intact(
+    run_dir: str | os.PathLike[str], *, check_hashes: bool
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(The newest checkpoint that verifies or None, the newer ones skipped with their reasons)."""
+    skipped: list[tuple[Path, str]] = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(path, check_hashes=check_hashes)
         except CheckpointError as exc:
             logger.warning("skipping checkpoint %s: %s; trying an older one", path.name, exc)
+            skipped.append((path, str(exc)))
             continue
-        return path
-    return None
+        return path, skipped
+    return None, skipped
+
+
+class NoUsableCheckpointError(CheckpointError):
+    """A run folder holds checkpoints but none of them verifies: resuming would lose the run.
+
+    Attributes:
+        failures: ``(checkpoint directory, reason)`` for each of them, newest first.
+    """
+
+    def __init__(self, run_dir: Path, failures: list[tuple[Path, str]]) -> None:
+        self.failures = failures
+        listed = "; ".join(f"{path.name}: {reason}" for path, reason in failures)
+        super().__init__(
+            f"cannot resume: run folder {str(run_dir)!r} holds {len(failures)} checkpoint(s)"
+            f" and none verifies ({listed}). Nothing was changed. Restore the damaged files, or"
+            f" start over with 'atoken train CONFIG --out {run_dir} --restart', which moves the"
+            f" old checkpoints and model to {str(run_dir / 'discarded-<time>')!r} (nothing is"
+            " deleted)"
+        )
 
 
 # ====================================================================== loading
@@ -270,8 +315,16 @@ def _swap_in(tmp: Path, current: Path) -> Path:
 class CheckpointManager:
     """Writes, prunes, finds and loads the checkpoints of one run folder.
 
-    Creating it repairs an interrupted ``run_dir/model`` replacement and removes ``.tmp-*``
-    leftovers of killed saves.
+    Creating it repairs an interrupted ``run_dir/model`` replacement and removes the temporaries
+    of killed runs: ``.tmp-*`` leftovers of saves under ``checkpoints/``, and atoken's marked
+    temporary files (``.NAME.~atoken.HOST.PID.*.tmp`` of a process that is gone, see
+    `atoken.core.serialization.clean_stale_temporaries`) in the run folder and its subfolders.
+    Nothing else is touched.
+
+    Nothing is deleted that a resume could still need: pruning removes only checkpoints older
+    than the one just saved, a checkpoint newer than the one resumed from (it failed
+    verification) is moved to ``run_dir/discarded-<UTC time>/``, and `restart` moves the whole
+    earlier run there.
 
     Args:
         run_dir: the run folder (created if needed).
@@ -301,6 +354,7 @@ class CheckpointManager:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         repair_model_dir(self.run_dir)
         self._remove_temporaries()
+        self._remove_stale_files()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -368,8 +422,9 @@ class CheckpointManager:
                 extra=extra,
             )
             _fsync_dir(tmp)
-            if final.exists():
-                _discard_dir(final)  # the same step saved again (e.g. after a resume)
+            verify_checkpoint(tmp, check_hashes=False)  # sizes and headers, before any pruning
+            if final.exists():  # the same step saved again: keep the earlier one aside
+                self._set_aside([final], f"step {step} was saved again")
             os.rename(tmp, final)
             _fsync_dir(self.checkpoint_dir)
         except BaseException:
@@ -381,21 +436,27 @@ class CheckpointManager:
         return final
 
     def _prune(self, step: int) -> None:
-        """Keep the newest ``keep_last`` checkpoints up to ``step``; drop any newer than it.
+        """Keep the newest ``keep_last`` checkpoints up to ``step``; never touch newer ones.
 
-        Checkpoints newer than the one just saved are left from before this run resumed at an
-        older one; keeping them would make the next resume jump onto that abandoned run.
+        Only checkpoints older than ``step`` are removed. A checkpoint newer than the one just
+        saved is left from before this run resumed at an older one (`resume` has normally set
+        such checkpoints aside already): it is moved to ``discarded-<time>/``, never deleted, so
+        the next resume continues this run and the older one can still be inspected.
         """
         older, newer = [], []
         for path in self.checkpoints():
             (newer if int(_STEP_DIR.fullmatch(path.name).group(1)) > step else older).append(path)
-        for path in newer:
-            logger.info(
-                "removing checkpoint %s: newer than step %d, which was just saved", path.name, step
-            )
-            _discard_dir(path)
+        if newer:
+            self._set_aside(newer, f"newer than step {step}, which was just saved")
         for path in older[: -self.keep_last]:
             _discard_dir(path)
+
+    def _set_aside(self, paths: list[Path], why: str) -> Path | None:
+        where = set_aside(self.run_dir, paths)
+        if where is not None:
+            names = ", ".join(str(p.relative_to(self.run_dir)) for p in paths)
+            logger.warning("moved %s to %s (%s); nothing was deleted", names, where, why)
+        return where
 
     def _remove_temporaries(self) -> None:
         if not self.checkpoint_dir.is_dir():
@@ -408,6 +469,32 @@ class CheckpointManager:
                 else:
                     path.unlink(missing_ok=True)
 
+    def _remove_stale_files(self) -> None:
+        """atoken's marked temporaries of dead processes in the run folder and its subfolders."""
+        folders = [self.run_dir]
+        for entry in sorted(self.run_dir.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                if entry.name not in (CHECKPOINTS_DIR,) and not entry.name.startswith(
+                    (DISCARDED_PREFIX, ".")
+                ):
+                    folders.append(entry)
+        for folder in folders:
+            for path in clean_stale_temporaries(folder):
+                logger.info("removed %s (a temporary file left by a killed run)", path)
+
+    def restart(self, reason: str = "--restart") -> Path | None:
+        """Move every output of an earlier run aside, so a new run starts at step 0.
+
+        ``checkpoints/``, ``model/``, the per-step logs and pictures (`RUN_OUTPUTS`) go to
+        ``run_dir/discarded-<UTC time>/`` (logged); nothing is deleted. Anything else in the
+        run folder stays where it is.
+
+        Returns:
+            The ``discarded-*`` folder, or None when there was nothing to move.
+        """
+        paths = [self.run_dir / name for name in RUN_OUTPUTS]
+        return self._set_aside(paths, f"{reason}: a new run starts at step 0")
+
     def export_model(
         self, model: nn.Module, ema: ModelEma | None = None, *, step: int | None = None
     ) -> Path:
@@ -415,6 +502,33 @@ class CheckpointManager:
         return export_model_dir(self.run_dir, model, ema, step=step)
 
     # ------------------------------------------------------------------ loading
+    def resume_point(self) -> Path | None:
+        """The checkpoint to resume from: the newest that verifies (the newer ones are logged).
+
+        Returns:
+            Its directory, or None when the run folder has no checkpoint at all.
+
+        Raises:
+            NoUsableCheckpointError: checkpoints exist but none verifies (each is listed with
+                its reason); nothing is changed, so no run is lost by resuming.
+        """
+        path, skipped = _newest_intact(self.run_dir, check_hashes=self.check_hashes)
+        if path is None and skipped:
+            raise NoUsableCheckpointError(self.run_dir, skipped)
+        return path
+
+    def set_aside_newer(self, path: Path) -> Path | None:
+        """Move the checkpoints newer than ``path`` (the one resumed from) to ``discarded-*/``.
+
+        They failed verification (else `resume_point` would have chosen one); kept out of
+        ``checkpoints/``, they can neither be pruned nor be jumped onto by a later resume.
+        """
+        step = int(_STEP_DIR.fullmatch(path.name).group(1))
+        newer = [p for p in self.checkpoints() if int(_STEP_DIR.fullmatch(p.name).group(1)) > step]
+        return self._set_aside(
+            newer, f"newer than step {step}, which the run resumes from, and failed verification"
+        )
+
     def resume(
         self,
         *,
@@ -426,11 +540,17 @@ class CheckpointManager:
     ) -> dict[str, Any] | None:
         """Load the newest intact checkpoint into the given objects.
 
+        Checkpoints newer than it (they failed verification) are then moved aside
+        (`set_aside_newer`).
+
         Returns:
             What `load` returns (``path``, ``step``, ``data_state``, ``extra``), or None when the
-            run folder has no usable checkpoint (start from scratch).
+            run folder has no checkpoint (start from scratch).
+
+        Raises:
+            NoUsableCheckpointError: there are checkpoints, but none verifies.
         """
-        path = self.latest()
+        path = self.resume_point()
         if path is None:
             logger.info(
                 "no checkpoint to resume from in %s; starting from scratch", self.checkpoint_dir
@@ -443,8 +563,9 @@ class CheckpointManager:
             optimizer=optimizer,
             scheduler=scheduler,
             restore_rng=restore_rng,
-            verify=False,  # latest() has just verified it
+            verify=False,  # resume_point() has just verified it
         )
+        self.set_aside_newer(path)
         logger.info("resuming from %s (step %d)", path, state["step"])
         return state
 
@@ -494,4 +615,4 @@ def _write_checkpoint(
         tensors, doc["optimizer"] = optimizer_state_to_tensors(optimizer)
         files[OPTIMIZER_FILE] = _write_tensors(directory / OPTIMIZER_FILE, tensors)
     doc["files"] = files
-    _write_file(directory / STATE_NAME, _json_bytes(doc))
+    _write_file(directory / STATE_NAME, _sealed_state_bytes(doc))

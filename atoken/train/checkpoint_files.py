@@ -1,9 +1,14 @@
 """The on-disk layout of a checkpoint directory: names, fsynced writes, hashing, verification.
 
 Files are written and fsynced with their size and sha256 recorded for ``state.json``;
-`verify_checkpoint` checks a ``step-XXXXXXXX`` directory against that record. Temporary and
-discarded directories are ``.tmp-*`` siblings, so a crash never leaves a half-written
-checkpoint under a real name (see `atoken.train.checkpoint`).
+`verify_checkpoint` checks a ``step-XXXXXXXX`` directory against that record, and the record
+against its own digest: ``state.json`` carries ``state_sha256``, the sha256 of the document
+without that key (written with sorted keys and two-space indents), so an edit to the state is
+caught as surely as an edit to a weights file. Temporary and discarded directories are
+``.tmp-*`` siblings, so a crash never leaves a half-written checkpoint under a real name (see
+`atoken.train.checkpoint`). What a run sets aside instead of deleting (checkpoints that failed
+verification, an earlier run's outputs on ``--restart``) goes to ``RUN/discarded-<UTC time>/``
+(`set_aside`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +38,11 @@ EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 SOURCE_NAME = "source.json"
 STATE_FORMAT = "atoken-checkpoint"
-STATE_VERSION = 1
+#: 2: ``state.json`` carries ``state_sha256`` (version 1 states, which have none, still load)
+STATE_VERSION = 2
+STATE_DIGEST = "state_sha256"
 TMP_PREFIX = ".tmp-"
+DISCARDED_PREFIX = "discarded-"
 
 _STEP_DIR = re.compile(r"step-(\d{8,})")
 _HASH_CHUNK = 1 << 22
@@ -72,6 +81,13 @@ def _write_tensors(
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _sealed_state_bytes(doc: Mapping[str, Any]) -> bytes:
+    """``state.json`` bytes of ``doc`` with its ``state_sha256`` (see the module doc)."""
+    body = {k: v for k, v in doc.items() if k != STATE_DIGEST}
+    digest = hashlib.sha256(_json_bytes(body)).hexdigest()
+    return _json_bytes({**body, STATE_DIGEST: digest})
 
 
 def _write_file(path: Path, data: bytes) -> dict[str, Any]:
@@ -168,12 +184,53 @@ def _verify_file(file: Path, info: Any, *, check_hashes: bool) -> None:
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    doc = read_json(path / STATE_NAME, what="checkpoint state")
+    file = path / STATE_NAME
+    doc = read_json(file, what="checkpoint state")
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{str(path / STATE_NAME)!r} is not an atoken checkpoint state")
-    if doc.get("format_version", 0) > STATE_VERSION:
+        raise CheckpointError(f"{str(file)!r} is not an atoken checkpoint state")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or version > STATE_VERSION:
         raise CheckpointError(
-            f"{str(path / STATE_NAME)!r} has format_version {doc['format_version']}; this atoken"
-            f" reads up to {STATE_VERSION}. Upgrade atoken."
+            f"{str(file)!r} has format_version {version!r}; this atoken reads up to"
+            f" {STATE_VERSION}. Upgrade atoken."
         )
+    if version >= 2:
+        recorded = doc.pop(STATE_DIGEST, None)
+        if not isinstance(recorded, str):
+            raise CheckpointError(
+                f"{str(file)!r} has no {STATE_DIGEST}; a format_version {version} state always"
+                " records one (the file was edited or cut short)"
+            )
+        digest = hashlib.sha256(_json_bytes(doc)).hexdigest()
+        if digest != recorded:
+            raise CheckpointError(
+                f"{str(file)!r} was changed after it was written: its content does not match its"
+                f" {STATE_DIGEST} ({digest[:12]}... vs {recorded[:12]}...); restore the"
+                " original file, or let the run fall back to an older checkpoint"
+            )
     return doc
+
+
+# ====================================================================== setting aside
+def set_aside(run_dir: Path, paths: list[Path], *, stamp: str | None = None) -> Path | None:
+    """Move ``paths`` (inside ``run_dir``) into ``run_dir/discarded-<UTC time>/``, keeping their
+    relative paths; nothing is deleted. Returns that folder, or None if there was nothing to move.
+
+    Each move is one rename, so a crash leaves every path either where it was or set aside.
+    """
+    paths = [p for p in paths if os.path.lexists(p)]
+    if not paths:
+        return None
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = run_dir / f"{DISCARDED_PREFIX}{stamp}"
+    n = 1
+    while target.exists():  # several set-asides in one second: -2, -3, ...
+        n += 1
+        target = run_dir / f"{DISCARDED_PREFIX}{stamp}-{n}"
+    for path in paths:
+        dest = target / path.relative_to(run_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, dest)
+    for folder in {run_dir, *(p.parent for p in paths)}:
+        _fsync_dir(folder)
+    return target
