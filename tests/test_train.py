@@ -125,20 +125,182 @@ def test_short_run_trains_hands_over_and_resumes(tmp_path) -> None:
     # resuming a finished run continues from its last checkpoint and does nothing more
     again = Trainer(cfg, run, resume=True, progress=False)
     assert again.step == 5
-    # resuming from step 4 reproduces step 5 exactly
-    import shutil
-
+    # a damaged step 5: resuming falls back to step 4, sets step 5 aside intact, cuts the logs
+    # back to step 4, and reproduces step 5 exactly
     from safetensors.torch import load_file
 
-    first = load_file(str(run / "checkpoints" / "step-00000005" / "model.safetensors"))
-    shutil.rmtree(run / "checkpoints" / "step-00000005")
+    first = {  # copies: the file is about to be truncated under the mapping
+        k: v.clone()
+        for k, v in load_file(
+            str(run / "checkpoints" / "step-00000005" / "model.safetensors")
+        ).items()
+    }
+    weights = run / "checkpoints" / "step-00000005" / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    damaged = weights.read_bytes()
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 6, "lo')  # a record a kill cut short
     resumed = Trainer(cfg, run, resume=True, progress=False)
     assert resumed.step == 4
+    assert _steps(run / "metrics.jsonl") == [1, 2, 3, 4]
+    assert _steps(run / "eval.jsonl") == [0]  # step 5's evaluation came after the checkpoint
+    (aside,) = sorted(run.glob("discarded-*"))
+    assert (aside / "checkpoints" / "step-00000005" / "model.safetensors").read_bytes() == damaged
     resumed.fit()
     second = load_file(str(run / "checkpoints" / "step-00000005" / "model.safetensors"))
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(second[key], first[key], atol=0, rtol=0, msg=key)
+    assert _steps(run / "metrics.jsonl") == [1, 2, 3, 4, 5]  # no step logged twice
+    assert _steps(run / "eval.jsonl") == [0, 5]
+
+
+def _steps(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_resume_with_no_verifying_checkpoint_stops_and_restart_sets_the_run_aside(
+    tmp_path, capsys
+) -> None:
+    """Every checkpoint damaged: ``--resume`` refuses with the list and changes nothing (the
+    issue's data loss: it used to start at step 0 and its first save deleted them); a run
+    without either flag refuses too; ``--restart`` moves the old run aside byte for byte."""
+    from atoken.train.checkpoint import NoUsableCheckpointError
+
+    one = [{"name": "s1", "steps": 4, "min_res": 32, "max_res": 64, "tokens_per_batch": 96}]
+    cfg = _config(
+        stages=one,
+        run={"log_every": 1, "checkpoint_every": 2, "sample_every": 100, "eval_images": 1},
+    )
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False).fit()
+    weights = run / "checkpoints" / "step-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    state = run / "checkpoints" / "step-00000004" / "state.json"
+    state.write_text(state.read_text().replace('"step": 4', '"step": 3'))  # edited
+    before = _tree(run)
+    with pytest.raises(
+        NoUsableCheckpointError,
+        match=r"step-00000004: .*was changed after .*step-00000002: .*truncated.*--restart",
+    ):
+        Trainer(cfg, run, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume .* --restart"):
+        Trainer(cfg, run, progress=False)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Trainer(cfg, run, resume=True, restart=True, progress=False)
+    assert _tree(run) == before
+    capsys.readouterr()
+    again = Trainer(cfg, run, restart=True, progress=False)
+    assert again.step == 0
+    (aside,) = sorted(run.glob("discarded-*"))
+    assert _tree(aside) == before  # checkpoints, model, logs, pictures: all of it, unchanged
+    again.fit()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-00000002",
+        "step-00000004",
+    ]
+    assert _steps(run / "metrics.jsonl") == [1, 2, 3, 4]
+    assert _tree(aside) == before
+
+
+def test_a_new_run_sets_earlier_outputs_aside_instead_of_appending(tmp_path) -> None:
+    """No checkpoint but an earlier run's model and logs: a run at step 0 moves them aside."""
+    one = [{"name": "s1", "steps": 2, "min_res": 32, "max_res": 64, "tokens_per_batch": 96}]
+    cfg = _config(
+        stages=one,
+        run={"log_every": 1, "checkpoint_every": 2, "sample_every": 100, "eval_images": 1},
+    )
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False).fit()
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    before = _tree(run)
+    Trainer(cfg, run, resume=True, progress=False).fit()
+    (aside,) = sorted(run.glob("discarded-*"))
+    assert _tree(aside) == before
+    assert _steps(run / "metrics.jsonl") == [1, 2]
+
+
+def test_config_upper_bounds_name_the_key_and_the_override(tmp_path) -> None:
+    """A value that sizes an allocation is bounded (the issue: min_res = 40000 reached a 46 GB
+    allocation); [limits] raises a bound, and --steps is bounded too."""
+    from atoken.train.config import LimitsConfig
+
+    bounds = LimitsConfig()
+    big = bounds.resolution + 1
+    cases = [
+        (
+            {"stages": [{"steps": 3, "min_res": big, "max_res": big}]},
+            r"stages\.0\.min_res: ",
+            "resolution",
+        ),
+        (
+            {"stages": [{"steps": 3, "video_max_res": big}]},
+            r"stages\.0\.video_max_res: ",
+            "resolution",
+        ),
+        (
+            {"stages": [{"steps": 3, "tokens_per_batch": bounds.tokens_per_batch + 1}]},
+            r"stages\.0\.tokens_per_batch: ",
+            "tokens_per_batch",
+        ),
+        ({"stages": [{"steps": bounds.steps + 1}]}, r"stages\.0\.steps: ", "steps"),
+        ({"stages": [{"steps": bounds.steps // 2 + 1}] * 2}, r"stages: ", "steps"),
+        ({"stages": [{"steps": 3}], "eval": {"max_res": big}}, r"eval\.max_res: ", "resolution"),
+        (
+            {"stages": [{"steps": 3}], "optimizer": {"grad_accum": bounds.grad_accum + 1}},
+            r"optimizer\.grad_accum: ",
+            "grad_accum",
+        ),
+        (
+            {"stages": [{"steps": 3}], "model": {"pca_images": bounds.images + 1}},
+            r"model\.pca_images: ",
+            "images",
+        ),
+        (
+            {
+                "stages": [{"steps": 3}],
+                "data": [{"task": "video_rec", "options": {"clip_frames": bounds.clip_frames + 1}}],
+            },
+            r"data\.0\.options\.clip_frames: ",
+            "clip_frames",
+        ),
+        (
+            {"stages": [{"steps": 3}], "run": {"keep_last": bounds.keep_last + 1}},
+            r"run\.keep_last: ",
+            "keep_last",
+        ),
+    ]
+    for data, key, name in cases:
+        bound = getattr(bounds, name)
+        with pytest.raises(
+            ConfigError,
+            match=key + rf"\d+ is above the limit of {bound}"
+            rf" \(limits\.{name}\); .*\[limits\] {name} = \d+",
+        ):
+            validate_train_config(data)
+        raised = validate_train_config({**data, "limits": {name: 2 * bound + 2}})
+        assert raised.limits.model_dump()[name] == 2 * bound + 2
+    at_bound = {
+        "stages": [{"steps": 3, "min_res": bounds.resolution, "max_res": bounds.resolution}]
+    }
+    assert validate_train_config(at_bound).stages[0].max_res == bounds.resolution
+    path = tmp_path / "c.toml"
+    path.write_text("[[stages]]\nsteps = 3\nmin_res = 40000\nmax_res = 40000\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: stages\.0\.min_res: 40000 is above"):
+        load_train_config(path)
+    with pytest.raises(ConfigError, match="limits.steps"):
+        scale_steps(_config(), bounds.steps + 1)
+    with pytest.raises(ConfigError, match=r"limits\.resolutoin: unknown key"):
+        validate_train_config({"stages": [{"steps": 3}], "limits": {"resolutoin": 1}})
 
 
 def test_resume_on_an_empty_run_folder_applies_the_configured_start(tmp_path, capsys) -> None:
@@ -154,7 +316,7 @@ def test_resume_on_an_empty_run_folder_applies_the_configured_start(tmp_path, ca
     assert "PCA start" in capsys.readouterr().out
     resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
     out = capsys.readouterr().out
-    assert "no complete checkpoint" in out and "PCA start" in out
+    assert "--resume: no checkpoint in" in out and "PCA start" in out
     resumed.fit()
     a, b = fresh.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -175,7 +337,11 @@ def test_lr_mult_zero_freezes_and_unknown_prefixes_are_errors(tmp_path) -> None:
     one = [{"name": "s1", "steps": 2, "min_res": 32, "max_res": 64, "tokens_per_batch": 96}]
     cfg = _config(
         stages=one,
-        optimizer={"lr": 1e-3, "warmup_steps": 1, "lr_mult": {"decoder.out_layer": 0.0, "proj": 0.5}},
+        optimizer={
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "lr_mult": {"decoder.out_layer": 0.0, "proj": 0.5},
+        },
     )
     trainer = Trainer(cfg, tmp_path / "a", progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -183,7 +349,9 @@ def test_lr_mult_zero_freezes_and_unknown_prefixes_are_errors(tmp_path) -> None:
     after = trainer.model.state_dict()
     assert torch.equal(after["decoder.out_layer.weight"], before["decoder.out_layer.weight"])
     assert not torch.equal(after["proj.weight"], before["proj.weight"])
-    assert not torch.equal(after["decoder.blocks.0.attn.to_qkv.weight"], before["decoder.blocks.0.attn.to_qkv.weight"])
+    assert not torch.equal(
+        after["decoder.blocks.0.attn.to_qkv.weight"], before["decoder.blocks.0.attn.to_qkv.weight"]
+    )
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert any(n.endswith("/x0.5") for n in lrs)
     typo = _config(stages=one, optimizer={"lr": 1e-3, "lr_mult": {"decoder.outlayer": 0.0}})

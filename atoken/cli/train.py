@@ -20,33 +20,55 @@ from atoken.cli._group import cli
     help="run folder (default: runs/<config name>)",
 )
 @click.option(
-    "--resume", is_flag=True, help="continue from the newest complete checkpoint in the run folder"
+    "--resume",
+    is_flag=True,
+    help="continue from the newest checkpoint that verifies (newer damaged ones are moved to"
+    " RUN/discarded-<time>/); if there are checkpoints and none verifies, stop and list them",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="start over at step 0: move the run folder's checkpoints (valid or not), model, logs"
+    " and pictures to RUN/discarded-<time>/ (nothing is deleted), then train",
 )
 @click.option(
     "--steps", type=int, default=None, help="override: total steps, scaled over the stages"
 )
-def train_cmd(config: Path, out_dir: Path | None, resume: bool, steps: int | None) -> None:
+def train_cmd(
+    config: Path, out_dir: Path | None, resume: bool, restart: bool, steps: int | None
+) -> None:
     """Train from a TOML config (one process, or many under torchrun).
 
-    A config with a top-level ``trainer = "NAME"`` runs the trainer a plugin registered under
-    that name (e.g. ``gaussian-decoder`` from atoken-plugin-3d).
+    A run folder that already holds checkpoints needs --resume (continue) or --restart (set
+    the old run aside, start over); without either it is an error. A config with a top-level
+    ``trainer = "NAME"`` runs the trainer a plugin registered under that name (e.g.
+    ``gaussian-decoder`` from atoken-plugin-3d).
     """
+    from atoken.core.errors import InputError
     from atoken.train.config import load_train_config, scale_steps
     from atoken.train.trainer import Trainer
 
+    if resume and restart:
+        raise InputError(
+            "--resume and --restart exclude each other: --resume continues the run in the"
+            " folder, --restart sets it aside and starts over; give one"
+        )
     plugin_trainer = _plugin_trainer_name(config)
     if plugin_trainer is not None:
         from atoken.core.plugins import default_components
+        from atoken.train.checkpoint import CheckpointManager
 
         trainer = default_components().trainers.build(plugin_trainer)
         run_dir = out_dir or Path("runs") / config.stem
+        if restart:
+            CheckpointManager(run_dir).restart("--restart")
         trainer.fit(config, run_dir, resume=resume, steps=steps)
         return
     cfg = load_train_config(config)
     if steps is not None:
         cfg = scale_steps(cfg, steps)
     run_dir = out_dir or Path("runs") / config.stem
-    result = Trainer(cfg, run_dir, resume=resume).fit()
+    result = Trainer(cfg, run_dir, resume=resume, restart=restart).fit()
     if result.model_dir is not None:
         click.echo(
             f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from atoken.core.config import ComponentSpec, ConfigError, Strict, format_validation_error
 
@@ -343,6 +344,62 @@ class RunConfig(Strict):
     eval_images: PositiveInt = 3  # how many of the [eval] images the monitor reconstructs
 
 
+class LimitsConfig(Strict):
+    """``[limits]``: upper bounds on every value that sizes an allocation, checked up front.
+
+    A value above its bound is a validation error naming the key, the bound and this section, so
+    a typo (``min_res = 40000``) fails before anything is allocated instead of ending in an
+    allocator failure. The bounds sit well above the paper's settings (images up to 2048², video
+    up to 1024², 16-frame tiles); a run that really needs more raises the bound here, in the
+    config it belongs to, where it is validated and saved with the run like every other key::
+
+        [limits]
+        resolution = 8192
+
+    Attributes:
+        resolution: pixels; bounds ``stages.*.min_res`` / ``max_res`` / ``video_min_res`` /
+            ``video_max_res`` and ``eval.max_res``.
+        tokens_per_batch: bounds ``stages.*.tokens_per_batch`` (a micro-batch's token budget;
+            the default is one image at the default resolution bound, 4096² in 16² patches).
+        steps: bounds each stage's ``steps``, their sum, and ``--steps``.
+        grad_accum: bounds ``optimizer.grad_accum``.
+        images: bounds ``model.pca_images`` and ``run.eval_images`` (images held in memory).
+        clip_frames: bounds ``data.*.options.clip_frames`` (frames per video clip).
+        keep_last: bounds ``run.keep_last`` (checkpoints kept on disk).
+    """
+
+    resolution: PositiveInt = 4096
+    tokens_per_batch: PositiveInt = 65536
+    steps: PositiveInt = 10_000_000
+    grad_accum: PositiveInt = 1024
+    images: PositiveInt = 10_000
+    clip_frames: PositiveInt = 1024
+    keep_last: PositiveInt = 1000
+
+    def check(self, values: list[tuple[tuple[str | int, ...], Any, str]]) -> None:
+        """Raise a pydantic `ValidationError` for each ``(key path, value, limit name)`` over its
+        bound (each error names the key, the bound and how to raise it)."""
+        errors = []
+        for loc, value, name in values:
+            bound = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > bound:
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "above_limit",
+                            "{value} is above the limit of {bound} (limits.{name}); if a run"
+                            " really needs more, raise it in the config: [limits] {name} ="
+                            " {value}",
+                            {"value": value, "bound": bound, "name": name},
+                        ),
+                        loc=loc,
+                        input=value,
+                    )
+                )
+        if errors:
+            raise ValidationError.from_exception_data("TrainConfig", errors)
+
+
 class TrainConfig(Strict):
     """The whole training file."""
 
@@ -356,6 +413,32 @@ class TrainConfig(Strict):
     kl_weight: float = Field(default=1e-8, ge=0)
     rec_weight: float = Field(default=0.2, ge=0)
     semantic: SemanticConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> TrainConfig:
+        values: list[tuple[tuple[str | int, ...], Any, str]] = []
+        for i, stage in enumerate(self.stages):
+            for key in ("min_res", "max_res", "video_min_res", "video_max_res"):
+                values.append((("stages", i, key), getattr(stage, key), "resolution"))
+            values.append(
+                (("stages", i, "tokens_per_batch"), stage.tokens_per_batch, "tokens_per_batch")
+            )
+            values.append((("stages", i, "steps"), stage.steps, "steps"))
+        for i, source in enumerate(self.data):
+            frames = source.options.get("clip_frames")
+            values.append((("data", i, "options", "clip_frames"), frames, "clip_frames"))
+        if all(s.steps <= self.limits.steps for s in self.stages):
+            values.append((("stages",), self.total_steps, "steps"))  # their sum
+        values += [
+            (("eval", "max_res"), self.eval.max_res, "resolution"),
+            (("optimizer", "grad_accum"), self.optimizer.grad_accum, "grad_accum"),
+            (("model", "pca_images"), self.model.pca_images, "images"),
+            (("run", "eval_images"), self.run.eval_images, "images"),
+            (("run", "keep_last"), self.run.keep_last, "keep_last"),
+        ]
+        self.limits.check(values)
+        return self
 
     @model_validator(mode="after")
     def _semantic_when_needed(self) -> TrainConfig:
@@ -423,6 +506,11 @@ def scale_steps(config: TrainConfig, total: int) -> TrainConfig:
     """The same curriculum squeezed or stretched to ``total`` steps (each stage keeps its share)."""
     if total < len(config.stages):
         raise ConfigError(f"--steps {total} is fewer than the {len(config.stages)} stages")
+    if total > config.limits.steps:
+        raise ConfigError(
+            f"--steps {total} is above the limit of {config.limits.steps} (limits.steps); if a"
+            f" run really needs more, raise it in the config: [limits] steps = {total}"
+        )
     old = config.total_steps
     steps = [max(1, round(s.steps * total / old)) for s in config.stages]
     steps[-1] = max(1, total - sum(steps[:-1]))

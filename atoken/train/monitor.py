@@ -6,6 +6,9 @@ shown); every ``sample_every`` steps the run's held-out images (its ``[eval]`` s
 reconstructed with the EMA model into ``samples/step-XXXXXXXX.png`` with PSNR, SSIM and LPIPS
 (`atoken.eval.metrics.METRIC_CONVENTION`) in ``eval.jsonl``, and ``loss_curve.png`` is redrawn:
 reconstruction losses, the KL term, and held-out PSNR and LPIPS, each on its own panel.
+
+On resume the per-step logs (`STEP_LOGS`) are cut back to the checkpoint's step (`cut_logs`),
+so the steps trained again after it are not logged twice.
 """
 
 from __future__ import annotations
@@ -19,13 +22,51 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from atoken.core.serialization import atomic_write
 from atoken.train.plots import reconstruction_grid, run_curves
 
 if TYPE_CHECKING:
     from atoken.train.trainer import Trainer
 
+#: the run folder's per-step logs: one JSON record per line, each with its ``step``
+STEP_LOGS = ("metrics.jsonl", "eval.jsonl")
+
 _SHOWN = ("loss", "l1", "mse", "lpips", "gram", "sem", "kl")
 _KL = ("kl",)
+
+
+def cut_logs(run_dir: str | Path, step: int) -> list[Path]:
+    """Cut each of `STEP_LOGS` in ``run_dir`` back to the records of steps ``<= step``.
+
+    Records of later steps (the part of an interrupted run after its checkpoint) and lines a
+    kill cut short are dropped; each file is replaced atomically, and only when something is
+    dropped.
+
+    Returns:
+        The files that were rewritten.
+    """
+    changed = []
+    for name in STEP_LOGS:
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        keep = [line for line in text.splitlines(keepends=True) if _at_or_before(line, step)]
+        kept = "".join(keep)
+        if kept != text:
+            atomic_write(path, lambda fh, kept=kept: fh.write(kept), mode="w")
+            changed.append(path)
+    return changed
+
+
+def _at_or_before(line: str, step: int) -> bool:
+    if not line.endswith("\n"):
+        return False  # cut short by a kill
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
 
 
 class Monitor:

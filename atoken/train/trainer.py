@@ -89,8 +89,20 @@ class Trainer:
         config: validated training config.
         run_dir: output folder (checkpoints/, model/, metrics.jsonl, loss_curve.png, samples/).
         components: plugin registries (default: installed plugins).
-        resume: continue from the newest complete checkpoint in ``run_dir``.
+        resume: continue from the newest checkpoint in ``run_dir`` that verifies; checkpoints
+            newer than it are moved to ``run_dir/discarded-<time>/`` and ``metrics.jsonl`` /
+            ``eval.jsonl`` are cut back to its step. If there are checkpoints and none
+            verifies, `NoUsableCheckpointError` lists them and nothing is changed. With no
+            checkpoint at all, a new run starts.
+        restart: start over at step 0 even if ``run_dir`` holds a run: its checkpoints, model,
+            logs and pictures are moved to ``run_dir/discarded-<time>/`` (nothing is deleted).
+            Excludes ``resume``.
         progress: show a live progress bar (rank 0 only).
+
+    A run that starts at step 0 (without ``resume``, or with nothing to resume) in a folder
+    that holds no checkpoint but outputs of an earlier run (``model/``, logs) moves those aside
+    as ``restart`` does, so they are neither appended to nor overwritten. Without ``resume`` or
+    ``restart``, a folder with checkpoints is an error.
     """
 
     def __init__(
@@ -100,10 +112,18 @@ class Trainer:
         *,
         components: Components | None = None,
         resume: bool = False,
+        restart: bool = False,
         progress: bool = True,
     ) -> None:
+        from atoken.core.config import ConfigError
         from atoken.train.checkpoint import CheckpointManager
         from atoken.train.ema import ModelEma
+
+        if resume and restart:
+            raise ConfigError(
+                "--resume and --restart exclude each other: --resume continues the run in the"
+                " folder, --restart sets it aside and starts over; give one"
+            )
 
         self.config = config
         self.run_dir = Path(run_dir)
@@ -114,9 +134,7 @@ class Trainer:
         torch.manual_seed(config.run.seed + self.dist.rank)
         self.model = self._build_model().to(self.dist.device)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
-        resume_from = self.checkpoints.latest() if resume else None
-        if resume and resume_from is None and self.dist.is_main:
-            print(f"--resume: no complete checkpoint in {self.run_dir}; starting a new run")
+        resume_from = self._resume_point(resume=resume, restart=restart)
         if resume_from is None:  # the run's start applies whenever no checkpoint is loaded
             self._initialise()
         self.semantic = self._build_semantic()
@@ -140,13 +158,28 @@ class Trainer:
         self._data_state: dict[str, Any] = {}
         if resume_from is not None:
             self._resume(resume_from)
-        elif not resume and self.checkpoints.latest() is not None:
-            from atoken.core.config import ConfigError
+        elif self.dist.is_main:  # nothing is moved until everything above has succeeded
+            self.checkpoints.restart("--restart" if restart else "a new run in this folder")
+        barrier(self.dist)
 
+    def _resume_point(self, *, resume: bool, restart: bool) -> Path | None:
+        """The checkpoint to load, or None for a new run (read-only: nothing is moved yet)."""
+        from atoken.core.config import ConfigError
+
+        if restart:
+            return None
+        if resume:
+            path = self.checkpoints.resume_point()  # all damaged: NoUsableCheckpointError
+            if path is None and self.dist.is_main:
+                print(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
+            return path
+        if self.checkpoints.checkpoints():
             raise ConfigError(
                 f"run folder {str(self.run_dir)!r} already holds checkpoints; pass --resume to"
-                " continue that run, or choose another --out"
+                " continue that run, --restart to set it aside and start over, or choose"
+                " another --out"
             )
+        return None
 
     # ---------------------------------------------------------------- set-up
     def _build_model(self) -> Tokenizer:
@@ -260,6 +293,10 @@ class Trainer:
         self.history = list((state.get("extra") or {}).get("history", []))
         self._load_objective_state((state.get("extra") or {}).get("objective", {}))
         if self.dist.is_main:
+            from atoken.train.monitor import cut_logs
+
+            self.checkpoints.set_aside_newer(path)
+            cut_logs(self.run_dir, self.step)
             print(f"resuming from {path} (step {self.step})")
 
     def _enter_stage(self, plan: StagePlan) -> None:
