@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeInt,
     PositiveInt,
     ValidationError,
@@ -39,13 +40,20 @@ class ComponentSpec(Strict):
     options: dict[str, Any] = {}
 
 
-class TransformerConfig(Strict):
-    """Size of one transformer stack."""
+#: upper bounds of model sizes: far above any released model (So400m: width 1152, depth 27,
+#: MLP 4304), low enough that every product of them fits an int64 and a config typo is caught
+MAX_WIDTH = 2**16
+MAX_DEPTH = 2**10
+MAX_MLP_WIDTH = 2**18
 
-    width: PositiveInt
-    depth: PositiveInt
-    num_heads: PositiveInt
-    mlp_width: PositiveInt
+
+class TransformerConfig(Strict):
+    """Size of one transformer stack (each value bounded: see `MAX_WIDTH` and its neighbours)."""
+
+    width: Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+    depth: Annotated[int, Field(gt=0, le=MAX_DEPTH)]
+    num_heads: Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+    mlp_width: Annotated[int, Field(gt=0, le=MAX_MLP_WIDTH)]
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
@@ -105,6 +113,9 @@ class TemporalConfig(Strict):
         return self
 
 
+_PatchSide = Annotated[int, Field(gt=0, le=256)]
+
+
 class ModelConfig(Strict):
     """Everything needed to build a `Tokenizer` (saved as ``config.json`` beside the weights).
 
@@ -126,10 +137,10 @@ class ModelConfig(Strict):
     """
 
     preset: str | None = None
-    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 16, 16)
-    channels: PositiveInt = 3
-    latent_channels: PositiveInt = 48
-    pos_grid: PositiveInt = 16
+    patch_size: tuple[_PatchSide, _PatchSide, _PatchSide] = (4, 16, 16)
+    channels: Annotated[int, Field(gt=0, le=64)] = 3
+    latent_channels: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 48
+    pos_grid: Annotated[int, Field(gt=0, le=1024)] = 16
     rope_theta: float = 10000.0
     use_rope: bool = True
     encoder: TransformerConfig
