@@ -16,7 +16,7 @@ from atoken.convert.official import (
     read_official_state,
     resolve_official_config,
 )
-from tests.official_set import FIXTURES, pixel_samples, sample_ids, setting
+from tests.official_set import FIXTURES, pixel_samples, release_temporal, sample_ids, setting
 
 
 class Payload:
@@ -92,7 +92,7 @@ def test_converted_tiny_model_reproduces_release_tensors(tmp_path) -> None:
         for i in sample_ids(ref["main.coords_in"])
     ]
     with torch.inference_mode():
-        dense = model.encode_dense(samples)
+        dense = model.encode_dense(samples, temporal=release_temporal())  # the set's tiling
         torch.testing.assert_close(dense.feats, ref["main.dense"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model.project(dense), ref["main.z_proj"], atol=1e-5, rtol=1e-5)
 
