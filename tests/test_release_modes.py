@@ -123,3 +123,19 @@ def test_release_tiling_settings_map_to_temporal_config(settings, expected) -> N
 def test_release_tiling_settings_atoken_cannot_express(settings, message) -> None:
     with pytest.raises(ConversionError, match=message):
         temporal_from_official(*settings)
+
+
+def test_release_config_json_carries_its_tiling(tmp_path) -> None:
+    from atoken.convert.official import official_tiling
+
+    assert official_tiling("So/C") is None
+    doc = {"arch_cfg": {"patch_size": [4, 16, 16], "latent_channels": 48}}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(doc))
+    assert official_tiling(path) is None  # nothing recorded: the model's default stays
+    settings = {"num_sample_frames_batch_size": 12, "num_sample_frames_stride": 12}
+    path.write_text(json.dumps({**doc, "runtime_settings": {**settings, "kv_cache_size": 0}}))
+    assert official_tiling(path) == TemporalConfig(tile=3)
+    path.write_text(json.dumps({**doc, "derived": settings}))
+    with pytest.raises(ConversionError, match="derived lacks kv_cache_size"):
+        official_tiling(path)

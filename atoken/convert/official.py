@@ -180,6 +180,41 @@ def temporal_from_official(
     )
 
 
+_TILING_KEYS = ("num_sample_frames_batch_size", "num_sample_frames_stride", "kv_cache_size")
+
+
+def official_tiling(config: str | os.PathLike[str]) -> TemporalConfig | None:
+    """The temporal tiling a release config JSON records, or None (names, or no settings).
+
+    Reads ``runtime_settings`` (the fixtures' ``tiny-soc.json``) or ``derived`` (the
+    ``config-*.json`` files) for ``num_sample_frames_batch_size``, ``num_sample_frames_stride``
+    and ``kv_cache_size``; see `temporal_from_official`.
+
+    Raises:
+        ConversionError: settings that are partly present or that atoken cannot express.
+    """
+    path = Path(config)
+    if str(config) in OFFICIAL_CONFIGS or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"cannot read official config {str(config)!r}: {exc}") from None
+    for section in ("runtime_settings", "derived"):
+        settings = doc.get(section) if isinstance(doc, dict) else None
+        if not isinstance(settings, dict) or not any(k in settings for k in _TILING_KEYS):
+            continue
+        missing = [k for k in _TILING_KEYS if k not in settings]
+        if missing:
+            raise ConversionError(
+                f"{path}: {section} lacks {', '.join(missing)} (needed with the other tiling"
+                " settings to reproduce the release's temporal tiling)"
+            )
+        patch = doc.get("arch_cfg", {}).get("patch_size", [4])
+        return temporal_from_official(*(settings[k] for k in _TILING_KEYS), patch_frames=patch[0])
+    return None
+
+
 def resolve_official_config(config: str | os.PathLike[str]) -> tuple[dict[str, Any], str | None]:
     """A release config by name (``So/C``, ``So/D``, ``So/C-s1``) or from a JSON file."""
     name = str(config)
@@ -258,7 +293,9 @@ def convert_official(
     Args:
         checkpoint: official ``.pt`` / ``.safetensors`` file.
         out_dir: directory to write ``config.json`` + ``model.safetensors`` into.
-        config: ``So/C``, ``So/D``, ``So/C-s1`` or a JSON file with the release's ``arch_cfg``.
+        config: ``So/C``, ``So/D``, ``So/C-s1`` or a JSON file with the release's ``arch_cfg``
+            (and optionally its tiling settings, which become the model's ``temporal``; see
+            `official_tiling`).
         dtype: cast floating tensors to this dtype (default: keep the stored dtype).
 
     Raises:
@@ -267,6 +304,9 @@ def convert_official(
     """
     arch, name = resolve_official_config(config)
     model_config = model_config_from_official(arch, preset=None)
+    tiling = official_tiling(config)
+    if tiling is not None:  # the release's tiling, as the config records it
+        model_config = model_config.model_copy(update={"temporal": tiling})
     state = read_official_state(checkpoint)
     with torch.device("meta"):
         reference = build_tokenizer(model_config, init=False).state_dict()
