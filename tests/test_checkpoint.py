@@ -342,6 +342,9 @@ def test_resume_is_bit_exact(tmp_path) -> None:
         "optimizer.safetensors",
         "state.json",
     ]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in path.iterdir()} == {0o666 & ~umask}
 
     resumed = build_run(init_seed=7)  # different weights and RNG until the checkpoint is loaded
     seed_all(99)

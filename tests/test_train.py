@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -393,3 +394,69 @@ def test_eval_section_names_the_held_out_data(tmp_path, photos) -> None:
 
     with pytest.raises(AtokenError, match="no image files .* under"):
         Trainer(bad, tmp_path / "run2", progress=False).fit()
+
+
+TINY_TOML = """\
+[[data]]
+name = "samples"
+task = "image_rec"
+options = { video_frames = false }
+
+[[stages]]
+steps = 4
+min_res = 32
+max_res = 64
+tokens_per_batch = 96
+
+[optimizer]
+lr = 1e-3
+warmup_steps = 1
+
+[run]
+log_every = 1
+checkpoint_every = 2
+sample_every = 100
+eval_images = 1
+
+[eval]
+lpips = false
+max_res = 64
+"""
+
+
+def test_cli_resume_refusal_and_restart(tmp_path) -> None:
+    """Through ``atoken train``: the refusal is one ``atoken: error:`` line with exit 1, and
+    ``--restart`` trains anew with the old run set aside; ``--help`` documents both."""
+    from click.testing import CliRunner
+
+    from atoken.cli import cli
+
+    config, run = tmp_path / "tiny.toml", tmp_path / "run"
+    config.write_text(TINY_TOML)
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, ["train", str(config), "--out", str(run), *args])
+
+    assert invoke().exit_code == 0
+    for ckpt in (run / "checkpoints").iterdir():
+        opt = ckpt / "optimizer.safetensors"
+        data = bytearray(opt.read_bytes())
+        data[-3] ^= 0x10
+        opt.write_bytes(bytes(data))
+    before = _tree(run)
+    for args, expected in (
+        (["--resume"], "atoken: error: cannot resume: run folder .* holds 2 checkpoint"),
+        (["--resume", "--restart"], "atoken: error: --resume and --restart exclude each other"),
+        ([], "atoken: error: run folder .* already holds checkpoints"),
+    ):
+        result = invoke(*args)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert re.match(expected, lines[0]), lines[0]
+    assert _tree(run) == before
+    assert invoke("--restart").exit_code == 0
+    (aside,) = sorted(run.glob("discarded-*"))
+    assert _tree(aside) == before
+    assert json.loads((run / "model" / "source.json").read_text())["step"] == 4
+    help_text = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert "--restart" in help_text and "discarded" in help_text

@@ -129,7 +129,14 @@ def latest(run_dir: str | os.PathLike[str], *, check_hashes: bool = True) -> Pat
     the reason, and the one before it is tried. ``.tmp-*`` directories (saves in progress or
     killed) are never considered.
     """
-    return _newest_intact(run_dir, check_hashes=check_hashes)[0]
+    path, skipped = _newest_intact(run_dir, check_hashes=check_hashes)
+    _log_skipped(skipped)
+    return path
+
+
+def _log_skipped(skipped: list[tuple[Path, str]]) -> None:
+    for path, reason in skipped:
+        logger.warning("skipping checkpoint %s: %s; trying an older one", path.name, reason)
 
 
 def _newest_intact(
@@ -141,7 +148,6 @@ def _newest_intact(
         try:
             verify_checkpoint(path, check_hashes=check_hashes)
         except CheckpointError as exc:
-            logger.warning("skipping checkpoint %s: %s; trying an older one", path.name, exc)
             skipped.append((path, str(exc)))
             continue
         return path, skipped
@@ -514,7 +520,8 @@ class CheckpointManager:
         """
         path, skipped = _newest_intact(self.run_dir, check_hashes=self.check_hashes)
         if path is None and skipped:
-            raise NoUsableCheckpointError(self.run_dir, skipped)
+            raise NoUsableCheckpointError(self.run_dir, skipped)  # it lists them: no log lines
+        _log_skipped(skipped)
         return path
 
     def set_aside_newer(self, path: Path) -> Path | None:

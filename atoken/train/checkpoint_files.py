@@ -71,6 +71,7 @@ def _write_tensors(
         Its size and sha256, for ``state.json``.
     """
     save_file(_cpu_tensors(tensors), str(path), metadata=dict(metadata) if metadata else None)
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates 0600; give the usual permissions
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -120,11 +121,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_temp_dir(parent: Path, name: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=parent))
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
+    return umask
+
+
+def _make_temp_dir(parent: Path, name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=parent))
+    os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; use the usual permissions
     return path
 
 
@@ -212,13 +217,18 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 # ====================================================================== setting aside
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
 def set_aside(run_dir: Path, paths: list[Path], *, stamp: str | None = None) -> Path | None:
     """Move ``paths`` (inside ``run_dir``) into ``run_dir/discarded-<UTC time>/``, keeping their
-    relative paths; nothing is deleted. Returns that folder, or None if there was nothing to move.
+    relative paths; nothing is deleted (empty folders are left where they are). Returns that
+    folder, or None if there was nothing to move.
 
     Each move is one rename, so a crash leaves every path either where it was or set aside.
     """
-    paths = [p for p in paths if os.path.lexists(p)]
+    paths = [p for p in paths if os.path.lexists(p) and not _empty_dir(p)]
     if not paths:
         return None
     stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
