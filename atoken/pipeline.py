@@ -21,6 +21,10 @@ Optional adapter extensions (looked up with ``getattr``, so the core protocol st
   output while `Tokenizer.decode_stream` decodes (video: frames go to the MP4 a tile step at a
   time, so a long clip is never held decoded). Its files are committed when the block ends
   without error; `reconstruct_to_dir` and `decode_to_file` use it when the adapter has it.
+- ``open(path)``: a lazily read sample (video: a `VideoFile`, header budgets checked, frames
+  decoded in order when needed) that the adapter's other methods accept in place of
+  ``load(path)``'s tensor; `open_sample` prefers it, so `encode_to_file` and the CLI never hold
+  a whole clip.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from atoken.core.serialization import (
     CheckpointError,
     atomic_write_json,
     load_tensors,
+    outputs_together,
     read_metadata,
     save_tensors,
 )
@@ -103,6 +108,12 @@ def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
     return adapter
 
 
+def open_sample(adapter: ModalityAdapter, path: str | os.PathLike[str]) -> Any:
+    """``adapter.open(path)`` (a lazily read sample) when the adapter has it, else ``load``."""
+    opener = getattr(adapter, "open", None)
+    return opener(path) if callable(opener) else adapter.load(path)
+
+
 def encode_sample(
     model: Tokenizer, adapter: ModalityAdapter, sample: Any
 ) -> tuple[Latents, dict[str, Any]]:
@@ -111,7 +122,8 @@ def encode_sample(
     An adapter with ``to_token_chunks(sample, frames)`` (video) is encoded chunk by chunk with
     `Tokenizer.encode_chunks` whenever that gives the same latents (independent encoder tiles):
     chunks of whole tiles, about `STREAM_GROUP_TOKENS` tokens each, so a long clip's patches
-    never exist all at once. Otherwise ``to_tokens`` and ``encode``.
+    never exist all at once (and a lazily read clip, see `open_sample`, is decoded a chunk at a
+    time). Otherwise ``to_tokens`` and ``encode``.
     """
     chunker = getattr(adapter, "to_token_chunks", None)
     tc = model.temporal()
@@ -222,7 +234,7 @@ def encode_to_file(
 ) -> dict[str, Any]:
     """Encode one input file and write a latents safetensors file with what decoding needs."""
     bind_adapter(adapter, model)
-    sample = adapter.load(source)
+    sample = open_sample(adapter, source)
     latents, sample_meta = encode_sample(model, adapter, sample)
     tensors = {"coords": latents.tokens.coords.cpu()}
     if latents.indices is not None:
@@ -332,6 +344,7 @@ def decode_to_file(
     with sink, torch.inference_mode():
         for chunk in model.decode_stream(latents):
             sink.add(chunk.coords, chunk.feats)
+            del chunk
     return {"streamed": True, "shape": [sink.frames_done, *_frame_shape(meta)]}
 
 
@@ -366,12 +379,16 @@ def reconstruct_to_dir(
     With an adapter that has ``stream_sink`` (video) the decoded output is streamed: frames go
     to the reconstruction and side-by-side files and into the per-frame metrics a tile step at
     a time, so a long clip is never held decoded. Otherwise `reconstruct_sample` and
-    `write_reconstruction`.
+    `write_reconstruction`. ``sample`` may be what `open_sample` returns (video: a `VideoFile`,
+    read in order for the encoder and again, beside the decoder, for the metrics and the
+    side-by-side view). The three files are written in one `outputs_together` block: they
+    appear together or, on any error (a full disk, an interrupted decode), not at all.
     """
     sink_factory = getattr(adapter, "stream_sink", None)
     if not callable(sink_factory):
         result = reconstruct_sample(model, adapter, sample, source)
-        paths = write_reconstruction(result, adapter, out_dir, extra)
+        with outputs_together():
+            paths = write_reconstruction(result, adapter, out_dir, extra)
         return StreamedReconstruction(
             Path(source), result.tokens, result.metrics, paths, False, result.timings
         )
@@ -380,7 +397,7 @@ def reconstruct_to_dir(
     t0 = time.perf_counter()
     latents, meta = encode_sample(model, adapter, sample)
     t1 = t2 = time.perf_counter()
-    with torch.inference_mode():
+    with outputs_together(), torch.inference_mode():
         sink = sink_factory(
             meta,
             latents.tokens.coords,
@@ -392,19 +409,20 @@ def reconstruct_to_dir(
         with sink:
             for chunk in model.decode_stream(latents):
                 sink.add(chunk.coords, chunk.feats)
+                del chunk
         t3 = time.perf_counter()
-    metrics = sink.metrics()
-    timings = {"tokenize_encode_s": t1 - t0, "decode_s": t3 - t2}
-    n_tokens = latents.tokens.num_tokens
-    atomic_write_json(
-        paths["metrics"],
-        {
-            "source": str(source),
-            "tokens": n_tokens,
-            **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-            **_convention(adapter),
-            **extra,
-        },
-    )
+        metrics = sink.metrics()
+        timings = {"tokenize_encode_s": t1 - t0, "decode_s": t3 - t2}
+        n_tokens = latents.tokens.num_tokens
+        atomic_write_json(
+            paths["metrics"],
+            {
+                "source": str(source),
+                "tokens": n_tokens,
+                **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                **_convention(adapter),
+                **extra,
+            },
+        )
     return StreamedReconstruction(Path(source), n_tokens, metrics, paths, True, timings)

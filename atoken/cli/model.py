@@ -88,18 +88,18 @@ def presets_cmd() -> None:
 @click.option("--backend", default=None, help="attention backend (default: the model's)")
 def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
     """Encode and decode each INPUT; write reconstruction, side-by-side view and metrics.json."""
-    from atoken.pipeline import adapter_for, reconstruct_to_dir
+    from atoken.pipeline import adapter_for, open_sample, reconstruct_to_dir
 
     opts = _parse_options(options)
     tok = load_model(model)
     if backend is not None:
         tok.attention_backend(backend)  # validate the name before any work
-    # read and check every input before writing anything; streamed inputs (long clips) are
-    # read again when their turn comes, so only one of them is in memory at a time
+    # read and check every input before writing anything; a lazily read input (a video file)
+    # is checked frame by frame here and decoded again, a chunk at a time, when its turn comes
     loaded = []
     for path in inputs:
         adapter = adapter_for(path, modality, opts)
-        sample = adapter.load(path)
+        sample = open_sample(adapter, path)
         try:  # fail on a bad input before any output is written
             chunks = getattr(adapter, "to_token_chunks", None)
             if callable(chunks):
@@ -108,8 +108,9 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
                 adapter.to_tokens(sample)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
+        lazy = callable(getattr(adapter, "open", None))
         streamed = callable(getattr(adapter, "stream_sink", None))
-        loaded.append((path, adapter, None if streamed else sample))
+        loaded.append((path, adapter, sample if lazy or not streamed else None))
         del sample
     names = Counter(p.stem for p, _, _ in loaded)
     with _progress() as progress:

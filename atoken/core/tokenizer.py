@@ -37,7 +37,7 @@ from atoken.core.serialization import (
     read_json,
     save_tensors,
 )
-from atoken.core.tokens import PatchTokens, SparseTokens, collate
+from atoken.core.tokens import PatchTokens, SparseTokens, all_finite, collate
 from atoken.core.transformer import Decoder, Encoder
 
 CONFIG_NAME = "config.json"
@@ -285,7 +285,9 @@ class Tokenizer(nn.Module):
         on a tile boundary, the result equals ``encode([whole sample])`` (posterior means, no
         sampling): the position table is sized by each chunk's grid, which is the clip's, and
         tiles never see each other. Only one chunk's tokens and activations exist at a time, so
-        memory does not grow with the clip beyond its latents (``[N, Cz]``).
+        memory does not grow with the clip beyond its latents (``[N, Cz]``); a chunk's patch
+        values are used as they are (not copied into a batch), and the chunk is dropped before
+        the next is read.
 
         Raises:
             InputError: no chunks, untiled full attention or an encoder cache (chunks would
@@ -302,15 +304,17 @@ class Tokenizer(nn.Module):
         codes: list[Tensor] = []
         indices: list[Tensor] = []
         coords: list[Tensor] = []
-        first: PatchTokens | None = None
+        first: tuple[str, Mapping[str, Any]] | None = None  # modality and meta of the first chunk
         t0 = 0
         for chunk in chunks:
+            if len(chunk) == 0:
+                raise InputError("encode_chunks: got a chunk with no tokens")
             start = int(chunk.coords[:, 0].min())
             if first is None:
-                first, t0 = chunk, start
-            elif chunk.modality != first.modality:
+                first, t0 = (chunk.modality, chunk.meta), start
+            elif chunk.modality != first[0]:
                 raise InputError(
-                    f"encode_chunks: chunk of {chunk.modality!r} after {first.modality!r} chunks"
+                    f"encode_chunks: chunk of {chunk.modality!r} after {first[0]!r} chunks"
                 )
             if (start - t0) % tc.tile:
                 raise InputError(
@@ -318,16 +322,21 @@ class Tokenizer(nn.Module):
                     f" boundary ({t0} + k * {tc.tile}); cut chunks at multiples of"
                     f" {tc.tile * self.config.patch_size[0]} frames"
                 )
-            latents = self.encode([chunk], sample=False, backend=backend, temporal=tc)
+            if not all_finite(chunk.feats):
+                raise InputError(f"encode_chunks: the chunk at latent frame {start} has NaN or Inf")
+            # the batch layout alone (zero-width features), then the chunk's own patch values:
+            # collating would copy them, twice the chunk's memory for a moment
+            tokens = collate([chunk.replace(feats=chunk.feats[:, :0])]).replace(chunk.feats)
+            del chunk  # only ``tokens`` holds the patches now (freed before the next is read)
+            latents = self.encode(tokens, sample=False, backend=backend, temporal=tc)
+            del tokens
             codes.append(latents.codes)
             coords.append(latents.tokens.coords)
             if latents.indices is not None:
                 indices.append(latents.indices)
         if first is None:
             raise InputError("encode_chunks: got no chunks")
-        whole = collate(
-            [PatchTokens(torch.cat(codes), torch.cat(coords), first.modality, first.meta)]
-        )
+        whole = collate([PatchTokens(torch.cat(codes), torch.cat(coords), first[0], first[1])])
         return Latents(tokens=whole, indices=torch.cat(indices) if indices else None)
 
     def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
@@ -425,20 +434,27 @@ class Tokenizer(nn.Module):
 
         Yields:
             `DecodedRows`: input row indices ``[n]``, patch values ``[n, 3072]``, their coords
-            ``[n, 4]`` and sample indices ``[n]``.
+            ``[n, 4]`` and sample indices ``[n]``. A step larger than ``STREAM_GROUP_TOKENS``
+            rows (one tile of large frames) is yielded in pieces of at most that many rows, in
+            the step's row order (the output layers are per token), so the patch values alive
+            at once are one piece's, whatever the frame size.
         """
         tokens = self._decoder_input(latents)
         dec, tiling = self.decoder, self.temporal(temporal)
         sample = tokens.batch_index()  # [N]
         att = self.attention_backend(backend)
         steps = dec.steps(tokens, att, tiling, tiling.decoder_cache, STREAM_GROUP_TOKENS)
-        for rows, hidden in steps:
-            yield DecodedRows(
-                rows=rows,
-                feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]
-                coords=tokens.coords.index_select(0, rows),
-                sample=sample.index_select(0, rows),
-            )
+        for step_rows, step_hidden in steps:
+            for i in range(0, step_rows.shape[0], STREAM_GROUP_TOKENS):
+                rows = step_rows[i : i + STREAM_GROUP_TOKENS]
+                hidden = step_hidden[i : i + STREAM_GROUP_TOKENS]
+                yield DecodedRows(
+                    rows=rows,
+                    feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]
+                    coords=tokens.coords.index_select(0, rows),
+                    sample=sample.index_select(0, rows),
+                )
+            del step_rows, step_hidden
 
     def forward(
         self,

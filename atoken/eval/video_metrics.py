@@ -1,7 +1,14 @@
 """Per-frame reconstruction metrics of a video: PSNR, SSIM and LPIPS per frame, summarised.
 
 A clip is compared frame by frame (``[T, H, W, 3]`` in [-1, 1], the reconstruction clamped to
-[-1, 1]) in chunks of frames, so the metrics never hold more than a chunk of LPIPS inputs. The
+[-1, 1]) in chunks of frames, so the metrics never hold more than a chunk of LPIPS inputs; a
+chunk also holds at most `CHUNK_PIXELS` pixels (2 frames of 1280 x 720, 1 of 1920 x 1080), so SSIM's
+filtered temporaries and LPIPS at native size (VGG16 on a whole 720p frame needs about 1 GB of
+activations) stay bounded at large frame sizes. Chunking never changes a value (every metric is
+per frame). SSIM is computed in horizontal bands of about `SSIM_BAND_PIXELS` pixels that overlap
+by the window's height less one (`frame_quality`): each band's valid window positions are a
+disjoint share of the frame's, so the band means weighted by their rows are the frame's SSIM (to
+float rounding), while the filter's temporaries (about 40 bytes per pixel) stay one band's size. The
 frame values are kept (a few floats per frame) and summarised per metric: the mean over frames,
 the worst frame (lowest PSNR/SSIM, highest LPIPS), the worst-tail 5 % percentile (nearest rank:
 ``p05`` for PSNR/SSIM, ``p95`` for LPIPS; a robust "worst frames" figure) and the median. A
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.eval.metrics import image_quality
+from atoken.eval.metrics import SSIM_WINDOW, psnr, ssim, to_unit_uint8
 
 #: ``(prediction, target)`` frames ``[B, 3, S, S]`` in [-1, 1] -> ``[B]`` LPIPS distances
 LPIPSFn = Callable[[Tensor, Tensor], Tensor]
@@ -39,6 +46,11 @@ LPIPSFn = Callable[[Tensor, Tensor], Tensor]
 HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False}
 TAIL_PERCENT = 5.0
 LPIPS_SIZE = 224
+
+#: most pixels (frames x H x W) compared at once; a frame larger than this is compared alone
+CHUNK_PIXELS = 2**21
+#: pixels of one SSIM band (rows x W)
+SSIM_BAND_PIXELS = 2**17
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -123,6 +135,27 @@ def _check_clips(reference: Tensor, reconstruction: Tensor) -> None:
         raise InputError("video metrics: the clips have no frames (T = 0)")
 
 
+def frame_quality(reference: Tensor, reconstruction: Tensor) -> dict[str, Tensor]:
+    """`atoken.eval.metrics.image_quality` of frames ``[b, H, W, 3]``, SSIM in row bands.
+
+    Returns ``{"psnr": [b], "ssim": [b]}``, equal to ``image_quality(reference, reconstruction)``
+    up to float rounding, with temporaries of one band (about `SSIM_BAND_PIXELS` pixels).
+    """
+    ref, rec = to_unit_uint8(reference), to_unit_uint8(reconstruction)  # uint8 levels in [0, 1]
+    p = psnr(ref, rec, 1.0)  # [b]
+    _, h, w, _ = ref.shape
+    valid = h - SSIM_WINDOW + 1  # window rows that fit (ssim refuses h < window)
+    if valid < 1:
+        return {"psnr": p, "ssim": ssim(ref, rec, 1.0)}
+    rows = max(1, SSIM_BAND_PIXELS // max(w, 1) - SSIM_WINDOW + 1)  # valid rows per band
+    total = torch.zeros(ref.shape[0], dtype=torch.float64)
+    for r0 in range(0, valid, rows):
+        r1 = min(valid, r0 + rows)
+        band = slice(r0, r1 + SSIM_WINDOW - 1)
+        total += ssim(ref[:, band], rec[:, band], 1.0).double() * (r1 - r0)
+    return {"psnr": p, "ssim": (total / valid).float()}
+
+
 def lpips_input(frames: Tensor, size: int | None) -> Tensor:
     """``[b, H, W, 3]`` -> ``[b, 3, S, S]`` (bilinear, antialiased) or native ``[b, 3, H, W]``."""
     x = frames.permute(0, 3, 1, 2).float()
@@ -148,7 +181,8 @@ def per_frame_metrics(
         reconstruction: same shape; clamped to [-1, 1] before comparing. PSNR and SSIM are
             computed on the uint8 levels in [0, 1] (`atoken.eval.metrics.METRIC_CONVENTION`).
         lpips: ``(prediction, target) [b, 3, S, S] -> [b]`` (e.g. `load_lpips`); None: no LPIPS.
-        chunk: frames compared at once (bounds the memory of the LPIPS inputs).
+        chunk: frames compared at once (bounds the memory of the LPIPS inputs); fewer when
+            that many frames would exceed `CHUNK_PIXELS` (at least one).
         lpips_size: side the frames are resized to for LPIPS (None: native size).
         device: where each chunk is compared (default: the reference's device), e.g. the GPU
             for CPU clips.
@@ -166,10 +200,12 @@ def per_frame_metrics(
     if lpips is not None:
         values["lpips"] = []
     dev = torch.device(device) if device is not None else reference.device
+    pixels = max(1, reference.shape[1] * reference.shape[2])
+    chunk = max(1, min(chunk, CHUNK_PIXELS // pixels))
     for start in range(0, reference.shape[0], chunk):
         ref = reference[start : start + chunk].to(dev, torch.float32)  # [b, H, W, 3]
         rec = reconstruction[start : start + chunk].to(dev, torch.float32).clamp(-1, 1)
-        quality = image_quality(ref, rec)  # uint8 levels in [0, 1], as the field measures
+        quality = frame_quality(ref, rec)  # uint8 levels in [0, 1], as the field measures
         values["psnr"] += quality["psnr"].tolist()
         values["ssim"] += quality["ssim"].tolist()
         if lpips is not None:

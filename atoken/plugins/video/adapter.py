@@ -14,7 +14,10 @@ so ``valid_frames`` is not set. The meta records ``frames`` (original T), ``pad`
 resize and the frame rate (``fps``) so outputs keep the input's rate; in release mode ``frames``
 is the kept count (a multiple of 4), ``pad`` is 0 and ``dropped`` the trailing frames cut.
 
-Long clips need not be held decoded: ``stream_sink`` returns a `VideoSink` that takes the rows
+Large or long clips need not be held at all: ``open`` returns a `VideoFile` (header checked
+against the ``max_pixels`` / ``max_frames`` budgets before decoding, every frame checked once,
+none kept) that ``to_token_chunks`` and ``stream_sink`` read in order a chunk at a time, so
+encoding reads, and decoding compares against, a few frames at a time. ``stream_sink`` returns a `VideoSink` that takes the rows
 `Tokenizer.decode_stream` yields (one temporal tile step at a time) and appends the finished
 frames to the MP4 (and a side-by-side MP4 and per-frame metrics), committing the files at the end.
 
@@ -41,7 +44,9 @@ from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import per_frame_metrics
 from atoken.plugins.video.io import (
     DEFAULT_FPS,
+    MAX_FRAMES,
     VIDEO_EXTENSIONS,
+    VideoFile,
     from_tchw,
     read_video,
     side_by_side,
@@ -66,6 +71,12 @@ class VideoOptions(BaseModel):
             release's preprocessing does (up to 3 trailing frames are dropped from tokens,
             outputs and metrics; a clip of fewer than 4 frames is an error), so release
             numbers can be reproduced on any clip.
+        max_pixels: pixel budget of one frame of a file ``load``/``open`` reads, checked from
+            its header before decoding (None: ``$ATOKEN_MAX_PIXELS`` or 2**26, the image
+            adapter's budget; see `atoken.core.budgets`).
+        max_frames: frame budget of a file, checked from its header and while decoding
+            (default and most: 4096, what atoken's positions allow). Streamed encoding and
+            decoding hold only the latents of a clip (about 0.3 KB per token), not its frames.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,6 +85,8 @@ class VideoOptions(BaseModel):
     max_res: int | None = Field(default=None, ge=16)
     crf: int = Field(default=18, ge=0, le=51)
     frame_mode: Literal["pad", "release"] = "pad"
+    max_pixels: int | None = Field(default=None, ge=1)
+    max_frames: int = Field(default=MAX_FRAMES, ge=1, le=MAX_FRAMES)
 
     @model_validator(mode="after")
     def _ordered(self) -> VideoOptions:
@@ -112,16 +125,31 @@ class VideoAdapter:
             self._rates[clip] = float(fps)
             self.fps = float(fps)
 
-    def fps_of(self, clip: Tensor) -> float | None:
+    def fps_of(self, clip: Tensor | VideoFile) -> float | None:
         """The frame rate this adapter knows for ``clip`` (loaded or decoded by it), or None."""
+        if isinstance(clip, VideoFile):
+            return clip.fps
         return self._rates.get(clip)
 
     # ------------------------------------------------------------------ files
     def load_with_info(self, path: str | os.PathLike[str]) -> tuple[Tensor, float]:
         """Read every frame of a video file: ``([T, H, W, 3] in [-1, 1], fps)``."""
-        clip, fps = read_video(path)
+        opts = self.options
+        clip, fps = read_video(path, max_pixels=opts.max_pixels, max_frames=opts.max_frames)
         self._remember(clip, fps)
         return clip, fps
+
+    def open(self, path: str | os.PathLike[str]) -> VideoFile:
+        """A video file to read lazily (`VideoFile`): budgets checked from the header, every
+        frame decoded once and dropped (exact count, corrupt files fail here), none kept.
+
+        ``to_token_chunks``, ``to_tokens``, ``target`` and ``stream_sink(reference=...)`` take
+        it in place of the ``[T, H, W, 3]`` tensor.
+        """
+        opts = self.options
+        clip = VideoFile.open(path, max_pixels=opts.max_pixels, max_frames=opts.max_frames)
+        self.fps = clip.fps
+        return clip
 
     def load(self, path: str | os.PathLike[str]) -> Tensor:
         return self.load_with_info(path)[0]
@@ -174,7 +202,7 @@ class VideoAdapter:
         output: str | os.PathLike[str],
         *,
         comparison: str | os.PathLike[str] | None = None,
-        reference: Tensor | None = None,
+        reference: Tensor | VideoFile | None = None,
         fps: float | None = None,
         progress: Progress | None = None,
     ) -> VideoSink:
@@ -185,7 +213,8 @@ class VideoAdapter:
             coords: ``[N, 4]`` coords of the clip's tokens.
             output: reconstruction MP4 path.
             comparison: optional side-by-side MP4 path (needs ``reference``).
-            reference: the source clip ``[T, H, W, 3]``; enables per-frame metrics.
+            reference: the source clip ``[T, H, W, 3]`` or its `VideoFile` (read in order
+                beside the reconstruction); enables per-frame metrics.
             fps: rate override (default: the meta's, else this adapter's fallback).
             progress: ``progress(frames_done, frames_total)`` after each chunk.
         """
@@ -221,14 +250,17 @@ class VideoAdapter:
         return pix[..., None].expand(-1, -1, -1, CHANNELS).contiguous()  # [6, 40, 56, 3]
 
     # ------------------------------------------------------------------ tokens
-    def _check(self, sample: Tensor) -> None:
-        if not isinstance(sample, Tensor) or sample.ndim != 4 or sample.shape[-1] != CHANNELS:
+    def _check(self, sample: Tensor | VideoFile) -> None:
+        lazy = isinstance(sample, VideoFile)
+        if not lazy and (
+            not isinstance(sample, Tensor) or sample.ndim != 4 or sample.shape[-1] != CHANNELS
+        ):
             shape = list(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
             raise InputError(
                 f"video must be a [T, H, W, 3] tensor in [-1, 1], got {shape}"
                 " (use VideoAdapter.from_tchw for [T, C, H, W] clips)"
             )
-        if not sample.dtype.is_floating_point:
+        if not lazy and not sample.dtype.is_floating_point:
             raise InputError(f"video must be a float tensor in [-1, 1], got {sample.dtype}")
         t, h, w = sample.shape[:3]
         if t == 0:
@@ -245,7 +277,7 @@ class VideoAdapter:
                 f"video has {t} frames; frame_mode='release' cuts T to a multiple of {PATCH[0]}"
                 f" and needs at least {PATCH[0]} (use frame_mode='pad' to keep short clips)"
             )
-        if not all_finite(sample):
+        if not lazy and not all_finite(sample):  # a file's 8-bit frames are always finite
             raise InputError("video contains NaN or Inf values")
 
     def _frame_meta(self, t: int) -> dict[str, Any]:
@@ -280,8 +312,13 @@ class VideoAdapter:
         top, left, ch, cw = meta["crop"]
         return x[:, top : top + ch, left : left + cw]
 
-    def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
-        """``[T, H, W, 3]`` -> tokens ``[ceil(T/4)*rows*cols, 3072]`` at ``(t, row, col, 0)``."""
+    def to_tokens(
+        self, sample: Tensor | VideoFile, *, train: bool = False, generator=None
+    ) -> PatchTokens:
+        """``[T, H, W, 3]`` -> tokens ``[ceil(T/4)*rows*cols, 3072]`` at ``(t, row, col, 0)``.
+
+        A `VideoFile` is read whole here (use ``to_token_chunks`` to keep memory bounded).
+        """
         self._check(sample)
         t, h, w = sample.shape[:3]
         resize = self._resize_target(h, w)
@@ -298,19 +335,21 @@ class VideoAdapter:
         if fps is not None:
             meta["fps"] = fps
         pad = meta["pad"]
-        clip = self.prepare(sample[: meta["frames"]], meta)  # [T, ch, cw, 3]
+        kept = sample[: meta["frames"]]
+        clip = self.prepare(kept.read() if isinstance(kept, VideoFile) else kept, meta)
         if pad:
             clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])  # [T + pad, ch, cw, 3]
         feats, coords = patchify(clip.contiguous(), PATCH)  # [n, 3072], [n, 4]
         return PatchTokens(feats, coords, self.name, meta)
 
-    def to_token_chunks(self, sample: Tensor, frames: int) -> Iterator[PatchTokens]:
+    def to_token_chunks(self, sample: Tensor | VideoFile, frames: int) -> Iterator[PatchTokens]:
         """``to_tokens(sample)`` cut into chunks of ``frames`` input frames (a multiple of 4).
 
         Each chunk holds the tokens of its frames with their true latent-frame index ``t`` and
         the whole clip's meta (the same resize, crop and padding as ``to_tokens``); only the last
         chunk is padded. Concatenated, the chunks are ``to_tokens(sample)`` row for row, but only
-        one chunk's patches exist at a time (see `Tokenizer.encode_chunks`).
+        one chunk's patches exist at a time (see `Tokenizer.encode_chunks`). A `VideoFile` is
+        decoded in order, one chunk of frames at a time, so its frames never exist all at once.
         """
         if frames <= 0 or frames % PATCH[0]:
             raise InputError(
@@ -331,12 +370,23 @@ class VideoAdapter:
         if fps is not None:
             meta["fps"] = fps
         kept = meta["frames"]  # release mode: the cut clip
-        for f0 in range(0, kept, frames):
-            clip = self.prepare(sample[f0 : min(f0 + frames, kept)], meta)
+        # a file's frames without a resize are cut into patches as uint8 levels and mapped to
+        # [-1, 1] afterwards (the same values; a quarter of the memory until then)
+        raw = isinstance(sample, VideoFile) and meta["resize"] is None
+        if isinstance(sample, VideoFile):
+            pieces: Iterator[Tensor] = sample[:kept].chunks(frames, raw=raw)
+        else:
+            pieces = (sample[f0 : min(f0 + frames, kept)] for f0 in range(0, kept, frames))
+        for f0, piece in zip(range(0, kept, frames), pieces, strict=True):
+            clip = self.prepare(piece, meta)
+            del piece
             pad = -clip.shape[0] % PATCH[0]
             if pad:
                 clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])
             feats, coords = patchify(clip.contiguous(), PATCH)
+            del clip
+            if raw:
+                feats = feats.float().div_(127.5).sub_(1.0)  # as `read_video` maps levels
             coords[:, 0] += f0 // PATCH[0]
             yield PatchTokens(feats, coords, self.name, dict(meta))
 
@@ -353,6 +403,7 @@ class VideoAdapter:
         self._remember(out, meta.get("fps"))
         return out
 
-    def target(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
+    def target(self, sample: Tensor | VideoFile, meta: Mapping[str, Any]) -> Tensor:
         """The cropped/resized clip with the frames the tokens hold (all but release cuts)."""
-        return self.prepare(sample[: int(meta.get("frames", sample.shape[0]))], meta)
+        kept = sample[: int(meta.get("frames", sample.shape[0]))]
+        return self.prepare(kept.read() if isinstance(kept, VideoFile) else kept, meta)

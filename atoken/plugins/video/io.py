@@ -10,22 +10,34 @@ beside the destination (FFmpeg needs a real path with a video suffix), then ``os
 `Mp4Writer` keeps one encoder open and appends frames chunk by chunk (streamed decoding of long
 clips), with the same atomic commit at the end.
 
+Large or long clips need not be read whole: `VideoFile.open` checks a file's header against the
+budgets (pixels per frame, frames) before anything is decoded, then decodes it once without
+keeping frames (counting them, checking every frame decodes and has one size), and `VideoFile`
+then hands the frames out chunk by chunk, decoding sequentially (PyAV decodes in order), so a
+clip of any length is never held as float. An MP4/MOV whose top-level boxes run past the end of
+the file (a file missing its last bytes) is refused as truncated, even when FFmpeg could still
+decode its frames.
+
 Whenever a file cannot be used, :class:`~atoken.core.errors.InputError` is raised with one line
 that names the file and says what was expected.
 
 References: FFmpeg's mov/mp4 and matroska demuxers (container names as FFmpeg reports them);
-ITU-T H.264 / libx264 CRF rate control; PyAV's encoding examples.
+ISO/IEC 14496-12 (ISO base media file format: box size and largesize); ITU-T H.264 / libx264
+CRF rate control; PyAV's encoding examples.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from atoken.core import budgets
 from atoken.core.errors import InputError
 from atoken.core.serialization import (
     check_output_target,
@@ -39,6 +51,9 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".
 
 DEFAULT_FPS = 25.0
 """Frame rate used when neither the caller nor the file says one."""
+
+MAX_FRAMES = 4096
+"""Default frame budget of a clip: what atoken's positions allow (1024 latent frames of 4)."""
 
 # FFmpeg demuxer names accepted ("mov,mp4,m4a,3gp,3g2,mj2" and "matroska,webm" are one each).
 _CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "gif"})
@@ -88,27 +103,61 @@ def _fps_of(stream) -> float:
     return DEFAULT_FPS
 
 
-def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
-    """Read every frame of a video file as float32 ``[T, H, W, 3]`` in [-1, 1] plus its fps.
+def _check_boxes(path: Path, name: str) -> None:
+    """Refuse an MP4/MOV whose top-level boxes do not fit the file (truncated or corrupt).
 
-    Args:
-        path: an MP4, MOV, WebM, MKV or GIF file (the container is probed, not the suffix).
-
-    Returns:
-        ``(frames, fps)``: frames ``[T, H, W, 3]`` (channels last, 8-bit values mapped as
-        ``x / 255 * 2 - 1``) and the stream's average frame rate (``DEFAULT_FPS`` if unknown).
-
-    Raises:
-        InputError: the path is missing or a directory; the file is not a video in one of those
-            containers (text, a still image renamed ``.mp4``, ...), has no video stream, is
-            truncated or corrupt, has no decodable frame, or changes frame size mid-stream.
+    Only the box headers are read (8 or 16 bytes each, seeking over the payloads). A file that
+    lost its last bytes cuts its last box short; FFmpeg often decodes such a file anyway.
     """
-    name = os.fspath(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            pos = 0
+            while pos < size:
+                f.seek(pos)
+                head = f.read(16)
+                if len(head) < 8:
+                    raise _fail(
+                        name,
+                        f"the file is truncated ({size - pos} stray bytes after the last complete"
+                        f" box at offset {pos}); it was probably cut short while copying or"
+                        " writing",
+                    )
+                box = int.from_bytes(head[:4], "big")
+                kind = head[4:8].decode("latin-1")
+                if box == 1:  # 64-bit largesize follows the type
+                    if len(head) < 16:
+                        box = size + 1
+                    else:
+                        box = int.from_bytes(head[8:16], "big")
+                elif box == 0:  # the box runs to the end of the file
+                    return
+                if box < 8:
+                    raise _fail(name, f"box {kind!r} at offset {pos} has an invalid size {box}")
+                if pos + box > size:
+                    raise _fail(
+                        name,
+                        f"the file is truncated: its {kind!r} box at offset {pos} needs"
+                        f" {box:,} bytes but the file ends after {size - pos:,}"
+                        f" ({pos + box - size:,} bytes missing)",
+                    )
+                pos += box
+    except OSError as exc:
+        raise _fail(name, _one_line(exc)) from exc
+
+
+def _open_container(name: str):
+    """Open ``name`` with PyAV after the file checks; returns ``(container, video stream)``.
+
+    The caller closes the container.
+    """
     p = Path(name)
     if not p.exists():
         raise _fail(name, "no such file")
     if p.is_dir():
         raise _fail(name, f"is a directory, not a video file ({_EXPECTED})")
+    if _sniff(p) == "MP4/MOV":
+        _check_boxes(p, name)
     av = _av()
     try:
         container = av.open(name, mode="r")
@@ -123,7 +172,7 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
         raise _fail(
             name, f"its signature says {kind} but it cannot be opened (truncated or corrupt)"
         ) from exc
-    with container:
+    try:
         formats = set(container.format.name.split(","))
         if not formats & _CONTAINERS:
             raise _fail(
@@ -133,37 +182,224 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
             raise _fail(name, f"has no video stream, so no frames to read ({_EXPECTED})")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        fps = _fps_of(stream)
-        declared = stream.frames  # frame count in the header (0: not stored)
-        frames: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                arr = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
-                if frames and arr.shape != frames[0].shape:
-                    raise _fail(
-                        name,
-                        f"frame {len(frames)} is {arr.shape[0]}x{arr.shape[1]} but earlier frames"
-                        f" are {frames[0].shape[0]}x{frames[0].shape[1]}; variable frame size is"
-                        " not supported",
-                    )
-                frames.append(arr)
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
-    if not frames:
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _check_budget(name: str, frames: int, h: int, w: int, max_pixels, max_frames) -> None:
+    """Pixels per frame and frames against their budgets (from the header: nothing decoded)."""
+    limit = budgets.max_pixels(max_pixels)
+    if h * w > limit:
+        raise _fail(
+            name,
+            f"frames are {w}x{h} = {w * h:,} pixels, above the pixel budget of {limit:,} per"
+            f" frame; downscale the clip, or raise the budget with -O max_pixels=N or"
+            f" {budgets.PIXELS_ENV}=N",
+        )
+    frame_limit = MAX_FRAMES if max_frames is None else int(max_frames)
+    if frames > frame_limit:
+        raise _fail(
+            name,
+            f"the clip has {frames:,} frames, above the frame budget of {frame_limit:,}; cut the"
+            f" clip, or raise the budget with -O max_frames=N (at most {MAX_FRAMES}, what"
+            " atoken's positions allow)",
+        )
+
+
+def _decode_frames(name: str, container, stream, max_frames: int | None) -> Iterator[np.ndarray]:
+    """Decode the stream in order: uint8 ``[H, W, 3]`` frames, one size, within the budget."""
+    av = _av()
+    shape = None
+    count = 0
+    frame_limit = MAX_FRAMES if max_frames is None else int(max_frames)
+    try:
+        for frame in container.decode(stream):
+            if shape is not None and (frame.height, frame.width) != shape:
+                raise _fail(
+                    name,
+                    f"frame {count} is {frame.height}x{frame.width} but earlier frames are"
+                    f" {shape[0]}x{shape[1]}; variable frame size is not supported",
+                )
+            if shape is None:
+                shape = (frame.height, frame.width)
+            count += 1
+            if count > frame_limit:
+                _check_budget(name, count, 1, 1, None, frame_limit)
+            yield frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
+
+
+def _check_count(name: str, decoded: int, declared: int) -> None:
+    if not decoded:
         raise _fail(name, "no decodable frames (empty, truncated or corrupt video)")
-    if declared and len(frames) < declared:
+    if declared and decoded < declared:
         raise _fail(
             name,
             f"the file is truncated or corrupt (its header lists {declared} frames, only"
-            f" {len(frames)} could be decoded)",
+            f" {decoded} could be decoded)",
         )
-    out = torch.empty((len(frames), *frames[0].shape), dtype=torch.float32)  # [T, H, W, 3]
-    for i in range(len(frames)):  # frame by frame: no stacked uint8 copy of the whole clip
+
+
+def _to_float(frames: list[np.ndarray]) -> torch.Tensor:
+    """uint8 frames -> float32 ``[k, H, W, 3]`` in [-1, 1], frame by frame (no uint8 stack)."""
+    out = torch.empty((len(frames), *frames[0].shape), dtype=torch.float32)  # [k, H, W, 3]
+    for i in range(len(frames)):
         out[i] = torch.from_numpy(frames[i])
         frames[i] = None  # type: ignore[call-overload]
-    return out.div_(127.5).sub_(1.0), fps
+    return out.div_(127.5).sub_(1.0)
+
+
+def read_video(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Read every frame of a video file as float32 ``[T, H, W, 3]`` in [-1, 1] plus its fps.
+
+    Args:
+        path: an MP4, MOV, WebM, MKV or GIF file (the container is probed, not the suffix).
+        max_pixels: pixel budget of one frame (default ``$ATOKEN_MAX_PIXELS`` or 2**26).
+        max_frames: frame budget (default `MAX_FRAMES`). Both are checked on the header before
+            decoding, and the frame budget again while decoding.
+
+    Returns:
+        ``(frames, fps)``: frames ``[T, H, W, 3]`` (channels last, 8-bit values mapped as
+        ``x / 255 * 2 - 1``) and the stream's average frame rate (``DEFAULT_FPS`` if unknown).
+
+    Raises:
+        InputError: the path is missing or a directory; the file is not a video in one of those
+            containers (text, a still image renamed ``.mp4``, ...), has no video stream, is
+            truncated or corrupt, has no decodable frame, changes frame size mid-stream, or is
+            over a budget.
+    """
+    name = os.fspath(path)
+    container, stream = _open_container(name)
+    with container:
+        fps = _fps_of(stream)
+        declared = stream.frames  # frame count in the header (0: not stored)
+        _check_budget(name, declared, stream.height, stream.width, max_pixels, max_frames)
+        frames = list(_decode_frames(name, container, stream, max_frames))
+    _check_count(name, len(frames), declared)
+    return _to_float(frames), fps
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """A video file read lazily: its size and rate are known, its frames are decoded on demand.
+
+    Made by `VideoFile.open`, which checks the header against the budgets and decodes the file
+    once without keeping frames, so ``frames`` is the exact count and a corrupt file fails there.
+    `chunks` then decodes in order and hands out float32 chunks; only one chunk (and one
+    decoded frame list of uint8) exists at a time. ``clip[:n]`` is the same file limited to its
+    first ``n`` frames.
+
+    Attributes:
+        path: the file.
+        frames: frames handed out (all decodable frames, or fewer after ``[:n]``).
+        height, width: frame size in pixels.
+        fps: the stream's average frame rate.
+    """
+
+    path: str
+    frames: int
+    height: int
+    width: int
+    fps: float
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_pixels: int | None = None,
+        max_frames: int | None = None,
+    ) -> VideoFile:
+        """Check ``path`` (header budgets, then every frame decodes, one size, none missing).
+
+        Raises:
+            InputError: as `read_video`.
+        """
+        name = os.fspath(path)
+        container, stream = _open_container(name)
+        with container:
+            fps = _fps_of(stream)
+            declared = stream.frames
+            _check_budget(name, declared, stream.height, stream.width, max_pixels, max_frames)
+            count, shape = 0, (0, 0)
+            for arr in _decode_frames(name, container, stream, max_frames):
+                if not count:
+                    shape = arr.shape[:2]
+                    _check_budget(name, 0, shape[0], shape[1], max_pixels, max_frames)
+                count += 1
+        _check_count(name, count, declared)
+        return cls(name, count, int(shape[0]), int(shape[1]), fps)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(T, H, W, 3)``, like the tensor `read_video` would return."""
+        return (self.frames, self.height, self.width, 3)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the clip as float32 (what reading it whole would hold)."""
+        return self.frames * self.height * self.width * 3 * 4
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, index: slice) -> VideoFile:
+        whole_start = isinstance(index, slice) and index.start in (None, 0)
+        if not whole_start or index.step not in (None, 1):
+            raise InputError(f"a VideoFile can only be cut to its first frames ([:n]), got {index}")
+        stop = self.frames if index.stop is None else max(0, min(self.frames, int(index.stop)))
+        return VideoFile(self.path, stop, self.height, self.width, self.fps)
+
+    def chunks(self, frames: int, *, raw: bool = False) -> Iterator[torch.Tensor]:
+        """Decode in order: float32 ``[k, H, W, 3]`` chunks of ``frames`` frames (the last may
+        be shorter), ``self.frames`` frames in all; ``raw``: the uint8 levels instead (a
+        quarter of the memory; ``x / 127.5 - 1`` of them is the float chunk exactly).
+
+        Raises:
+            InputError: the file changed since `open` (fewer frames or another size).
+        """
+        if frames < 1:
+            raise InputError(f"chunk length must be at least 1 frame, got {frames}")
+        if self.frames == 0:
+            return
+        container, stream = _open_container(self.path)
+        with container:
+            buf: list[np.ndarray] = []
+            done = 0
+            for arr in _decode_frames(self.path, container, stream, None):
+                if arr.shape[:2] != (self.height, self.width):
+                    raise _fail(self.path, "the file changed while it was being read")
+                buf.append(arr)
+                if len(buf) == min(frames, self.frames - done):
+                    done += len(buf)
+                    chunk = torch.from_numpy(np.stack(buf)) if raw else _to_float(buf)
+                    buf = []
+                    yield chunk
+                    del chunk
+                    if done == self.frames:
+                        return
+        raise _fail(
+            self.path, f"the file changed while it was being read (only {done} frames left)"
+        )
+
+    def read(self) -> torch.Tensor:
+        """The whole clip as float32 ``[T, H, W, 3]`` in [-1, 1] (holds it all)."""
+        out = torch.empty(self.shape, dtype=torch.float32)
+        start = 0
+        for chunk in self.chunks(16):
+            out[start : start + chunk.shape[0]] = chunk
+            start += chunk.shape[0]
+        return out
 
 
 def from_tchw(clip: torch.Tensor) -> torch.Tensor:
@@ -227,6 +463,20 @@ def _check_fps(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+#: x264 holds about this many frames' pixels in its rate-control lookahead (see `_lookahead`)
+LOOKAHEAD_PIXELS = 2**24
+
+
+def _lookahead(pixels: int) -> int:
+    """libx264 ``rc-lookahead`` frames for frames of ``pixels`` pixels.
+
+    x264 keeps every frame of its lookahead (with its half-size copy and motion data, several
+    bytes per pixel): 40 frames (the ``medium`` default) up to 640 x 640, fewer for larger frames
+    (18 at 1280 x 720, at least 10), so the encoder's memory stays bounded at large sizes.
+    """
+    return max(10, min(40, LOOKAHEAD_PIXELS // max(pixels, 1)))
+
+
 class Mp4Writer:
     """An MP4 (H.264) file written frame chunk by frame chunk, committed atomically at the end.
 
@@ -288,7 +538,11 @@ class Mp4Writer:
             stream = self._container.add_stream(self.codec, rate=self.rate)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             if self.codec == "libx264":
-                stream.options = {"crf": str(self.crf), "preset": "medium"}
+                stream.options = {
+                    "crf": str(self.crf),
+                    "preset": "medium",
+                    "rc-lookahead": str(_lookahead(w * h)),
+                }
             else:  # MPEG-4 Part 2 has no CRF: a generous bit rate (about 4 bits per pixel)
                 stream.bit_rate = int(max(1_000_000, 4 * w * h * float(self.rate)))
             self._stream = stream

@@ -5,8 +5,12 @@ a temporal tile step at a time) and hands out pixel frames in order as soon as e
 latent frame has arrived; the padding frames of the last patch are dropped. `VideoSink` feeds
 those frames to an `Mp4Writer` (and optionally a side-by-side writer with the reference) and
 accumulates per-frame PSNR/SSIM chunk by chunk, so decoding a long clip holds one tile step of
-patches and pixels, never the whole decoded clip. Files are committed only when the whole clip
-has been written (``os.replace`` at the end); on any error they are discarded.
+patches and pixels, never the whole decoded clip. The reference may be a `VideoFile`: its frames
+are then decoded in order beside the reconstruction (`ReferenceFrames`), a few at a time, so the
+source clip is never held either. The frames a step completes are written, compared and placed
+side by side in sub-chunks of at most `SUB_CHUNK_PIXELS` pixels, which bounds the temporaries of
+SSIM and of the side-by-side canvas at large frame sizes. Files are committed only when the
+whole clip has been written (``os.replace`` at the end); on any error they are discarded.
 
 References: AToken (arXiv 2509.14476) temporal tiling with a decoder KV cache (tiles decoded in
 order); per-frame video metrics as in `atoken.eval.video_metrics`.
@@ -15,7 +19,7 @@ order); per-frame video metrics as in `atoken.eval.video_metrics`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +28,7 @@ from torch import Tensor
 from atoken.core.errors import InputError
 from atoken.core.patching import unpatchify
 from atoken.eval.video_metrics import FrameMetrics, per_frame_metrics
-from atoken.plugins.video.io import Mp4Writer, side_by_side
+from atoken.plugins.video.io import Mp4Writer, VideoFile, side_by_side
 
 if TYPE_CHECKING:
     from atoken.plugins.video.adapter import VideoAdapter
@@ -34,6 +38,42 @@ CHANNELS = 3
 
 #: ``progress(frames_done, frames_total)``, called after each chunk of frames is written
 Progress = Callable[[int, int], None]
+
+#: frames a step completes are written and measured this many pixels at a time (2 frames of
+#: 1280 x 720, 1 of 1920 x 1080, 32 of 256 x 256): metrics and side-by-side canvas stay small
+SUB_CHUNK_PIXELS = 2**21
+
+
+class ReferenceFrames:
+    """The frames of a source clip in order, taken a few at a time (``take(k)``).
+
+    A tensor is sliced; a `VideoFile` is decoded sequentially, one chunk of at most ``chunk``
+    frames buffered, so a clip of any length is never held whole.
+    """
+
+    def __init__(self, clip: Tensor | VideoFile, chunk: int = 16) -> None:
+        self.clip = clip
+        self.done = 0
+        self._iter = clip.chunks(chunk) if isinstance(clip, VideoFile) else None
+        self._buf: Tensor | None = None
+
+    def take(self, k: int) -> Tensor:
+        """The next ``k`` frames ``[k, H, W, 3]``."""
+        start = self.done
+        self.done += k
+        if self._iter is None:
+            return self.clip[start : start + k]
+        parts: list[Tensor] = []
+        need = k
+        while need:
+            if self._buf is None or self._buf.shape[0] == 0:
+                self._buf = next(self._iter, None)
+                if self._buf is None:
+                    raise InputError(f"the reference clip ended after {start + k - need} frames")
+            part, self._buf = self._buf[:need], self._buf[need:]
+            parts.append(part)
+            need -= part.shape[0]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class FrameAssembler:
@@ -70,14 +110,33 @@ class FrameAssembler:
             ``[k, h, w, 3]`` float32 CPU frames that are now complete and follow the last ones
             returned (padding frames dropped), or None when none are.
         """
+        frames = list(self.feed(coords, feats))
+        if not frames:
+            return None
+        return frames[0] if len(frames) == 1 else torch.cat(frames)
+
+    def feed(self, coords: Tensor, feats: Tensor) -> Iterator[Tensor]:
+        """`add`, one latent frame at a time: yields ``[<=4, h, w, 3]`` frames as they complete.
+
+        The rows are taken at once; consume the frames before the next call.
+        """
         coords, feats = coords.cpu(), feats.detach().to("cpu", torch.float32)
         t = coords[:, 0].long()
-        for v in torch.unique(t).tolist():
-            m = t == v
-            self._parts.setdefault(v, []).append((coords[m], feats[m]))
-            self._have[v] = self._have.get(v, 0) + int(m.sum())
+        if t.numel() > 1 and bool((t[1:] >= t[:-1]).all()):  # rows grouped by frame: views
+            values, counts = torch.unique_consecutive(t, return_counts=True)
+            starts = [0, *torch.cumsum(counts, 0).tolist()]
+            pieces = [
+                (v, coords[a:b], feats[a:b])
+                for v, a, b in zip(values.tolist(), starts[:-1], starts[1:], strict=True)
+            ]
+        else:
+            pieces = [(v, coords[t == v], feats[t == v]) for v in torch.unique(t).tolist()]
+        for v, *part in pieces:
+            self._parts.setdefault(v, []).append(tuple(part))
+            self._have[v] = self._have.get(v, 0) + part[0].shape[0]
             if self._have[v] > self.expected[v]:
                 raise InputError(f"latent frame {v} received more rows than the clip has")
+        del coords, feats, t, pieces
         ready = []
         while (
             self._next < self.latent_frames
@@ -85,18 +144,25 @@ class FrameAssembler:
         ):
             ready.append(self._next)
             self._next += 1
-        if not ready:
-            return None
-        c = torch.cat([p[0] for v in ready for p in self._parts[v]])  # [n, 4]
-        f = torch.cat([p[1] for v in ready for p in self._parts[v]])  # [n, 3072]
-        for v in ready:
-            del self._parts[v]
-        c = c.clone()
-        c[:, 0] -= ready[0]
-        clip = unpatchify(f, c, PATCH, (len(ready), *self.grid), CHANNELS)  # [4k, h, w, 3]
-        clip = clip[: self.frames_total - self.frames_done]  # the padding of the last patch
-        self.frames_done += clip.shape[0]
-        return clip
+        return self._emit(ready)
+
+    def _emit(self, ready: list[int]) -> Iterator[Tensor]:
+        for v in ready:  # one latent frame at a time: no copy of the whole step
+            parts = self._parts.pop(v)
+            c = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0].clone()
+            f = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            del parts
+            c[:, 0] = 0
+            clip = unpatchify(f, c, PATCH, (1, *self.grid), CHANNELS)  # [4, h, w, 3]
+            del c, f
+            clip = clip[: self.frames_total - self.frames_done]  # the padding of the last patch
+            self.frames_done += clip.shape[0]
+            yield clip
+            del clip
+
+    @property
+    def grid_pixels(self) -> tuple[int, int]:
+        return (self.grid[0] * PATCH[1], self.grid[1] * PATCH[2])
 
     @property
     def complete(self) -> bool:
@@ -113,8 +179,9 @@ class VideoSink:
         output: the reconstruction MP4 path.
         fps: frame rate of the files.
         comparison: path of a ``reference | reconstruction`` MP4 (needs ``reference``).
-        reference: the source clip ``[T, H, W, 3]`` (before crop/resize) to compare with;
-            per-frame PSNR/SSIM are measured when it is given.
+        reference: the source clip ``[T, H, W, 3]`` (before crop/resize) to compare with, a
+            tensor or a `VideoFile` (decoded in order beside the reconstruction); per-frame
+            PSNR/SSIM are measured when it is given.
         progress: ``progress(frames_done, frames_total)`` after each chunk.
 
     Use as a context manager: leaving the block normally commits the files (an incomplete clip
@@ -130,7 +197,7 @@ class VideoSink:
         *,
         fps: float,
         comparison: str | os.PathLike[str] | None = None,
-        reference: Tensor | None = None,
+        reference: Tensor | VideoFile | None = None,
         progress: Progress | None = None,
     ) -> None:
         if comparison is not None and reference is None:
@@ -142,7 +209,10 @@ class VideoSink:
                 f"reference has {reference.shape[0]} frames, the tokens"
                 f" {self.assembler.frames_total}"
             )
-        self.reference = reference
+        self.reference = None
+        if reference is not None:  # decoded in order a sub-chunk at a time (see `add`)
+            h, w = reference.shape[1:3]
+            self.reference = ReferenceFrames(reference, max(1, SUB_CHUNK_PIXELS // (h * w)))
         self.progress = progress
         crf = adapter.options.crf
         self.writers = [Mp4Writer(output, fps, crf=crf)]
@@ -182,20 +252,24 @@ class VideoSink:
     def add(self, coords: Tensor, feats: Tensor) -> int:
         """Take decoded rows; write the frames they complete. Returns frames written so far."""
         start = self.frames_done
-        frames = self.assembler.add(coords, feats)  # [k, h, w, 3] or None
-        if frames is None:
-            return self.frames_done
-        rec = frames.clamp(-1, 1)
-        self.writers[0].write(rec)
-        if self.reference is not None:
-            ref = self.adapter.prepare(self.reference[start : self.frames_done], self.meta)
-            ref = ref.to("cpu", torch.float32)
-            chunk = per_frame_metrics(ref, rec)
-            for name, vals in chunk.per_frame.items():
-                self.values[name] += vals
-            if self.compare is not None:
-                self.compare.write(side_by_side(ref, rec))
-        if self.progress is not None:
+        for frames in self.assembler.feed(coords, feats):  # [<=4, h, w, 3] per latent frame
+            _, h, w, _ = frames.shape
+            step = max(1, SUB_CHUNK_PIXELS // (h * w))
+            for i in range(0, frames.shape[0], step):
+                rec = frames[i : i + step].clamp_(-1, 1)
+                self.writers[0].write(rec)
+                if self.reference is not None:
+                    ref = self.adapter.prepare(self.reference.take(rec.shape[0]), self.meta)
+                    ref = ref.to("cpu", torch.float32)
+                    chunk = per_frame_metrics(ref, rec)
+                    for name, vals in chunk.per_frame.items():
+                        self.values[name] += vals
+                    if self.compare is not None:
+                        self.compare.write(side_by_side(ref, rec))
+                    del ref
+                del rec
+            del frames
+        if self.progress is not None and self.frames_done > start:
             self.progress(self.frames_done, self.frames_total)
         return self.frames_done
 
