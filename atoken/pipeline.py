@@ -40,22 +40,14 @@ from typing import Any
 
 import torch
 
+from atoken import latents_file
 from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
-from atoken.core.serialization import (
-    CheckpointError,
-    atomic_write_json,
-    load_tensors,
-    outputs_together,
-    read_metadata,
-    save_tensors,
-)
+from atoken.core.serialization import atomic_write_json, outputs_together, save_tensors
 from atoken.core.tokenizer import STREAM_GROUP_TOKENS, Latents, Tokenizer
 from atoken.core.tokens import PatchTokens, collate
-
-LATENTS_FORMAT = "atoken-latents"
-LATENTS_VERSION = "1"
+from atoken.latents_file import LATENTS_FORMAT, LATENTS_VERSION
 
 
 def adapter_for(
@@ -260,43 +252,51 @@ def encode_to_file(
 
 
 def read_latents_header(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Metadata of a latents file; raises `CheckpointError` if it is not one."""
-    meta = read_metadata(path, what="latents file")
-    if meta.get("format") != LATENTS_FORMAT:
-        raise CheckpointError(f"{path} is not an atoken latents file (written by `atoken encode`)")
-    return meta
+    """Metadata of a latents file, its structure checked (`atoken.latents_file.read_header`);
+    raises `atoken.latents_file.LatentsError` (a `CheckpointError`) naming the bad key."""
+    return dict(latents_file.read_header(path).metadata)
 
 
 def load_latents(
-    model: Tokenizer, path: str | os.PathLike[str], components: Components | None = None
+    model: Tokenizer,
+    path: str | os.PathLike[str],
+    components: Components | None = None,
+    *,
+    whole: bool | None = None,
 ) -> tuple[Latents, ModalityAdapter, dict[str, Any]]:
     """A latents file's latents, the adapter that decodes them and the sample meta.
 
-    Checks that the file was made by this model.
+    The file is validated in full before anything is decoded (`atoken.latents_file`): it was
+    made by this model, every tensor's dtype and shape, the layout its sample meta declares,
+    the pixel and token budgets, the values (finite codes, indices in range, coords in range).
+
+    Args:
+        whole: the caller decodes all tokens at once (token budget on the whole file); default:
+            unless the adapter streams (``stream_sink``: budget per latent frame).
     """
-    meta = read_latents_header(path)
-    if meta.get("model_id") != model.model_id:
-        raise CheckpointError(
-            f"{path} was encoded by another model (model id {meta.get('model_id')}, from"
-            f" {meta.get('model')!r}); this model's id is {model.model_id}. Decode with --model"
-            f" {meta.get('model')}"
-        )
-    tensors = load_tensors(path, what="latents file")
+    header = latents_file.read_header(path)
+    latents_file.check_against_model(header, model)
     comps = components or default_components()
-    adapter = comps.adapters.build(
-        meta["modality"], json.loads(meta.get("adapter_options", "{}")) or None
-    )
-    bind_adapter(adapter, model)
+    modality = header.metadata["modality"]
+    adapter = comps.adapters.build(modality, header.adapter_options or None)
+    if whole is None:
+        whole = not callable(getattr(adapter, "stream_sink", None))
+    grid = latents_file.check_layout(header, tuple(model.config.patch_size), streamed=not whole)
+    tensors = latents_file.load_tensors(header)
     coords = tensors["coords"]
-    sample_meta = json.loads(meta["sample_meta"])
+    if grid is not None:
+        latents_file.check_grid_coords(header, grid, coords)
+    bind_adapter(adapter, model)
+    sample_meta = header.sample_meta
     layout_feats = torch.zeros(coords.shape[0], 1)
-    layout = collate([PatchTokens(layout_feats, coords, meta["modality"], sample_meta)])
+    layout = collate([PatchTokens(layout_feats, coords, modality, sample_meta)])
     if "indices" in tensors:
-        latents = model.latents_from_indices(tensors["indices"], layout)
-    elif "codes" in tensors:
-        latents = Latents(tokens=layout.replace(tensors["codes"]))
+        indices = latents_file.check_indices(
+            header, tensors["indices"], model.quantizer.codebook_size
+        )
+        latents = model.latents_from_indices(indices, layout)
     else:
-        raise CheckpointError(f"{path} holds neither 'codes' nor 'indices'")
+        latents = Latents(tokens=layout.replace(tensors["codes"]))
     return latents, adapter, sample_meta
 
 
@@ -304,7 +304,7 @@ def decode_from_file(
     model: Tokenizer, path: str | os.PathLike[str], components: Components | None = None
 ) -> tuple[torch.Tensor, ModalityAdapter]:
     """Decode a latents file back into a sample; checks it was made by this model."""
-    latents, adapter, _ = load_latents(model, path, components)
+    latents, adapter, _ = load_latents(model, path, components, whole=True)
     with torch.inference_mode():
         decoded = model.decode(latents)
     patch = decoded.split()[0]
