@@ -223,6 +223,14 @@ def test_model_directory_headers_are_checked_by_name(tmp_path, model_dir, monkey
             make("big", config=json.dumps(doc) + " " * (2 << 20)),
             "a model config.json is a few KiB",
         ),
+        "unknown-top-level-key": (
+            make("top", config={**doc, "bananas": 3}),
+            "bananas: unknown key",
+        ),
+        "version-a-string": (
+            make("version", config={**doc, "format_version": "1"}),
+            "format_version: expected an integer, got '1'",
+        ),
         "width-out-of-bounds": (
             make(
                 "bound",

@@ -670,10 +670,27 @@ def config_document(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+#: top-level keys of a model config.json (``converted_from``: written by `atoken convert`)
+CONFIG_DOCUMENT_KEYS = ("format", "format_version", "atoken_version", "model", "converted_from")
+
+
 def config_from_document(doc: Any, where: os.PathLike[str] | str) -> ModelConfig:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "model" not in doc:
         raise CheckpointError(f"{where} is not an atoken model config (expected format 'atoken')")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
+    version = doc.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{where}: format_version: expected an integer, got {version!r}")
+    unknown = sorted(str(k) for k in doc if k not in CONFIG_DOCUMENT_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"{where}: {', '.join(unknown)}: unknown key (a model config.json holds"
+            f" {', '.join(CONFIG_DOCUMENT_KEYS)})"
+        )
+    if not isinstance(doc["model"], dict):
+        raise CheckpointError(
+            f"{where}: model: expected an object, got {type(doc['model']).__name__}"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where} has format_version {doc['format_version']}; this atoken reads up to"
             f" {FORMAT_VERSION}. Upgrade atoken."
