@@ -102,6 +102,25 @@ def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def json_entry(key: str, value: Any) -> str:
+    """``value`` as the JSON text of metadata ``key`` (what `read_header` parses back).
+
+    Raises:
+        InputError: ``value`` is not a dict of JSON values (e.g. a plugin put a tensor or a NaN
+            into its tokens' meta), so the file could not be read back.
+    """
+    if not isinstance(value, dict):
+        raise InputError(f"latents metadata {key!r} must be a dict, got {_type(value)}")
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"latents metadata {key!r} cannot be stored as JSON ({exc}); an adapter's tokens"
+            " meta and options must hold only JSON values (str, int, finite float, bool, None,"
+            " lists, dicts)"
+        ) from None
+
+
 # ------------------------------------------------------------------------------------ header
 def read_header(path: str | os.PathLike[str]) -> LatentsHeader:
     """Read and check a latents file's metadata and tensor header (no tensor data is read).
@@ -138,7 +157,7 @@ def read_header(path: str | os.PathLike[str]) -> LatentsHeader:
     for key in STRING_KEYS:
         if key not in meta:
             raise _fail(path, f"metadata key {key!r} is missing")
-        if not meta[key].strip():
+        if not meta[key].strip() and key != "source":
             raise _fail(path, f"metadata key {key!r}: expected a non-empty string, got ''")
     if meta["version"] != LATENTS_VERSION:
         raise _fail(

@@ -29,7 +29,6 @@ Optional adapter extensions (looked up with ``getattr``, so the core protocol st
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -240,8 +239,8 @@ def encode_to_file(
         "model": model_ref,
         "quantizer": model.config.quantizer.name,
         "modality": latents.tokens.modality[0],
-        "adapter_options": json.dumps(adapter_options or {}),
-        "sample_meta": json.dumps(sample_meta),
+        "adapter_options": latents_file.json_entry("adapter_options", adapter_options or {}),
+        "sample_meta": latents_file.json_entry("sample_meta", sample_meta),
         "source": Path(source).name,
     }
     save_tensors(out, tensors, metadata=meta)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import atoken
 from atoken.cli import cli
-from atoken.core.errors import AtokenError
+from atoken.core.errors import AtokenError, InputError
 from atoken.latents_file import LatentsError, read_header
 from atoken.pipeline import decode_from_file, decode_to_file, encode_to_file, load_latents
 from atoken.plugins.image.adapter import ImageAdapter
@@ -411,3 +411,15 @@ def test_a_latents_file_declaring_a_huge_picture_allocates_nothing(tmp_path, goo
     proc = run_limited(["decode", good, "-o", out], 1 << 30, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
+
+
+def test_encode_refuses_meta_that_would_not_read_back(tmp_path, model, photo) -> None:
+    class OddImage(ImageAdapter):
+        def to_tokens(self, sample, **kwargs):
+            tokens = super().to_tokens(sample, **kwargs)
+            return tokens.replace(meta={**tokens.meta, "scale": float("nan")})
+
+    out = tmp_path / "lat.safetensors"
+    with pytest.raises(InputError, match="'sample_meta' cannot be stored as JSON"):
+        encode_to_file(model, "m", OddImage(), photo, out)
+    assert not out.exists()
