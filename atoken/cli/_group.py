@@ -7,6 +7,8 @@ Command modules (`atoken.cli.model`, `atoken.cli.understanding`, `atoken.cli.tra
 from __future__ import annotations
 
 import json
+import os
+import stat
 from typing import Any
 
 import click
@@ -15,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atoken.core.errors import (
     AtokenError,
+    InputError,
     describe_allocator_failure,
     describe_os_error,
     is_allocator_failure,
@@ -71,6 +74,25 @@ def _one_line_message(exc: BaseException) -> str | None:
     else:
         return None
     return "; ".join(part.strip() for part in msg.splitlines() if part.strip()) or repr(exc)
+
+
+class InputPath(click.Path):
+    """A ``click.Path`` for files atoken reads: a FIFO, device node or socket is refused with
+    one line (reading one would block or never end); regular files, folders and paths that do
+    not exist pass through (the reader reports a missing file, naming it)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return path
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device node or socket"
+            raise InputError(
+                f"cannot read '{os.fsdecode(path)}': it is {kind}; give a regular file"
+            )
+        return path
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -13,7 +13,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from atoken.cli._group import _parse_options, _progress, cli, err_console, load_model, model_option
+from atoken.cli._group import (
+    InputPath,
+    _parse_options,
+    _progress,
+    cli,
+    err_console,
+    load_model,
+    model_option,
+)
 from atoken.core.errors import InputError
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
@@ -71,7 +79,7 @@ def presets_cmd() -> None:
 
 
 @cli.command("reconstruct")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath(path_type=Path))
 @model_option
 @click.option(
     "--out",
@@ -164,7 +172,7 @@ def _frames_task(progress, name: str):
 
 
 @cli.command("encode")
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=InputPath(path_type=Path))
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="latents .safetensors"
 )
@@ -184,7 +192,7 @@ def encode_cmd(input_path, output, model, modality, options) -> None:
 
 
 @cli.command("decode")
-@click.argument("latents", type=click.Path(path_type=Path))
+@click.argument("latents", type=InputPath(path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model",
@@ -209,7 +217,7 @@ def convert_group() -> None:
 
 
 @convert_group.command("official")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=InputPath(path_type=Path))
 @click.option(
     "--config",
     "-c",

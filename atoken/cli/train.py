@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from atoken.cli._group import cli
+from atoken.cli._group import InputPath, cli
 
 
 @cli.command("train")
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("config", type=InputPath(path_type=Path))
 @click.option(
     "--out",
     "-o",

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from atoken.cli._group import _parse_options, cli, load_model, model_option
+from atoken.cli._group import InputPath, _parse_options, cli, load_model, model_option
 from atoken.core.errors import InputError
 
 
@@ -59,7 +59,7 @@ _batch_option = click.option(
 
 
 @cli.command("embed")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath(path_type=Path))
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="embeddings .safetensors"
 )
@@ -116,7 +116,7 @@ def embed_cmd(
 
 
 @cli.command("zeroshot")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath(path_type=Path))
 @click.option("--labels", required=True, help="comma-separated labels, e.g. 'a cat,a dog'")
 @_text_model_option
 @_text_option_option
