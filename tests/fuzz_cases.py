@@ -92,7 +92,9 @@ def assert_one_line_error(result: Result, *, mentions: Iterable[str] = ()) -> st
     """Exactly one ``atoken: error:`` line on stderr, a non-zero exit, no traceback; returns
     the line. ``mentions``: substrings the line must contain (e.g. the path)."""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}")
+        raise AssertionError(
+            f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}"
+        )
     assert result.exit_code != 0, f"exit 0, expected an error; output:\n{result.output}"
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), (
@@ -122,7 +124,9 @@ def assert_clean_outcome(result: Result, before: dict[str, Entry], *roots: Path)
     """A hostile input that may still be readable (a flipped byte in pixel data): either it
     succeeded (True), or it failed cleanly with nothing left behind (False)."""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}")
+        raise AssertionError(
+            f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}"
+        )
     if result.exit_code == 0:
         assert "Traceback" not in result.output
         return True
@@ -172,7 +176,9 @@ def compressed_png(width: int, height: int) -> bytes:
     comp = zlib.compressobj(9)
     body = b"".join(comp.compress(raw_row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+    )
 
 
 def safetensors_bytes(header: dict, payload: bytes = b"") -> bytes:

@@ -179,7 +179,9 @@ def test_image_reader_fails_cleanly_in_other_commands(tmp_path, photo, command) 
     _run(tmp_path, command, src, "-o", tmp_path / "out.safetensors", mentions=[str(src)])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     fmt=st.sampled_from(["png", "jpeg"]),
     seed=st.integers(0, 2**32 - 1),
@@ -228,7 +230,9 @@ def test_video_reader_fails_cleanly(tmp_path, clip, make) -> None:
     _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out", "-O", "lpips=false")
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 32))
 def test_video_byte_flips_fail_cleanly_or_decode(tmp_path_factory, clip, seed, count) -> None:
     root = tmp_path_factory.mktemp("vflip")
@@ -333,41 +337,79 @@ def _latents_cases():
     return [
         pytest.param(None, id="zero-length"),
         pytest.param(b"garbage" * 100, id="garbage"),
-        pytest.param(safetensors_bytes({"codes": {"dtype": "F32", "shape": [10**12, 48],
-                                                  "data_offsets": [0, 4]}}, b"\0" * 4),
-                     id="header-lies-about-size"),
+        pytest.param(
+            safetensors_bytes(
+                {"codes": {"dtype": "F32", "shape": [10**12, 48], "data_offsets": [0, 4]}},
+                b"\0" * 4,
+            ),
+            id="header-lies-about-size",
+        ),
         pytest.param("truncate", id="truncated"),
         pytest.param(M(lambda m: {k: v for k, v in m.items() if k != "format"}), id="no-format"),
         pytest.param(M(lambda m: {**m, "format": "other"}), id="wrong-format"),
         pytest.param(M(lambda m: {**m, "model_id": "0" * 16}), id="other-model"),
         pytest.param(M(lambda m: {k: v for k, v in m.items() if k != "model"}), id="no-model"),
-        pytest.param(M(lambda m: {**m, "sample_meta": "{not json"}), id="sample-meta-not-json",
-                     marks=xfail("latents")),
-        pytest.param(M(lambda m: {**m, "adapter_options": "[1,"}), id="adapter-options-not-json",
-                     marks=xfail("latents")),
+        pytest.param(
+            M(lambda m: {**m, "sample_meta": "{not json"}),
+            id="sample-meta-not-json",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            M(lambda m: {**m, "adapter_options": "[1,"}),
+            id="adapter-options-not-json",
+            marks=xfail("latents"),
+        ),
         pytest.param(M(lambda m: {**m, "modality": "audio"}), id="unknown-modality"),
-        pytest.param(M(lambda m: {k: v for k, v in m.items() if k != "sample_meta"}),
-                     id="no-sample-meta"),
+        pytest.param(
+            M(lambda m: {k: v for k, v in m.items() if k != "sample_meta"}), id="no-sample-meta"
+        ),
         pytest.param(M(_sample_meta(_crop_scale(10**5))), id="huge-crop", marks=xfail("latents")),
-        pytest.param(M(_sample_meta(lambda sm: sm.update(crop="x"))), id="crop-not-a-list",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "codes": s["codes"][:-1]}), id="codes-rows-mismatch",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "codes": s["codes"][:, :7]}), id="codes-wrong-channels",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "codes": s["codes"].to(torch.int64)}), id="codes-int",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "codes": s["codes"] * float("nan")}), id="codes-nan",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "coords": s["coords"].float()}), id="coords-float",
-                     marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "coords": s["coords"][:, :3].contiguous()}),
-                     id="coords-3-columns", marks=xfail("latents")),
-        pytest.param(T(lambda s: {**s, "coords": s["coords"] * 100_000}), id="coords-huge",
-                     marks=xfail("latents")),
+        pytest.param(
+            M(_sample_meta(lambda sm: sm.update(crop="x"))),
+            id="crop-not-a-list",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "codes": s["codes"][:-1]}),
+            id="codes-rows-mismatch",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "codes": s["codes"][:, :7]}),
+            id="codes-wrong-channels",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "codes": s["codes"].to(torch.int64)}),
+            id="codes-int",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "codes": s["codes"] * float("nan")}),
+            id="codes-nan",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "coords": s["coords"].float()}),
+            id="coords-float",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "coords": s["coords"][:, :3].contiguous()}),
+            id="coords-3-columns",
+            marks=xfail("latents"),
+        ),
+        pytest.param(
+            T(lambda s: {**s, "coords": s["coords"] * 100_000}),
+            id="coords-huge",
+            marks=xfail("latents"),
+        ),
         pytest.param(T(lambda s: {k: v for k, v in s.items() if k != "codes"}), id="no-codes"),
-        pytest.param(T(lambda s: {k: v for k, v in s.items() if k != "coords"}), id="no-coords",
-                     marks=xfail("latents")),
+        pytest.param(
+            T(lambda s: {k: v for k, v in s.items() if k != "coords"}),
+            id="no-coords",
+            marks=xfail("latents"),
+        ),
     ]
 
 
@@ -432,13 +474,22 @@ def _config_cases():
         pytest.param(sub('preset = "atoken-tiny"', 'preset = "atoken-tiyn"'), id="unknown-preset"),
         pytest.param(sub('task = "image_rec"', 'task = "audio_rec"'), id="unknown-task"),
         pytest.param(sub('name = "samples"', 'name = "smaples"'), id="unknown-source"),
-        pytest.param(sub("steps = 2", "steps = 9223372036854775807"), id="huge-steps",
-                     marks=xfail("config-bounds")),
-        pytest.param(sub("min_res = 32\nmax_res = 64", "min_res = 40000\nmax_res = 40000"),
-                     id="huge-resolution", marks=xfail("config-bounds")),
-        pytest.param(sub("tokens_per_batch = 96", "tokens_per_batch = 1000000000000"),
-                     id="huge-token-budget", marks=xfail("config-bounds")),
-        pytest.param(b'trainer = 5\n', id="trainer-not-a-string"),
+        pytest.param(
+            sub("steps = 2", "steps = 9223372036854775807"),
+            id="huge-steps",
+            marks=xfail("config-bounds"),
+        ),
+        pytest.param(
+            sub("min_res = 32\nmax_res = 64", "min_res = 40000\nmax_res = 40000"),
+            id="huge-resolution",
+            marks=xfail("config-bounds"),
+        ),
+        pytest.param(
+            sub("tokens_per_batch = 96", "tokens_per_batch = 1000000000000"),
+            id="huge-token-budget",
+            marks=xfail("config-bounds"),
+        ),
+        pytest.param(b"trainer = 5\n", id="trainer-not-a-string"),
         pytest.param(b'trainer = "nope"\n', id="unknown-trainer"),
         pytest.param(b"", id="empty", marks=xfail("config-bounds")),
     ]
@@ -534,8 +585,11 @@ def _model_cases():
         def walk(x):
             if isinstance(x, dict):
                 return {
-                    key: (v * k if key in {"width", "mlp_dim", "hidden_dim"} and isinstance(v, int)
-                          else walk(v))
+                    key: (
+                        v * k
+                        if key in {"width", "mlp_dim", "hidden_dim"} and isinstance(v, int)
+                        else walk(v)
+                    )
                     for key, v in x.items()
                 }
             return x
@@ -549,10 +603,13 @@ def _model_cases():
         pytest.param(write("config.json", b"[1, 2, 3]"), id="config-a-list"),
         pytest.param(cfg_edit(lambda d: {**d, "bananas": 3}), id="config-unknown-key"),
         pytest.param(lambda d: (d / "config.json").unlink(), id="config-missing"),
-        pytest.param(lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir()),
-                     id="config-a-directory"),
-        pytest.param(cfg_edit(lambda d: widen(d, 1000)), id="config-huge-width",
-                     marks=xfail("budget")),
+        pytest.param(
+            lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir()),
+            id="config-a-directory",
+        ),
+        pytest.param(
+            cfg_edit(lambda d: widen(d, 1000)), id="config-huge-width", marks=xfail("budget")
+        ),
         pytest.param(write("model.safetensors", b""), id="weights-empty"),
         pytest.param(write("model.safetensors", os.urandom(1024)), id="weights-garbage"),
         pytest.param(trunc("model.safetensors", 0.5), id="weights-truncated"),
@@ -562,8 +619,12 @@ def _model_cases():
             id="weights-wrong-layout",
         ),
         pytest.param(
-            write("model.safetensors", safetensors_bytes(
-                {"x": {"dtype": "F32", "shape": [2**40], "data_offsets": [0, 8]}}, b"\0" * 8)),
+            write(
+                "model.safetensors",
+                safetensors_bytes(
+                    {"x": {"dtype": "F32", "shape": [2**40], "data_offsets": [0, 8]}}, b"\0" * 8
+                ),
+            ),
             id="weights-header-lies",
         ),
     ]
@@ -628,8 +689,9 @@ _TORCH_OOM = (
     [
         pytest.param(RuntimeError(_TORCH_OOM), id="torch-cpu-allocator"),
         pytest.param(MemoryError(), id="MemoryError"),
-        pytest.param(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                     id="cuda-oom"),
+        pytest.param(
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), id="cuda-oom"
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["encode", "reconstruct"])

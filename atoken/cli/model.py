@@ -255,8 +255,11 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
             dtype=None if dtype == "keep" else dtype,
         )
         return
+    from atoken.core.serialization import outputs_together
+
     cast = None if dtype == "keep" else getattr(torch, dtype)
-    out = convert_official(checkpoint, output, config=config, dtype=cast)
+    with outputs_together():  # config.json and the weights appear together, or neither
+        out = convert_official(checkpoint, output, config=config, dtype=cast)
     click.echo(f"{checkpoint} -> {out} (config {config})")
 
 
@@ -283,7 +286,7 @@ def demo_cmd(model, out_dir, split) -> None:
     Writes, per photo, ``reference | model | PCA-48`` with metrics (``comparison.png``) and the
     model's reconstruction files, and ``demo.json`` with the table and its protocol.
     """
-    from atoken.core.serialization import atomic_write_json
+    from atoken.core.serialization import atomic_write_json, outputs_together
     from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
     from atoken.pipeline import Reconstruction, write_reconstruction
     from atoken.train.data.sample_images import SampleImagesSource
@@ -307,26 +310,29 @@ def demo_cmd(model, out_dir, split) -> None:
     report = compare_on_held_out(tok, images, pca, split=f"built-in '{split}' photos")
     elapsed = time.perf_counter() - t0
     adapter = default_components().adapters.build("image", {"lpips": False})
-    for (name, ref, rec), row in zip(report.pairs, report.rows, strict=True):
-        stem = name.rsplit("/", 1)[-1]
-        m, p = row["model"], row["pca48"]
+    # every photo's files and demo.json appear together, or none of them (full disk, ...)
+    with outputs_together():
+        for (name, ref, rec), row in zip(report.pairs, report.rows, strict=True):
+            stem = name.rsplit("/", 1)[-1]
+            m, p = row["model"], row["pca48"]
 
-        def label(title, r):
-            lp = f"\nLPIPS {r['lpips']:.3f}" if "lpips" in r else ""
-            return f"{title}\n{r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{lp}"
+            def label(title, r):
+                lp = f"\nLPIPS {r['lpips']:.3f}" if "lpips" in r else ""
+                return f"{title}\n{r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{lp}"
 
-        comparison_strip(
-            [ref, rec, pca(ref)],
-            [f"{stem}\nreference", label("model", m), label("PCA-48", p)],
-            out_dir / stem / "comparison.png",
-        )
-        result = Reconstruction(Path(name), ref, rec, row["tokens"], m)
-        write_reconstruction(result, adapter, out_dir / stem, {"model": model})
-        click.echo(
-            f"  {stem}: {ref.shape[0]}x{ref.shape[1]} px, {row['tokens']} tokens; model"
-            f" {m['psnr']:.2f} dB / PCA-48 {p['psnr']:.2f} dB -> {out_dir / stem / 'comparison.png'}"
-        )
+            comparison_strip(
+                [ref, rec, pca(ref)],
+                [f"{stem}\nreference", label("model", m), label("PCA-48", p)],
+                out_dir / stem / "comparison.png",
+            )
+            result = Reconstruction(Path(name), ref, rec, row["tokens"], m)
+            write_reconstruction(result, adapter, out_dir / stem, {"model": model})
+            click.echo(
+                f"  {stem}: {ref.shape[0]}x{ref.shape[1]} px, {row['tokens']} tokens; model"
+                f" {m['psnr']:.2f} dB / PCA-48 {p['psnr']:.2f} dB -> {out_dir / stem / 'comparison.png'}"
+            )
+        atomic_write_json(out_dir / "demo.json", {"model": model, **report.as_dict()})
     for line in format_table(report):
         click.echo(line)
     click.echo(f"({len(images)} photos in {elapsed:.1f} s)")
-    atomic_write_json(out_dir / "demo.json", {"model": model, **report.as_dict()})
+

@@ -319,7 +319,7 @@ def convert_official(
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # save_tensors creates the folder (and removes it again when the write fails)
     save_tensors(
         out / WEIGHTS_NAME, state, metadata={"format": "atoken", "converted_from": "official"}
     )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write
+from atoken.core.serialization import atomic_write, outputs_together
 from atoken.plugins.image.io import read_image
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.source import MAX_REASONS, check_image
@@ -147,8 +147,9 @@ def pack_folder(
                 item = next(items, None)
         counts.append(count)
 
-    while item is not None:
-        shards.append(atomic_write(out / shard_name(prefix, len(shards)), write))
+    with outputs_together():  # every shard appears, or none (a full disk leaves no part set)
+        while item is not None:
+            shards.append(atomic_write(out / shard_name(prefix, len(shards)), write))
     if not shards:
         raise InputError(
             f"no readable image in '{source.root}' ({len(skipped)} unreadable file(s); first:"

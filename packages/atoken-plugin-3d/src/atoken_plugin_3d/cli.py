@@ -14,7 +14,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
     "--output",
     "output",
     required=True,
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     help="directory to write config.json + model.safetensors into",
 )
 @click.option(
@@ -28,12 +28,14 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def convert_gs(checkpoint: str, output: str, config: str | None, dtype: str | None) -> None:
     """Convert the official 3D Gaussian decoder checkpoint (3d_decode_gs) for atoken-plugin-3d."""
     import torch
+    from atoken.core.serialization import outputs_together
 
     from atoken_plugin_3d.convert import convert_gaussian_decoder
 
-    out = convert_gaussian_decoder(
-        checkpoint, output, config=config, dtype=getattr(torch, dtype) if dtype else None
-    )
+    with outputs_together():  # config.json and the weights appear together, or neither
+        out = convert_gaussian_decoder(
+            checkpoint, output, config=config, dtype=getattr(torch, dtype) if dtype else None
+        )
     click.echo(str(out))
 
 

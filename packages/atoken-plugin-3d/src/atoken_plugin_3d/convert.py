@@ -120,7 +120,7 @@ def convert_gaussian_decoder(
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # save_tensors creates the folder (and removes it again when the write fails)
     save_tensors(out / WEIGHTS_NAME, state, metadata={"format": FORMAT})
     atomic_write_json(
         out / CONFIG_NAME,
@@ -154,7 +154,7 @@ def save_gaussian_decoder(
         info: JSON-able provenance recorded under ``trained_by`` (e.g. step, run folder).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # save_tensors creates the folder (and removes it again when the write fails)
     save_tensors(out / WEIGHTS_NAME, decoder.state_dict(), metadata={"format": FORMAT})
     doc: dict[str, Any] = {
         "format": FORMAT,

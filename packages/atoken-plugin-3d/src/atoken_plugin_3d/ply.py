@@ -163,7 +163,6 @@ def write_ply(path: str | os.PathLike[str], gaussians: Gaussians | PlyGaussians)
         ]
     )
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(table).tobytes()
     atomic_write(out, lambda fh: (fh.write(header.encode("ascii") + b"\n"), fh.write(data)))
     return out

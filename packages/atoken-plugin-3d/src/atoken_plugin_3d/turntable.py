@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write_bytes
+from atoken.core.serialization import atomic_write_bytes, outputs_together
 from PIL import Image
 from torch import Tensor
 
@@ -49,8 +49,7 @@ class Turntable:
 
 
 def _atomic_write(out: Path, data: bytes) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, data)  # temp file beside it, fsync, rename; respects the umask
+    atomic_write_bytes(out, data)  # temp file beside it, fsync, rename; creates the folder
 
 
 def grid_image(frames: Tensor, cols: int) -> np.ndarray:
@@ -105,7 +104,7 @@ def write_turntable(
 
     Args:
         gaussians: decoded Gaussians.
-        out_dir: output folder (created when missing).
+        out_dir: output folder (created when missing; removed again if writing fails).
         views: number of frames around the circle.
         size: frame width and height in pixels.
         radius, elevation_deg, fov_deg: the orbit (`turntable_cameras`).
@@ -128,7 +127,6 @@ def write_turntable(
         raise InputError("turntable: mp4=True needs PyAV (pip install av)")
     want_mp4 = has_av if mp4 is None else mp4
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cams = turntable_cameras(
         views, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg, size=size
     )
@@ -143,10 +141,11 @@ def write_turntable(
     png = out / f"{stem}.png"
     buf = io.BytesIO()
     Image.fromarray(grid_image(stack, cols)).save(buf, format="PNG")
-    _atomic_write(png, buf.getvalue())
-    video = None
-    if want_mp4:
-        video = out / f"{stem}.mp4"
-        _atomic_write(video, encode_mp4(stack, fps))
+    video = out / f"{stem}.mp4" if want_mp4 else None
+    mp4_bytes = encode_mp4(stack, fps) if video is not None else None
+    with outputs_together():  # the PNG and the MP4 appear together, or neither
+        _atomic_write(png, buf.getvalue())
+        if video is not None:
+            _atomic_write(video, mp4_bytes)
     logger.info("turntable: wrote %s%s", png, f" and {video}" if video else "")
     return Turntable(frames=stack, png=png, mp4=video)
