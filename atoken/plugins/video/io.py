@@ -188,6 +188,17 @@ def _open_container(name: str):
     return container, stream
 
 
+def _header_size(stream) -> tuple[int, int]:
+    """``(height, width)`` the stream's header declares (0 when it declares none)."""
+    size = []
+    for key in ("height", "width"):
+        try:  # PyAV raises AttributeError when the stream has no codec parameters
+            size.append(int(getattr(stream, key, 0) or 0))
+        except (AttributeError, TypeError, ValueError):
+            size.append(0)
+    return size[0], size[1]
+
+
 def _check_budget(name: str, frames: int, h: int, w: int, max_pixels, max_frames) -> None:
     """Pixels per frame and frames against their budgets (from the header: nothing decoded)."""
     limit = budgets.max_pixels(max_pixels)
@@ -283,7 +294,7 @@ def read_video(
     with container:
         fps = _fps_of(stream)
         declared = stream.frames  # frame count in the header (0: not stored)
-        _check_budget(name, declared, stream.height, stream.width, max_pixels, max_frames)
+        _check_budget(name, declared, *_header_size(stream), max_pixels, max_frames)
         frames = list(_decode_frames(name, container, stream, max_frames))
     _check_count(name, len(frames), declared)
     return _to_float(frames), fps
@@ -330,7 +341,7 @@ class VideoFile:
         with container:
             fps = _fps_of(stream)
             declared = stream.frames
-            _check_budget(name, declared, stream.height, stream.width, max_pixels, max_frames)
+            _check_budget(name, declared, *_header_size(stream), max_pixels, max_frames)
             count, shape = 0, (0, 0)
             for arr in _decode_frames(name, container, stream, max_frames):
                 if not count:
