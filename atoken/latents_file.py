@@ -344,7 +344,7 @@ def pixel_grid(h: LatentsHeader, patch: tuple[int, int, int]) -> Grid | None:
         _int(h, "valid_frames", meta["valid_frames"], 1, pt)
     frames = 1
     if "frames" in meta:
-        t = _int(h, "frames", meta["frames"], 1, COORD_LIMIT * pt)
+        t = _int(h, "frames", meta["frames"], 1)  # its grid must match the coords (below)
         pad = _int(h, "pad", meta.get("pad", -t % pt), 0, pt - 1)
         if (t + pad) % pt:
             raise h.fail(

@@ -274,9 +274,14 @@ def _cases():
             ["sample_meta", "1000 x", "coords"],
         ),
         (
-            "frames-too-many",
-            meta_edit(lambda m: _sample_meta(m, frames=10**9)),
-            ["metadata key 'sample_meta.frames'", "4096"],
+            "frames-zero",
+            meta_edit(lambda m: _sample_meta(m, frames=0)),
+            ["metadata key 'sample_meta.frames'", "expected an integer >= 1, got 0"],
+        ),
+        (
+            "frames-absurd",
+            meta_edit(lambda m: _sample_meta(m, frames=4 * 10**12, pad=0)),
+            ["metadata key 'sample_meta.crop' (and frames)", "1000000000000 x"],
         ),
         (
             "bad-fps",
