@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import stat
 import struct
 import traceback
@@ -24,6 +25,9 @@ from click.testing import CliRunner, Result
 from atoken.cli import cli
 
 ERROR_PREFIX = "atoken: error: "
+#: progress lines a command prints on a non-terminal stderr before it fails ("NAME: decoded
+#: 48/131 frames"); they are not part of the error
+PROGRESS = re.compile(r"^\S.*: decoded \d+/\d+ frames$")
 
 
 # -------------------------------------------------------------------------------- snapshots
@@ -96,7 +100,7 @@ def assert_one_line_error(result: Result, *, mentions: Iterable[str] = ()) -> st
             f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}"
         )
     assert result.exit_code != 0, f"exit 0, expected an error; output:\n{result.output}"
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), (
         f"expected one '{ERROR_PREFIX}...' line on stderr, got:\n{result.stderr}"
     )

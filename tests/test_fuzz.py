@@ -169,7 +169,8 @@ def _image_cases():
 def test_image_reader_fails_cleanly(tmp_path, photo, name, make) -> None:
     src = tmp_path / name
     src.write_bytes(make(photo))
-    _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out", "-O", "lpips=false")
+    line = _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out", "-O", "lpips=false")
+    assert name in line and "invalid options" not in line
 
 
 @pytest.mark.parametrize("command", ["encode", "embed"])
@@ -227,7 +228,8 @@ def _video_cases():
 def test_video_reader_fails_cleanly(tmp_path, clip, make) -> None:
     src = tmp_path / "clip.mp4"
     src.write_bytes(make(clip))
-    _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out", "-O", "lpips=false")
+    line = _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out")
+    assert "clip.mp4" in line
 
 
 @settings(
@@ -298,7 +300,8 @@ def test_mesh_reader_fails_cleanly(tmp_path, name, data) -> None:
     pytest.importorskip("atoken_plugin_3d", reason="atoken-plugin-3d is not installed")
     src = tmp_path / name
     src.write_bytes(data)
-    _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out", "-O", "lpips=false")
+    line = _run(tmp_path, "reconstruct", src, "--out", tmp_path / "out")
+    assert name in line
 
 
 # ----------------------------------------------------------------------------------- latents

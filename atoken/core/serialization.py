@@ -173,6 +173,9 @@ def temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[Pat
     if key not in _cleaned_dirs:
         clean_stale_temporaries(path.parent)
         _cleaned_dirs.add(key)
+    outputs = _current_set.get()
+    if outputs is not None:  # the set removes them on error, whichever of its writers failed
+        outputs.created.extend(created)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.{_TEMP_MARK}.{_HOST}.{os.getpid()}.", suffix=suffix, dir=path.parent
     )

@@ -607,8 +607,10 @@ class Mp4Writer:
                 os.fsync(fh.fileno())
             commit_temp(self._tmp, self.dest, self._created)  # now, or with its output set
             self._tmp = None
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.dest)) from None
             raise
         return self.dest
 

@@ -23,7 +23,7 @@ from atoken.train.data.pack import pack_folder
     "-o",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a file here is refused by pack_shards, in one line
     help="directory for the shards (created if missing)",
 )
 @click.option(
