@@ -805,3 +805,44 @@ def test_an_input_that_is_a_fifo_is_refused_without_blocking(tmp_path, args) -> 
     os.mkfifo(name)
     full = [a.format(**{"in": fifo, "out": tmp_path / "out"}) for a in args]
     _run(tmp_path, *full, mentions=[name, "FIFO"])
+
+
+# ---------------------------------------------------------------------- eval data folders
+def _eval_cases():
+    def corrupt_only(d: Path, photo):
+        (d / "a.png").write_bytes(truncations(photo["png"], [0.4])[0])
+
+    def one_good(d: Path, photo):
+        (d / "a.png").write_bytes(photo["png"])
+
+    return [
+        pytest.param(lambda d, p: None, [], id="empty-folder"),
+        pytest.param(corrupt_only, [], id="only-corrupt-images"),
+        pytest.param(lambda d, p: (d / "notes.txt").write_text("x"), [], id="no-readable-file"),
+        pytest.param(one_good, ["--i3d", "{root}/i3d.safetensors"], id="i3d-garbage"),
+        pytest.param(one_good, ["--limit", "1", "--i3d", "{root}"], id="i3d-a-directory"),
+    ]
+
+
+@pytest.mark.parametrize(("fill", "extra"), _eval_cases())
+def test_eval_data_fails_cleanly(tmp_path, photo, fill, extra) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    fill(data, photo)
+    (tmp_path / "i3d.safetensors").write_bytes(os.urandom(256))
+    args = [a.format(root=tmp_path) for a in extra]
+    before = snapshot(tmp_path)
+    result = invoke("eval", "--data", data, "--no-lpips", "-o", tmp_path / "r.json", *args)
+    if "--i3d" in args and result.exit_code == 0:
+        # rFVD is computed for videos only: a folder of photos never opens the I3D file
+        assert (tmp_path / "r.json").is_file()
+        return
+    assert_clean_failure(result, before, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "a-file"])
+def test_eval_data_path_that_is_not_a_folder_fails_cleanly(tmp_path, photo, kind) -> None:
+    data = tmp_path / "data"
+    if kind == "a-file":
+        data.write_bytes(photo["png"])
+    _run(tmp_path, "eval", "--data", data, "--no-lpips", "-o", tmp_path / "r.json")

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import SKIMAGE_DATA
-from tests.fuzz_cases import assert_clean_failure, invoke, snapshot
+from tests.fuzz_cases import assert_clean_failure, assert_nothing_left, invoke, snapshot
 from tests.official_set import FIXTURES
 from tests.test_fuzz import _GOOD
 
@@ -336,3 +336,39 @@ def test_a_stale_temporary_of_a_killed_run_is_cleaned_on_the_next_write(tmp_path
     assert result.exit_code == 0, result.output
     assert not stale.exists()
     assert sorted(p.name for p in out.iterdir()) == ["x.safetensors"]
+
+
+def test_a_full_disk_midway_through_a_turntable_leaves_neither_file(tmp_path, monkeypatch) -> None:
+    """atoken-plugin-3d's turntable (PNG grid + MP4) is one output set too."""
+    pytest.importorskip("atoken_plugin_3d", reason="atoken-plugin-3d is not installed")
+    pytest.importorskip("av", reason="the MP4 needs PyAV")
+    from atoken_plugin_3d.gaussians import Gaussians
+    from atoken_plugin_3d.turntable import write_turntable
+
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    blob = Gaussians(
+        xyz=torch.rand(n, 3, generator=g) * 0.4 + 0.3,
+        features_dc=torch.randn(n, 1, 3, generator=g),
+        scaling=torch.full((n, 3), 2.0),
+        rotation=torch.zeros(n, 4),
+        opacity=torch.full((n, 1), 3.0),
+    )
+    before = snapshot(tmp_path)
+    _disk_full_at(monkeypatch, 2)  # the PNG is written, the MP4 is not
+    with pytest.raises(OSError, match="No space left") as info:
+        write_turntable(blob, tmp_path / "tt", views=4, size=16, mp4=True, backend="torch")
+    monkeypatch.undo()
+    assert info.value.filename is not None and "turntable.mp4" in str(info.value.filename)
+    assert_nothing_left(before, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_full_disk_midway_through_the_demo_leaves_nothing(tmp_path, monkeypatch) -> None:
+    """`atoken demo` writes several files per photo and demo.json: all of them, or none."""
+    out = tmp_path / "demo"
+    before = snapshot(tmp_path)
+    _disk_full_at(monkeypatch, 5)  # after the first photo's files
+    result = invoke("demo", "--out", out)
+    monkeypatch.undo()
+    assert_clean_failure(result, before, tmp_path, mentions=["No space left on device"])

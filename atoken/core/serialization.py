@@ -108,6 +108,8 @@ def remove_empty_folders(folders: list[Path]) -> None:
     for folder in folders:  # deepest first
         try:
             folder.rmdir()
+        except FileNotFoundError:
+            continue  # already removed (by the writer that made it)
         except OSError:
             break
 
@@ -201,7 +203,11 @@ class _OutputSet:
         for tmp, _ in self.staged:
             tmp.unlink(missing_ok=True)
         self.staged.clear()
-        remove_empty_folders(sorted(set(self.created), key=lambda p: -len(p.parts)))
+        for folder in sorted(set(self.created), key=lambda p: -len(p.parts)):  # deepest first
+            try:  # each on its own: the set's folders may be siblings, not one chain
+                folder.rmdir()
+            except OSError:
+                pass  # gone already, or not empty (not ours to empty)
 
 
 _current_set: contextvars.ContextVar[_OutputSet | None] = contextvars.ContextVar(
