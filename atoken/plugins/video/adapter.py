@@ -76,7 +76,7 @@ class VideoOptions(BaseModel):
             adapter's budget; see `atoken.core.budgets`).
         max_frames: frame budget of a file, checked from its header and while decoding
             (default and most: 4096, what atoken's positions allow). Streamed encoding and
-            decoding hold only the latents of a clip (about 0.3 KB per token), not its frames.
+            decoding hold only the latents of a clip (about 0.25 KB per token), not its frames.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
