@@ -188,7 +188,10 @@ def test_image_reader_fails_cleanly_in_other_commands(tmp_path, photo, command) 
     seed=st.integers(0, 2**32 - 1),
     count=st.integers(1, 24),
 )
-def test_image_byte_flips_fail_cleanly_or_decode(tmp_path_factory, photo, fmt, seed, count) -> None:
+def test_image_byte_flips_fail_cleanly_or_decode(
+    tmp_path_factory, request, fmt, seed, count
+) -> None:
+    photo = request.getfixturevalue("photo")  # (not an argument: hypothesis would print it)
     root = tmp_path_factory.mktemp("flip")
     src = root / f"x.{'png' if fmt == 'png' else 'jpg'}"
     src.write_bytes(flip_bytes(photo[fmt], seed, count))
@@ -236,7 +239,8 @@ def test_video_reader_fails_cleanly(tmp_path, clip, make) -> None:
     max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 32))
-def test_video_byte_flips_fail_cleanly_or_decode(tmp_path_factory, clip, seed, count) -> None:
+def test_video_byte_flips_fail_cleanly_or_decode(tmp_path_factory, request, seed, count) -> None:
+    clip = request.getfixturevalue("clip")
     root = tmp_path_factory.mktemp("vflip")
     src = root / "clip.mp4"
     src.write_bytes(flip_bytes(clip, seed, count))
@@ -846,3 +850,72 @@ def test_eval_data_path_that_is_not_a_folder_fails_cleanly(tmp_path, photo, kind
     if kind == "a-file":
         data.write_bytes(photo["png"])
     _run(tmp_path, "eval", "--data", data, "--no-lpips", "-o", tmp_path / "r.json")
+
+
+# ------------------------------------------------------------------- adapter options (-O)
+_OPTION_VALUES = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 5), max_size=3),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(["min_res", "max_res", "lpips", "max_pixels", "nonsense", "max_res.x"]),
+    value=_OPTION_VALUES,
+)
+def test_adapter_options_fail_cleanly_or_work(tmp_path_factory, request, key, value) -> None:
+    """Any ``-O KEY=VALUE`` (names the image adapter has, and others; any JSON value): the
+    command works, or says in one line which option is wrong."""
+    root = tmp_path_factory.mktemp("opt")
+    src = root / "photo.png"
+    src.write_bytes(request.getfixturevalue("photo")["png"])
+    before = snapshot(root)
+    result = invoke("encode", src, "-o", root / "x.safetensors", "-O", f"{key}={json.dumps(value)}")
+    if not assert_clean_outcome(result, before, root):
+        assert key.split(".")[0] in result.stderr or "option" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param("atoken-tiyn", id="unknown-name"),
+        pytest.param("{root}/photo.png", id="a-file"),
+        pytest.param("{root}/empty", id="an-empty-folder"),
+        pytest.param("{root}/nowhere/model", id="missing-folder"),
+    ],
+)
+def test_model_reference_fails_cleanly(tmp_path, photo, model) -> None:
+    (tmp_path / "photo.png").write_bytes(photo["png"])
+    (tmp_path / "empty").mkdir()
+    ref = model.format(root=tmp_path)
+    _run(tmp_path, "encode", tmp_path / "photo.png", "-o", tmp_path / "x.st", "--model", ref)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "min_res=1180591620717411303424",  # 2**70: once a TypeError deep in torch
+        "min_res=40000",  # once a 26.8 GiB allocation (upscale over the pixel budget)
+        "max_res=1e308",
+        "max_res=NaN",
+        "min_res=64.5",
+        'min_res="big"',
+        "max_pixels=-1",
+        "lpips=[1]",
+        "max_res=16",  # valid (equal to the default min_res): must work
+    ],
+)
+def test_adapter_option_values_found_by_hand(tmp_path, photo, option) -> None:
+    src = tmp_path / "photo.png"
+    src.write_bytes(photo["png"])
+    before = snapshot(tmp_path)
+    result = invoke("encode", src, "-o", tmp_path / "x.safetensors", "-O", option)
+    if not assert_clean_outcome(result, before, tmp_path):
+        assert option.split("=")[0] in result.stderr

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from atoken.core.budgets import max_pixels
 from atoken.core.errors import InputError
 from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
 from atoken.core.tokens import PatchTokens, all_finite
@@ -119,7 +120,16 @@ class ImageAdapter:
             raise InputError("image contains NaN or Inf values")
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        return resize_target(h, w, self.options.min_res, self.options.max_res)
+        target = resize_target(h, w, self.options.min_res, self.options.max_res)
+        if target is not None:  # an upscale (min_res) is checked before it is allocated
+            budget = max_pixels(self.options.max_pixels)
+            if target[0] * target[1] > budget:
+                raise InputError(
+                    f"min_res {self.options.min_res} would resize this {h}x{w} image to"
+                    f" {target[0]}x{target[1]} = {target[0] * target[1]} pixels, over the pixel"
+                    f" budget of {budget}; lower -O min_res, or raise -O max_pixels"
+                )
+        return target
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
         return crop_box(h, w, multiple=16, train=train, generator=generator)
