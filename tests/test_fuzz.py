@@ -919,3 +919,24 @@ def test_adapter_option_values_found_by_hand(tmp_path, photo, option) -> None:
     result = invoke("encode", src, "-o", tmp_path / "x.safetensors", "-O", option)
     if not assert_clean_outcome(result, before, tmp_path):
         assert option.split("=")[0] in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param("min_res=40000", marks=xfail("video"), id="min_res-40000"),  # 107 GiB asked
+        pytest.param("min_res=1180591620717411303424", marks=xfail("video"), id="min_res-2^70"),
+        pytest.param("max_frames=1", id="max_frames-1"),
+        pytest.param("max_pixels=100", id="max_pixels-100"),
+        pytest.param('frame_mode="drop"', id="frame_mode-unknown"),
+        pytest.param("crf=99", id="crf-99"),
+    ],
+)
+def test_video_option_values_fail_cleanly(tmp_path, clip, option) -> None:
+    """Video upscales (min_res) should be checked against the pixel budget before allocating,
+    as images now are; until then min_res=40000 is an out-of-memory line and 2**70 a
+    TypeError in torch."""
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(clip)
+    line = _run(tmp_path, "encode", src, "-o", tmp_path / "x.safetensors", "-O", option)
+    assert option.split("=")[0] in line
