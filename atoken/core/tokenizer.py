@@ -330,14 +330,21 @@ class Tokenizer(nn.Module):
             del chunk  # only ``tokens`` holds the patches now (freed before the next is read)
             latents = self.encode(tokens, sample=False, backend=backend, temporal=tc)
             del tokens
-            codes.append(latents.codes)
+            codes.append(_compact(latents.codes))  # not a view into the [n, 2Cz] posterior
             coords.append(latents.tokens.coords)
             if latents.indices is not None:
                 indices.append(latents.indices)
+            del latents
         if first is None:
             raise InputError("encode_chunks: got no chunks")
-        whole = collate([PatchTokens(torch.cat(codes), torch.cat(coords), first[0], first[1])])
-        return Latents(tokens=whole, indices=torch.cat(indices) if indices else None)
+        all_codes = _concat(codes)  # [N, Cz]
+        if not all_finite(all_codes):
+            raise InputError("encode_chunks: the encoder produced NaN or Inf latents")
+        # layout from zero-width features, then the codes themselves (collating would copy them)
+        layout = collate([PatchTokens(all_codes[:, :0], _concat(coords), first[0], first[1])])
+        return Latents(
+            tokens=layout.replace(all_codes), indices=_concat(indices) if indices else None
+        )
 
     def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
         """Head embedding ``[B, D]`` from dense encoder features."""
@@ -657,6 +664,27 @@ def check_weights_header(
         raise CheckpointError(
             f"weights in {weights} have the wrong kind of dtype: {', '.join(wrong[:20])}{more}"
         )
+
+
+def _compact(x: Tensor) -> Tensor:
+    """``x``, copied when it is a view into a larger storage (so that storage can be freed)."""
+    if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+        return x.clone()
+    return x
+
+
+def _concat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, emptying ``parts`` as it copies: the result plus one part at a time
+    (not twice the result) are alive."""
+    out = parts[0].new_empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]))
+    start = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[start : start + part.shape[0]] = part
+        start += part.shape[0]
+        del part
+    return out
 
 
 def config_document(config: ModelConfig) -> dict[str, Any]:
