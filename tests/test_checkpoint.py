@@ -509,6 +509,29 @@ def test_resume_sets_newer_damaged_checkpoints_aside_and_prunes_only_older(tmp_p
     assert _tree(aside / "checkpoints" / "step-00000006") == damaged  # never touched
 
 
+def test_resume_at_an_older_step_keeps_the_newer_model_folder(tmp_path) -> None:
+    """RUN/model exported from a checkpoint that is damaged now may be the only intact copy of
+    those weights: resuming at an older step moves it aside with the checkpoint."""
+    run = straight_run(2)
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    for step in (2, 4, 6):
+        save_run(manager, step, run)
+    opt = tmp_path / "checkpoints" / "step-00000006" / "optimizer.safetensors"
+    data = bytearray(opt.read_bytes())
+    data[100] ^= 0x40
+    opt.write_bytes(bytes(data))
+    model = _tree(tmp_path / "model")
+    assert json.loads(model["source.json"])["step"] == 6
+    assert CheckpointManager(tmp_path).resume(**build_run().objects())["step"] == 4
+    (aside,) = _discarded(tmp_path)
+    assert _tree(aside / "model") == model
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "model"]
+    assert not (tmp_path / "model").exists()
+    save_run(manager, 6, run)  # the resumed run exports its own
+    assert json.loads((tmp_path / "model" / "source.json").read_text())["step"] == 6
+    assert _tree(aside / "model") == model
+
+
 def test_no_verifying_checkpoint_refuses_to_resume_and_changes_nothing(tmp_path) -> None:
     """Every checkpoint damaged (truncated, a flipped byte, an edited state.json): resume stops
     with an error listing each one and its reason, and the run folder is left exactly as is."""

@@ -39,6 +39,7 @@ Only one process may write a run folder (rank 0 under data parallelism); every r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -525,15 +526,20 @@ class CheckpointManager:
         return path
 
     def set_aside_newer(self, path: Path) -> Path | None:
-        """Move the checkpoints newer than ``path`` (the one resumed from) to ``discarded-*/``.
+        """Move what is newer than ``path`` (the checkpoint resumed from) to ``discarded-*/``.
 
-        They failed verification (else `resume_point` would have chosen one); kept out of
-        ``checkpoints/``, they can neither be pruned nor be jumped onto by a later resume.
+        The checkpoints newer than it failed verification (else `resume_point` would have
+        chosen one); kept out of ``checkpoints/``, they can neither be pruned nor be jumped onto
+        by a later resume. ``model/`` goes with them when its ``source.json`` names a newer
+        step: it may be the only intact copy of those weights, and the next save would
+        overwrite it.
         """
         step = int(_STEP_DIR.fullmatch(path.name).group(1))
         newer = [p for p in self.checkpoints() if int(_STEP_DIR.fullmatch(p.name).group(1)) > step]
+        if _exported_step(self.model_dir) > step:
+            newer.append(self.model_dir)
         return self._set_aside(
-            newer, f"newer than step {step}, which the run resumes from, and failed verification"
+            newer, f"newer than step {step}, which the run resumes from; damaged or abandoned"
         )
 
     def resume(
@@ -575,6 +581,15 @@ class CheckpointManager:
         self.set_aside_newer(path)
         logger.info("resuming from %s (step %d)", path, state["step"])
         return state
+
+
+def _exported_step(model_dir: Path) -> int:
+    """The step ``model_dir/source.json`` records, or -1 when it records none."""
+    try:
+        step = json.loads((model_dir / SOURCE_NAME).read_text(encoding="utf-8")).get("step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def _write_checkpoint(
