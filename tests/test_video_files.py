@@ -191,6 +191,21 @@ def test_frame_budget_holds_while_decoding_a_clip_without_a_count(tmp_path) -> N
         VideoFile.open(path, max_frames=8)
 
 
+def test_an_upscale_is_checked_against_the_pixel_budget_before_resizing(clip_file) -> None:
+    _, h, w = _header(clip_file)
+    for size in (40000, 2**70):  # 2**70 once reached torch as a size it cannot take
+        adapter = VideoAdapter(VideoOptions(min_res=size))
+        with pytest.raises(InputError, match=rf"min_res {size} would resize .* pixel budget"):
+            list(adapter.to_token_chunks(adapter.open(clip_file), 8))
+    fits = VideoAdapter(VideoOptions(min_res=128, max_pixels=128 * 192))  # 64x96 -> 128x192
+    assert fits.to_tokens(fits.open(clip_file)).meta["resize"] == [128, 192]
+    with pytest.raises(InputError, match="raise -O max_pixels"):
+        VideoAdapter(VideoOptions(min_res=128, max_pixels=128 * 192 - 1)).to_tokens(
+            read_video(clip_file)[0]
+        )
+    assert (h, w) == (64, 96)
+
+
 def test_frame_budget_cannot_exceed_the_positions() -> None:
     assert VideoOptions().max_frames == io.MAX_FRAMES == 4096
     with pytest.raises(ValueError, match="less than or equal to 4096"):
