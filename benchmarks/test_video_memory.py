@@ -66,13 +66,13 @@ def summary(request):
     lines = [
         "",
         "atoken video memory (peak RSS of the whole process, one run each)",
-        f"  {'command':<11} {'clip':<6} {'frames':>6} {'resolution':>10} {'clip f32':>9}"
-        f" {'peak RSS':>9} {'peak/clip':>9} {'wall s':>7}",
+        f"  {'command':<11} {'clip':<6} {'frames':>6} {'resolution':>10} {'clip f32':>10}"
+        f" {'peak RSS':>10} {'peak/clip':>9} {'wall s':>7}",
     ]
     for r in _ROWS:
         lines.append(
             f"  {r['command']:<11} {r['size']:<6} {r['frames']:>6} {r['resolution']:>10}"
-            f" {r['clip_bytes'] / GiB:>7.2f}GB {r['peak_bytes'] / GiB:>7.2f}GB"
+            f" {r['clip_bytes'] / GiB:>6.2f} GiB {r['peak_bytes'] / GiB:>6.2f} GiB"
             f" {r['peak_over_clip']:>8.2f}x {r['seconds']:>7.1f}"
         )
     with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
