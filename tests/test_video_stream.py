@@ -116,7 +116,18 @@ def test_writer_in_chunks_equals_one_write(tmp_path, carphone) -> None:
         for part in clip.split(3):
             out.write(part)
     assert out.frames == 10
-    assert torch.equal(_frames(tmp_path / "chunks.mp4"), _frames(tmp_path / "whole.mp4"))
+    chunks, whole = _frames(tmp_path / "chunks.mp4"), _frames(tmp_path / "whole.mp4")
+    assert chunks.shape == whole.shape == (10, 48, 64, 3)  # the padded column is stored
+    chunks, whole = chunks[:, :, :63], whole[:, :, :63]
+    # libx264's bits are not repeatable run to run (measured: the same clip written twice in
+    # one process differs by up to 24/255 in a pixel), so compare each file with the clip
+    # frame by frame: the same frames, in the same order, at the same quality
+    for decoded in (chunks, whole):
+        mse = (decoded - clip).pow(2).mean(dim=(1, 2, 3))  # [10] on [-1, 1]
+        psnr = 10 * torch.log10(4 / mse)
+        assert psnr.min() > 35, psnr
+    order = (chunks[:, None] - whole[None]).abs().mean(dim=(2, 3, 4))  # [10, 10]
+    assert torch.equal(order.argmin(dim=1), torch.arange(10))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.mp4", "whole.mp4"]
 
 
