@@ -84,6 +84,34 @@ def resize_target(
     return max(floor, round(h * scale)), max(floor, round(w * scale))
 
 
+def resize_target_within_budget(
+    h: int,
+    w: int,
+    min_res: int,
+    max_res: int | None,
+    max_pixels: int | None = None,
+    what: str = "image",
+) -> tuple[int, int] | None:
+    """`resize_target`, with an upscale (``min_res``) checked against the pixel budget
+    (`atoken.core.budgets.max_pixels`) before anything of that size is allocated.
+
+    Raises:
+        InputError: the resized ``what`` (e.g. "image", "frame") would be over the budget.
+    """
+    from atoken.core import budgets
+
+    target = resize_target(h, w, min_res, max_res)
+    if target is not None:
+        budget = budgets.max_pixels(max_pixels)
+        if target[0] * target[1] > budget:
+            raise InputError(
+                f"min_res {min_res} would resize this {h}x{w} {what} to {target[0]}x{target[1]}"
+                f" = {target[0] * target[1]:,} pixels, above the pixel budget of {budget:,} per"
+                f" {what}; lower -O min_res, or raise -O max_pixels"
+            )
+    return target
+
+
 def crop_box(
     h: int,
     w: int,

@@ -33,7 +33,8 @@ class OutputPathError(AtokenError, OSError):
     """An output path atoken will not write: a directory, a device node, under a file, ..."""
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -69,9 +70,7 @@ def check_output_target(path: str | os.PathLike[str], what: str = "output") -> P
             f"cannot write {what} '{path}': a parent of it is a file, not a folder"
         ) from None
     if stat.S_ISDIR(st.st_mode):
-        raise OutputPathError(
-            f"cannot write {what} '{path}': it is a directory; give a file name"
-        )
+        raise OutputPathError(f"cannot write {what} '{path}': it is a directory; give a file name")
     if not stat.S_ISREG(st.st_mode):
         kind = (
             "a device node"
@@ -196,7 +195,7 @@ class _OutputSet:
         for tmp, dest in self.staged:
             os.replace(tmp, dest)
         for folder in {dest.parent for _, dest in self.staged}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self.staged.clear()
 
     def abort(self) -> None:
@@ -245,7 +244,8 @@ def outputs_together() -> Iterator[None]:
         _current_set.reset(token)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """fsync a folder (its entries: renames, new files); a no-op where folders have no handle."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -262,7 +262,7 @@ def commit_temp(tmp: str | os.PathLike[str], dest: str | os.PathLike[str], creat
     """Give a finished, fsynced temporary (from `temp_beside`) the usual permissions and move it
     onto ``dest``, now or, inside `outputs_together`, when the block ends."""
     tmp, dest = Path(tmp), Path(dest)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~umask())
     outputs = _current_set.get()
     if outputs is not None:
         outputs.staged.append((tmp, dest))

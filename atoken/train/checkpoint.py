@@ -51,7 +51,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.serialization import CheckpointError, clean_stale_temporaries, load_tensors
+from atoken.core.serialization import (
+    CheckpointError,
+    clean_stale_temporaries,
+    fsync_dir,
+    load_tensors,
+)
 from atoken.core.tokenizer import (
     CONFIG_NAME,
     Tokenizer,
@@ -72,7 +77,6 @@ from atoken.train.checkpoint_files import (
     STATE_VERSION,
     TMP_PREFIX,
     _discard_dir,
-    _fsync_dir,
     _json_bytes,
     _make_temp_dir,
     _read_state,
@@ -298,7 +302,7 @@ def export_model_dir(
     if ema is not None:
         source |= {"ema_decay": ema.decay, "ema_num_updates": ema.num_updates}
     _write_file(tmp / SOURCE_NAME, _json_bytes(source))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     return _swap_in(tmp, run_dir / MODEL_DIR)
 
 
@@ -312,7 +316,7 @@ def _swap_in(tmp: Path, current: Path) -> Path:
     if current.exists():
         os.rename(current, old)
     os.rename(tmp, current)
-    _fsync_dir(current.parent)
+    fsync_dir(current.parent)
     if old.exists():
         shutil.rmtree(old)
     return current
@@ -428,12 +432,12 @@ class CheckpointManager:
                 data_state=data_state,
                 extra=extra,
             )
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             verify_checkpoint(tmp, check_hashes=False)  # sizes and headers, before any pruning
             if final.exists():  # the same step saved again: keep the earlier one aside
                 self._set_aside([final], f"step {step} was saved again")
             os.rename(tmp, final)
-            _fsync_dir(self.checkpoint_dir)
+            fsync_dir(self.checkpoint_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

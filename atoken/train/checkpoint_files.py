@@ -28,7 +28,13 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
-from atoken.core.serialization import CheckpointError, read_json, read_metadata
+from atoken.core.serialization import (
+    CheckpointError,
+    fsync_dir,
+    read_json,
+    read_metadata,
+    umask,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
@@ -71,7 +77,7 @@ def _write_tensors(
         Its size and sha256, for ``state.json``.
     """
     save_file(_cpu_tensors(tensors), str(path), metadata=dict(metadata) if metadata else None)
-    os.chmod(path, 0o666 & ~_umask())  # safetensors creates 0600; give the usual permissions
+    os.chmod(path, 0o666 & ~umask())  # safetensors creates 0600; give the usual permissions
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,28 +114,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _make_temp_dir(parent: Path, name: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=parent))
-    os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; use the usual permissions
+    os.chmod(path, 0o777 & ~umask())  # mkdtemp makes 0700; use the usual permissions
     return path
 
 
@@ -242,5 +229,5 @@ def set_aside(run_dir: Path, paths: list[Path], *, stamp: str | None = None) -> 
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, dest)
     for folder in {run_dir, *(p.parent for p in paths)}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return target

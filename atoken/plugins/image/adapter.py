@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from atoken.core.budgets import max_pixels
 from atoken.core.errors import InputError
-from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
+from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
 from atoken.core.tokens import PatchTokens, all_finite
 from atoken.eval.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
@@ -120,16 +119,8 @@ class ImageAdapter:
             raise InputError("image contains NaN or Inf values")
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        target = resize_target(h, w, self.options.min_res, self.options.max_res)
-        if target is not None:  # an upscale (min_res) is checked before it is allocated
-            budget = max_pixels(self.options.max_pixels)
-            if target[0] * target[1] > budget:
-                raise InputError(
-                    f"min_res {self.options.min_res} would resize this {h}x{w} image to"
-                    f" {target[0]}x{target[1]} = {target[0] * target[1]} pixels, over the pixel"
-                    f" budget of {budget}; lower -O min_res, or raise -O max_pixels"
-                )
-        return target
+        o = self.options  # an upscale (min_res) is checked against the budget before it is made
+        return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "image")
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
         return crop_box(h, w, multiple=16, train=train, generator=generator)

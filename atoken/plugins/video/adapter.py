@@ -37,9 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from atoken.core import budgets
 from atoken.core.errors import InputError
-from atoken.core.patching import crop_box, patchify, resize_target, unpatchify
+from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
 from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import per_frame_metrics
@@ -289,16 +288,8 @@ class VideoAdapter:
         return {"frames": t, "pad": -t % PATCH[0]}
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        target = resize_target(h, w, self.options.min_res, self.options.max_res)
-        if target is not None:  # an upscale (min_res) is checked before any frame is resized
-            budget = budgets.max_pixels(self.options.max_pixels)
-            if target[0] * target[1] > budget:
-                raise InputError(
-                    f"min_res {self.options.min_res} would resize this clip's {h}x{w} frames to"
-                    f" {target[0]}x{target[1]} = {target[0] * target[1]:,} pixels, above the pixel"
-                    f" budget of {budget:,} per frame; lower -O min_res, or raise -O max_pixels"
-                )
-        return target
+        o = self.options  # an upscale (min_res) is checked against the budget before it is made
+        return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "frame")
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
         return crop_box(h, w, multiple=16, train=train, generator=generator)
