@@ -67,7 +67,7 @@ def check_output_target(path: str | os.PathLike[str], what: str = "output") -> P
         return path
     except NotADirectoryError:
         raise OutputPathError(
-            f"cannot write {what} '{path}': a parent of it is a file, not a folder"
+            f"cannot write {what} '{path}': a parent of it is not a folder"
         ) from None
     if stat.S_ISDIR(st.st_mode):
         raise OutputPathError(f"cannot write {what} '{path}': it is a directory; give a file name")
