@@ -20,6 +20,7 @@ from atoken.core.config import (  # noqa: E402
 )
 from atoken.core.errors import AtokenError, InputError  # noqa: E402
 from atoken.core.modality import ModalityAdapter  # noqa: E402
+from atoken.core.model_dir import load_tokenizer  # noqa: E402
 from atoken.core.plugins import (  # noqa: E402
     Components,
     PluginError,
@@ -43,7 +44,6 @@ from atoken.core.tokenizer import (  # noqa: E402
     Tokenizer,
     TokenizerOutput,
     build_tokenizer,
-    load_tokenizer,
 )
 from atoken.core.tokens import PatchTokens, SparseTokens, collate  # noqa: E402
 

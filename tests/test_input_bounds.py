@@ -27,8 +27,9 @@ import atoken
 from atoken.cli import cli
 from atoken.core import budgets
 from atoken.core.errors import InputError
+from atoken.core.model_dir import CONFIG_NAME, WEIGHTS_NAME
 from atoken.core.serialization import CheckpointError
-from atoken.core.tokenizer import CONFIG_NAME, WEIGHTS_NAME, Tokenizer
+from atoken.core.tokenizer import Tokenizer
 from atoken.plugins.image.io import READ_BYTES_PER_PIXEL, read_image
 from tests.conftest import SKIMAGE_DATA
 from tests.limited_run import HAS_PROC, REPO, one_error_line, run_limited

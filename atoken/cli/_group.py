@@ -124,7 +124,7 @@ def model_option(command):
 
 def warn_if_untrained(model: str) -> None:
     """One warning line on stderr when ``model`` is a preset (random weights, noise out)."""
-    from atoken.core.tokenizer import is_untrained
+    from atoken.core.model_dir import is_untrained
     from atoken.models import DEFAULT_MODEL
 
     if is_untrained(model):
@@ -141,7 +141,7 @@ def warn_if_untrained(model: str) -> None:
 def load_model(model: str, *, reconstructs: bool = True):
     """`load_tokenizer` in eval mode; a command that reconstructs warns first when ``model`` is
     an untrained preset (embedding commands do not: no shipped model has a trained head)."""
-    from atoken.core.tokenizer import load_tokenizer
+    from atoken.core.model_dir import load_tokenizer
 
     if reconstructs:
         warn_if_untrained(model)

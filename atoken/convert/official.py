@@ -22,6 +22,7 @@ from torch import Tensor
 
 from atoken.core.config import ModelConfig, TemporalConfig, TransformerConfig
 from atoken.core.errors import AtokenError
+from atoken.core.model_dir import CONFIG_NAME, WEIGHTS_NAME, config_document
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_json,
@@ -29,7 +30,7 @@ from atoken.core.serialization import (
     load_tensors,
     save_tensors,
 )
-from atoken.core.tokenizer import CONFIG_NAME, WEIGHTS_NAME, build_tokenizer, config_document
+from atoken.core.tokenizer import build_tokenizer
 
 #: the release's architecture configs (resolved constructor arguments), by the names users know
 _SO400M = {

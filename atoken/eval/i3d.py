@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atoken.core.errors import AtokenError
+from atoken.core.model_dir import load_state_dict_checked
 from atoken.core.serialization import CheckpointError, load_tensors
-from atoken.core.tokenizer import load_state_dict_checked
 
 I3D_ENV = "ATOKEN_I3D"
 I3D_FILES = ("i3d.safetensors", "i3d_torchscript.pt")

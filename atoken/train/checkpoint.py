@@ -51,18 +51,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from atoken.core.model_dir import CONFIG_NAME, config_document, load_state_dict_checked
 from atoken.core.serialization import (
     CheckpointError,
     clean_stale_temporaries,
     fsync_dir,
     load_tensors,
 )
-from atoken.core.tokenizer import (
-    CONFIG_NAME,
-    Tokenizer,
-    config_document,
-    load_state_dict_checked,
-)
+from atoken.core.tokenizer import Tokenizer
 from atoken.train.checkpoint_files import (
     _STEP_DIR,
     CHECKPOINTS_DIR,

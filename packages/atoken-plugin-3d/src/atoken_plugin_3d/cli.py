@@ -57,8 +57,8 @@ def eval_3d(data: str, model: str, options: tuple[str, ...], limit: int | None, 
     import json
 
     from atoken.cli._group import _parse_options
+    from atoken.core.model_dir import load_tokenizer
     from atoken.core.serialization import atomic_write_json
-    from atoken.core.tokenizer import load_tokenizer
 
     from atoken_plugin_3d.evaluate import reconstruction_metrics_3d
 
