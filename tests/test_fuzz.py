@@ -98,7 +98,7 @@ def photo() -> dict[str, bytes]:
 def clip(tmp_path_factory) -> bytes:
     """A real 8-frame MP4 (crops of chelsea panning), as bytes."""
     from atoken.plugins.image.io import read_image
-    from atoken.plugins.video.io import write_mp4
+    from atoken.plugins.video.writer import write_mp4
 
     img = read_image(SKIMAGE_DATA / "chelsea.png")
     frames = torch.stack([img[40:72, 100 + 4 * i : 148 + 4 * i] for i in range(8)])
@@ -778,7 +778,7 @@ def test_end_to_end_subprocesses(tmp_path, photo) -> None:
 
 def test_fixtures_are_real_data(tmp_path, photo, clip, latents) -> None:
     """The generators start from readable files (else every case would pass for nothing)."""
-    from atoken.plugins.video.io import read_video
+    from atoken.plugins.video.reader import read_video
 
     w, h = png_size(photo["png"])
     with Image.open(io.BytesIO(photo["jpeg"])) as im:

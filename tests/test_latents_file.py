@@ -435,7 +435,8 @@ def test_encode_refuses_meta_that_would_not_read_back(tmp_path, model, photo) ->
 def clip_latents(tmp_path_factory):
     """A video model (tiles of 2 latent frames) and latents of 11 real frames of carphone."""
     from atoken.plugins.video.adapter import VideoAdapter
-    from atoken.plugins.video.io import read_video, write_mp4
+    from atoken.plugins.video.reader import read_video
+    from atoken.plugins.video.writer import write_mp4
 
     pytest.importorskip("av")
     root = tmp_path_factory.mktemp("clip")

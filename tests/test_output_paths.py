@@ -46,7 +46,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     assert result.exit_code == 0, result.output
     (root / "c.toml").write_text(_GOOD)
     from atoken.plugins.image.io import read_image
-    from atoken.plugins.video.io import write_mp4
+    from atoken.plugins.video.writer import write_mp4
 
     img = read_image(SKIMAGE_DATA / "chelsea.png")
     write_mp4(

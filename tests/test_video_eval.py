@@ -34,7 +34,8 @@ from atoken.eval.video_metrics import (
 )
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.plugins.video.adapter import VideoAdapter
-from atoken.plugins.video.io import read_video, write_mp4
+from atoken.plugins.video.reader import read_video
+from atoken.plugins.video.writer import write_mp4
 from tests.conftest import SKIMAGE_DATA
 
 pytest.importorskip("av")

@@ -26,10 +26,11 @@ from atoken.cli import cli
 from atoken.eval import video_metrics
 from atoken.eval.metrics import image_quality
 from atoken.pipeline import encode_sample, open_sample, reconstruct_to_dir
-from atoken.plugins.video import io
+from atoken.plugins.video import reader, writer
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
-from atoken.plugins.video.io import VideoFile, read_video, write_mp4
+from atoken.plugins.video.reader import VideoFile, read_video
 from atoken.plugins.video.stream import ReferenceFrames
+from atoken.plugins.video.writer import write_mp4
 
 av = pytest.importorskip("av")
 
@@ -120,13 +121,13 @@ def test_streamed_reconstruction_of_a_file_equals_the_tensor_path(
     assert meta_t == meta_f and torch.equal(lat_t.codes, lat_f.codes)
     # the uint8 frames handed to the MP4 encoder, per file (x264 itself need not be repeatable)
     written: dict[Path, list[np.ndarray]] = {}
-    write_pixels = io.Mp4Writer.write_pixels
+    write_pixels = writer.Mp4Writer.write_pixels
 
     def record(self, pixels):
         written.setdefault(self.dest, []).append(pixels.copy())
         return write_pixels(self, pixels)
 
-    monkeypatch.setattr(io.Mp4Writer, "write_pixels", record)
+    monkeypatch.setattr(writer.Mp4Writer, "write_pixels", record)
     a = reconstruct_to_dir(tiny, adapter, tensor, clip_file, tmp_path / "tensor", {})
     # one frame at a time through the sink and the metrics: the same values
     monkeypatch.setattr(stream, "SUB_CHUNK_PIXELS", 1)
@@ -165,7 +166,7 @@ def test_budgets_are_checked_from_the_header_before_decoding(clip_file, monkeypa
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a frame of a clip over budget")
 
-    monkeypatch.setattr(io, "_decode_frames", no_decoding)
+    monkeypatch.setattr(reader, "_decode_frames", no_decoding)
     with pytest.raises(InputError, match=rf"{w}x{h} = {w * h:,} pixels, above the pixel budget"):
         VideoAdapter(VideoOptions(max_pixels=w * h - 1)).open(clip_file)
     with pytest.raises(InputError, match=rf"has {frames} frames, above the frame budget of 5"):
@@ -207,7 +208,7 @@ def test_an_upscale_is_checked_against_the_pixel_budget_before_resizing(clip_fil
 
 
 def test_frame_budget_cannot_exceed_the_positions() -> None:
-    assert VideoOptions().max_frames == io.MAX_FRAMES == 4096
+    assert VideoOptions().max_frames == reader.MAX_FRAMES == 4096
     with pytest.raises(ValueError, match="less than or equal to 4096"):
         VideoOptions(max_frames=5000)
 
@@ -241,7 +242,7 @@ def test_an_mp4_missing_its_last_bytes_is_refused(tmp_path, clip_file, missing) 
 
 
 def test_a_whole_mp4_passes_the_box_check(clip_file) -> None:
-    io._check_boxes(clip_file, str(clip_file))  # no error: every box fits
+    reader._check_boxes(clip_file, str(clip_file))  # no error: every box fits
     assert VideoFile.open(clip_file).frames == 23
 
 

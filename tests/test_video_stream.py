@@ -19,8 +19,9 @@ from atoken.pipeline import (
     reconstruct_to_dir,
 )
 from atoken.plugins.video.adapter import VideoAdapter
-from atoken.plugins.video.io import Mp4Writer, read_video, write_mp4
+from atoken.plugins.video.reader import read_video
 from atoken.plugins.video.stream import FrameAssembler
+from atoken.plugins.video.writer import Mp4Writer, write_mp4
 
 av = pytest.importorskip("av")
 

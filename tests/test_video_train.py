@@ -15,7 +15,7 @@ import torch
 from atoken import ConfigError
 from atoken.core.errors import InputError
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
-from atoken.plugins.video.io import write_mp4
+from atoken.plugins.video.writer import write_mp4
 from atoken.testing import BagOfWordsPlugin
 from atoken.train.config import load_train_config, validate_train_config
 from atoken.train.data.batching import TokenBudgetBatcher

@@ -42,17 +42,10 @@ from atoken.core.patching import crop_box, patchify, resize_target_within_budget
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
 from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import per_frame_metrics
-from atoken.plugins.video.io import (
-    DEFAULT_FPS,
-    MAX_FRAMES,
-    VIDEO_EXTENSIONS,
-    VideoFile,
-    from_tchw,
-    read_video,
-    side_by_side,
-    write_mp4,
-)
+from atoken.plugins.video.io import DEFAULT_FPS, from_tchw, side_by_side
+from atoken.plugins.video.reader import MAX_FRAMES, VIDEO_EXTENSIONS, VideoFile, read_video
 from atoken.plugins.video.stream import Progress, VideoSink
+from atoken.plugins.video.writer import write_mp4
 
 PATCH = (4, 16, 16)
 CHANNELS = 3

@@ -28,7 +28,9 @@ from torch import Tensor
 from atoken.core.errors import InputError
 from atoken.core.patching import unpatchify
 from atoken.eval.video_metrics import FrameMetrics, per_frame_metrics
-from atoken.plugins.video.io import Mp4Writer, VideoFile, side_by_side
+from atoken.plugins.video.io import side_by_side
+from atoken.plugins.video.reader import VideoFile
+from atoken.plugins.video.writer import Mp4Writer
 
 if TYPE_CHECKING:
     from atoken.plugins.video.adapter import VideoAdapter
