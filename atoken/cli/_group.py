@@ -6,7 +6,6 @@ Command modules (`atoken.cli.model`, `atoken.cli.understanding`, `atoken.cli.tra
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from typing import Any
@@ -22,6 +21,7 @@ from atoken.core.errors import (
     describe_os_error,
     is_allocator_failure,
 )
+from atoken.core.option_pairs import parse_options as _parse_options  # noqa: F401 (shared by commands)
 from atoken.core.plugins import default_components
 
 err_console = Console(stderr=True)
@@ -93,19 +93,6 @@ class InputPath(click.Path):
                 f"cannot read '{os.fsdecode(path)}': it is {kind}; give a regular file"
             )
         return path
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def model_option(command):

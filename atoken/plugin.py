@@ -1,0 +1,219 @@
+"""The SDK for plugin authors: everything an atoken plugin needs, from one public module.
+
+A plugin (built in, like ``atoken.plugins.image``, or a separate distribution, like
+``atoken-plugin-3d``) imports only ``atoken`` (the user API) and ``atoken.plugin`` (this module).
+Everything else under ``atoken.`` is internal and may be renamed without notice; the names below
+are the stable surface. Each is a re-export of the implementation that atoken itself uses, so a
+plugin behaves exactly like the built-ins.
+
+Registration:
+    `hookimpl` marks the ``atoken_register_*(registry)`` functions of a plugin module (see
+    ``atoken/core/hookspecs.py``; always take ``registry`` by keyword). ``registry`` is a
+    `BoundRegistry`: ``registry.register(name, factory, options=OptionsModel)``. `Registry`,
+    `Entry` and `Provider` are what `Components` (``default_components()``) holds;
+    `UnknownComponentError`, `DuplicateComponentError` and `OptionsError` are what they raise.
+
+Component protocols and building blocks:
+    `ModalityAdapter` (``to_tokens`` / ``from_tokens`` / ``target`` / ``metrics`` / ``load`` /
+    ``save``), `Quantizer` and `QuantizerOutput`, `AttentionBackend` and `varlen_attention`
+    (block-diagonal attention over packed samples), `Mlp`, `RMSNorm`, `MultiHeadRMSNorm`.
+
+Tokens:
+    `PatchTokens` (one sample: ``feats [n, C]``, ``coords [n, 4]`` int32 ``(t, x, y, z)``,
+    ``meta``), `SparseTokens` (the packed batch), `collate`, `COORD_LIMIT`, `AXES`.
+
+Errors (the CLI prints an `AtokenError` as one ``atoken: error: ...`` line and exits 1):
+    `AtokenError` (base), `InputError` (bad input: say what was given and what was expected),
+    `ConfigError`, `CheckpointError` (a missing/corrupt/mismatched weights file),
+    `OutputPathError` (an output that cannot be written), `ResourceError`, `PluginError`;
+    `describe_os_error` turns an `OSError` into one such line.
+
+Options:
+    `Strict` is the pydantic base for a plugin's options model (``extra="forbid"``: a typo in a
+    key is an error naming the key); `format_validation_error` renders a pydantic
+    ``ValidationError`` as one line; `parse_options` turns ``KEY=VALUE`` command-line pairs into
+    the options dict (values JSON-decoded where they parse).
+
+Patching (pixel frames <-> patch rows):
+    `patchify`, `unpatchify`, `resize_target`, `resize_target_within_budget`, `crop_box`.
+
+Files (atomic: written beside the target, flushed, renamed; never pickle):
+    `atomic_write(path, write)` (calls ``write(fileobj)`` on a temporary file), `atomic_write_bytes`,
+    `atomic_write_json`, `save_tensors` / `load_tensors` / `read_metadata` (safetensors),
+    `read_json`, `check_output_target`, and `outputs_together` (a block whose writes land as one
+    set: all of them, or none when it raises).
+
+Budgets (checked before anything large is allocated; environment overrides):
+    `max_pixels`, `max_tokens`, `max_model_bytes`, `human_bytes`.
+
+Metrics (loaded on first use):
+    `psnr`, `ssim` (channels last, ``[H, W, C]`` or ``[B, H, W, C]``), `to_unit_uint8`,
+    `image_quality`, `image_lpips`, `METRIC_CONVENTION`; LPIPS: `load_lpips` / `shared_lpips`
+    (``(function, None)`` or ``(None, reason)``; never downloads) and `lpips_input`.
+
+Converting official checkpoints (loaded on first use): `read_official_state`.
+
+Example::
+
+    from atoken.plugin import InputError, PatchTokens, Strict, hookimpl, patchify
+
+    class GrayOptions(Strict):
+        patch: int = 16
+
+    @hookimpl
+    def atoken_register_adapters(registry):
+        registry.register("gray", GrayAdapter, options=GrayOptions)
+
+Contract tests for a plugin's components are in `atoken.testing` (a test-time import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from atoken import hookimpl
+from atoken.core.attention import AttentionBackend, varlen_attention
+from atoken.core.budgets import human_bytes, max_model_bytes, max_pixels, max_tokens
+from atoken.core.config import ConfigError, Strict, format_validation_error
+from atoken.core.errors import AtokenError, InputError, ResourceError, describe_os_error
+from atoken.core.layers import Mlp, MultiHeadRMSNorm, RMSNorm
+from atoken.core.modality import ModalityAdapter
+from atoken.core.option_pairs import parse_options
+from atoken.core.patching import (
+    crop_box,
+    patchify,
+    resize_target,
+    resize_target_within_budget,
+    unpatchify,
+)
+from atoken.core.plugins import Components, PluginError, default_components
+from atoken.core.quantizer import Quantizer, QuantizerOutput
+from atoken.core.registry import (
+    BoundRegistry,
+    DuplicateComponentError,
+    Entry,
+    OptionsError,
+    Provider,
+    Registry,
+    UnknownComponentError,
+)
+from atoken.core.serialization import (
+    CheckpointError,
+    OutputPathError,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_target,
+    load_tensors,
+    outputs_together,
+    read_json,
+    read_metadata,
+    save_tensors,
+)
+from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, collate
+
+# Names whose modules are heavier or sit outside core: imported on first attribute access.
+_LAZY = {
+    "METRIC_CONVENTION": "atoken.eval.metrics",
+    "image_lpips": "atoken.eval.metrics",
+    "image_quality": "atoken.eval.metrics",
+    "psnr": "atoken.eval.metrics",
+    "ssim": "atoken.eval.metrics",
+    "to_unit_uint8": "atoken.eval.metrics",
+    "load_lpips": "atoken.eval.video_metrics",
+    "lpips_input": "atoken.eval.video_metrics",
+    "shared_lpips": "atoken.eval.video_metrics",
+    "read_official_state": "atoken.convert.official",
+}
+
+if TYPE_CHECKING:
+    from atoken.convert.official import read_official_state
+    from atoken.eval.metrics import (
+        METRIC_CONVENTION,
+        image_lpips,
+        image_quality,
+        psnr,
+        ssim,
+        to_unit_uint8,
+    )
+    from atoken.eval.video_metrics import load_lpips, lpips_input, shared_lpips
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'atoken.plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "AXES",
+    "COORD_LIMIT",
+    "METRIC_CONVENTION",
+    "AtokenError",
+    "AttentionBackend",
+    "BoundRegistry",
+    "CheckpointError",
+    "Components",
+    "ConfigError",
+    "DuplicateComponentError",
+    "Entry",
+    "InputError",
+    "Mlp",
+    "ModalityAdapter",
+    "MultiHeadRMSNorm",
+    "OptionsError",
+    "OutputPathError",
+    "PatchTokens",
+    "PluginError",
+    "Provider",
+    "Quantizer",
+    "QuantizerOutput",
+    "RMSNorm",
+    "Registry",
+    "ResourceError",
+    "SparseTokens",
+    "Strict",
+    "UnknownComponentError",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "check_output_target",
+    "collate",
+    "crop_box",
+    "default_components",
+    "describe_os_error",
+    "format_validation_error",
+    "hookimpl",
+    "human_bytes",
+    "image_lpips",
+    "image_quality",
+    "load_lpips",
+    "load_tensors",
+    "lpips_input",
+    "max_model_bytes",
+    "max_pixels",
+    "max_tokens",
+    "outputs_together",
+    "parse_options",
+    "patchify",
+    "psnr",
+    "read_json",
+    "read_metadata",
+    "read_official_state",
+    "resize_target",
+    "resize_target_within_budget",
+    "save_tensors",
+    "shared_lpips",
+    "ssim",
+    "to_unit_uint8",
+    "unpatchify",
+    "varlen_attention",
+]
