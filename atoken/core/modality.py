@@ -4,6 +4,11 @@ An adapter turns a sample (what ``load`` returns) into `PatchTokens` and back, a
 save it, compare it and show it. Core never branches on modality; the CLI drives adapters only
 through this interface, so a third-party adapter gets ``atoken reconstruct``, ``encode`` and
 ``decode`` for free.
+
+Optional capabilities (streamed decoding, chunked encoding, lazy reading, ``example`` for the
+contract tests, ...) are small protocols in `atoken.core.capabilities`: an adapter class
+declares the ones it implements in a ``capabilities`` class attribute, the registry verifies the
+declaration once and records it on the entry, and callers ask the entry (``entry.has(name)``).
 """
 
 from __future__ import annotations

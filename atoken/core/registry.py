@@ -11,12 +11,19 @@ llm (`KeyError` subclass), duplicate refusal as pytest refuses duplicate plugin 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from atoken.core.capabilities import (
+    CAPABILITIES,
+    CapabilityError,
+    capabilities_of,
+    declared_capabilities,
+)
 from atoken.core.errors import AtokenError
 
 T = TypeVar("T")
@@ -61,6 +68,8 @@ class Entry(Generic[T]):
         options_model: pydantic model validating the component's ``options``; None if it takes none.
         provider: who registered it.
         description: one line for ``atoken plugins``.
+        capabilities: (adapters) the optional capabilities its adapters declare, verified
+            (`atoken.core.capabilities`); ask `has` rather than probing the adapter.
     """
 
     kind: str
@@ -69,6 +78,47 @@ class Entry(Generic[T]):
     options_model: type[BaseModel] | None
     provider: Provider
     description: str = ""
+    #: the verified declaration, once known: at registration for a class, at the first build
+    #: for a lazy factory function
+    _capabilities: list[frozenset[str]] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The optional capabilities this entry's adapters declare (empty for other kinds).
+
+        A lazy factory's declaration is known once it has built an adapter; asked before that,
+        the factory is called once with default options to find out.
+        """
+        if not self._capabilities and self.kind == "adapter":
+            opts = self.validate_options(None)
+            built = self.obj(opts) if self.options_model is not None else self.obj()
+            self.record_capabilities(built)
+        return self._capabilities[0] if self._capabilities else frozenset()
+
+    def has(self, capability: str) -> bool:
+        """Whether this entry's adapters declare ``capability`` (e.g. ``"stream_sink"``)."""
+        if capability not in CAPABILITIES:
+            raise CapabilityError(
+                f"no capability named {capability!r}; known: {', '.join(sorted(CAPABILITIES))}"
+            )
+        return capability in self.capabilities
+
+    def record_capabilities(self, adapter: Any) -> frozenset[str]:
+        """Verify an adapter built for this entry (once per class) and record its declaration.
+
+        Raises:
+            CapabilityError: the declaration does not hold, or differs from the one recorded.
+        """
+        caps = capabilities_of(adapter)
+        if not self._capabilities:
+            self._capabilities.append(caps)
+        elif self._capabilities[0] != caps:
+            raise CapabilityError(
+                f"adapter '{self.name}' ({self.provider}) built a {type(adapter).__qualname__}"
+                f" declaring {sorted(caps)}, but its entry records {sorted(self._capabilities[0])};"
+                " one factory must build adapters of one declaration"
+            )
+        return caps
 
     def validate_options(self, options: dict[str, Any] | BaseModel | None) -> BaseModel | None:
         """Validate ``options`` against this entry's options model (phase two of config checks)."""
@@ -146,6 +196,9 @@ class Registry(Generic[T]):
                 f" Uninstall one of them or block one in plugins.toml."
             )
         entry = Entry(self.kind, name, obj, options, prov, description)
+        cls = _adapter_class(obj) if self.kind == "adapter" else None
+        if cls is not None:  # the class is at hand: its capability declaration is verified now
+            entry._capabilities.append(declared_capabilities(cls))
         self._entries[name] = entry
         return entry
 
@@ -179,9 +232,12 @@ class Registry(Generic[T]):
         opts = entry.validate_options(options)
         if not callable(entry.obj):
             raise TypeError(f"{self.kind} '{name}' ({entry.provider}) is not a factory")
-        return (
+        built = (
             entry.obj(opts, **context) if entry.options_model is not None else entry.obj(**context)
         )
+        if self.kind == "adapter":
+            entry.record_capabilities(built)  # a lazy factory's declaration, verified on first use
+        return built
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -203,6 +259,18 @@ class Registry(Generic[T]):
             lines.append(f"  blocked in plugins.toml: {', '.join(self.blocked)}")
         lines.append(f"  {_HINT}")
         return "\n".join(lines)
+
+
+def _adapter_class(obj: Any) -> type | None:
+    """The class an adapter factory builds, when known without importing anything: the factory
+    itself, or its return annotation if that resolves in the factory's module as it stands."""
+    if isinstance(obj, type):
+        return obj
+    try:
+        hint = inspect.get_annotations(obj, eval_str=True).get("return")
+    except Exception:  # noqa: BLE001 - a lazy factory (name imported later): checked at build
+        return None
+    return hint if isinstance(hint, type) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,8 @@ class ImageAdapter:
     name = "image"
     extensions = IMAGE_EXTENSIONS
     output_suffix = ".png"
+    #: optional capabilities (`atoken.core.capabilities`), verified at registration
+    capabilities = frozenset({"example", "metric_convention", "metric_lower_is_better"})
     metric_convention = METRIC_CONVENTION
     metric_lower_is_better = ("lpips",)
 

@@ -101,6 +101,18 @@ class VideoAdapter:
     name = "video"
     extensions = VIDEO_EXTENSIONS
     output_suffix = ".mp4"
+    #: optional capabilities (`atoken.core.capabilities`), verified at registration
+    capabilities = frozenset(
+        {
+            "example",
+            "metric_convention",
+            "metric_info_keys",
+            "open",
+            "save_tolerance",
+            "stream_sink",
+            "to_token_chunks",
+        }
+    )
     metric_convention = METRIC_CONVENTION  # per frame; metrics here have no LPIPS
     #: keys of `metrics` that are facts, not quality numbers (see the adapter contract)
     metric_info_keys = ("frames",)

@@ -11,8 +11,8 @@ Files are PGM/PBM/PNM (the Netpbm family, read with Pillow): 8-bit samples ``k``
 ``k / 255 * 2 - 1`` and 16-bit samples to ``k / 65535 * 2 - 1``, so black is -1 and white +1.
 ``save`` writes 8-bit binary PGM (P5) atomically.
 
-This module uses only atoken's public API (``atoken`` and ``atoken.core.*``) plus
-``atoken.eval.metrics``; a plugin never imports ``atoken.plugins.*``.
+This module imports only atoken's plugin SDK, ``atoken.plugin``; a plugin never imports
+atoken's internals (``atoken.core.*``, ``atoken.plugins.*``, ``atoken.eval.*``, ...).
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from atoken import InputError, PatchTokens
-from atoken.core.patching import patchify, unpatchify
-from atoken.core.serialization import atomic_write
-from atoken.eval.metrics import psnr, ssim
+from atoken.plugin import InputError, PatchTokens, atomic_write, patchify, psnr, ssim, unpatchify
 from atoken_plugin_grayscale.options import GrayscaleOptions
 
 PATCH = (4, 16, 16)  # (frames, rows, cols) of atoken's patches
@@ -108,6 +105,9 @@ class GrayscaleAdapter:
     name = "grayscale"
     extensions = EXTENSIONS
     output_suffix = ".pgm"
+    #: optional capabilities atoken may use (`atoken.core.capabilities`): ``example`` feeds the
+    #: adapter contract tests; atoken verifies the declaration when the adapter is first built
+    capabilities = frozenset({"example"})
 
     def __init__(self, options: GrayscaleOptions | None = None) -> None:
         self.options = options or GrayscaleOptions()
@@ -133,7 +133,7 @@ class GrayscaleAdapter:
         write_pgm(canvas, path)
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
-        # atoken.eval.metrics wants channels last, [H, W, C]
+        # atoken.plugin.psnr / ssim want channels last, [H, W, C]
         ref = reference.detach().float().cpu()[..., None]  # [H, W, 1]
         rec = reconstruction.detach().float().clamp(-1, 1).cpu()[..., None]  # [H, W, 1]
         return {"psnr": float(psnr(ref, rec)), "ssim": float(ssim(ref, rec))}

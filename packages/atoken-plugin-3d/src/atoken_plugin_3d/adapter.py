@@ -41,9 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write_bytes
-from atoken.core.tokens import PatchTokens
+from atoken.plugin import InputError, PatchTokens, atomic_write_bytes
 from torch import Tensor
 
 from atoken_plugin_3d.asset import (
@@ -90,6 +88,8 @@ class Mesh3DAdapter:
     name = "mesh3d"
     extensions = MESH_EXTENSIONS + VOXEL_EXTENSIONS + NERF_EXTENSIONS
     output_suffix = ".ply"
+    #: optional capabilities (`atoken.core.capabilities`), verified when first built
+    capabilities = frozenset({"bind", "comparison_suffix", "sample_assets"})
     comparison_suffix = ".png"
 
     def __init__(self, options: Mesh3DOptions | None = None) -> None:
@@ -134,7 +134,7 @@ class Mesh3DAdapter:
             return self.options.resolution
         where = self.decoder_location()
         if where is not None:
-            from atoken.core.serialization import read_json
+            from atoken.plugin import read_json
 
             doc = read_json(where / "config.json", what="Gaussian decoder config")
             res = doc.get("config", {}).get("resolution") if isinstance(doc, Mapping) else None
@@ -297,7 +297,7 @@ class Mesh3DAdapter:
 
     def metrics(self, reference: Views | None, reconstruction: Gaussians) -> dict[str, float]:
         """Mean PSNR / SSIM (images in [0, 1]) and LPIPS over the held-out views; {} without."""
-        from atoken.eval.metrics import psnr, ssim
+        from atoken.plugin import psnr, ssim
 
         if reference is None:
             return {}
@@ -309,7 +309,7 @@ class Mesh3DAdapter:
         }
         lpips = self._lpips_fn()
         if lpips is not None:
-            from atoken.eval.video_metrics import lpips_input
+            from atoken.plugin import lpips_input
 
             with torch.no_grad():
                 d = lpips(lpips_input(rendered * 2 - 1, None), lpips_input(ref * 2 - 1, None))
@@ -320,7 +320,7 @@ class Mesh3DAdapter:
         if not self.options.lpips:
             return None
         if self._lpips is None:
-            from atoken.eval.video_metrics import load_lpips
+            from atoken.plugin import load_lpips
 
             fn, why = load_lpips(self.device)
             if fn is None:

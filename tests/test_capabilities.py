@@ -1,0 +1,138 @@
+"""Declared adapter capabilities: verified once at registration (or first build), recorded on
+the registry entry, and a declaration that does not hold is refused with one clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import atoken
+from atoken.core.capabilities import (
+    CAPABILITIES,
+    CapabilityError,
+    capabilities_of,
+    declared_capabilities,
+    has_capability,
+)
+from atoken.core.registry import Provider, Registry
+from atoken.plugins.image.adapter import ImageAdapter
+
+
+class _Base:
+    name = "toy"
+    extensions = (".toy",)
+    output_suffix = ".toy"
+
+
+def _registry() -> Registry:
+    return Registry("adapter").bound(Provider("tests"))
+
+
+def test_a_declared_class_is_verified_and_recorded_at_registration() -> None:
+    class Streams(_Base):
+        capabilities = frozenset({"stream_sink", "save_tolerance"})
+        save_tolerance = 0.1
+
+        def stream_sink(
+            self, meta, coords, output, *, comparison=None, reference=None, progress=None
+        ):
+            return None
+
+    entry = _registry().add("toy", Streams)
+    assert entry.capabilities == {"stream_sink", "save_tolerance"}
+    assert entry.has("stream_sink") and not entry.has("bind")
+    with pytest.raises(CapabilityError, match="no capability named 'stream_snk'"):
+        entry.has("stream_snk")
+
+
+def test_a_typo_in_a_declaration_is_refused_at_registration() -> None:
+    class Typo(_Base):
+        capabilities = frozenset({"stream_snk"})
+
+    with pytest.raises(
+        CapabilityError,
+        match="'stream_snk' is not a known capability"
+        r" \(did you mean 'stream_sink'\?\)",
+    ):
+        _registry().add("toy", Typo)
+
+
+def test_a_typo_in_a_method_name_is_refused_at_registration() -> None:
+    class Misnamed(_Base):
+        capabilities = frozenset({"to_token_chunks"})
+
+        def to_tokens_chunks(self, sample, frames):  # the typo
+            return iter(())
+
+    with pytest.raises(CapabilityError, match="declares 'to_token_chunks' but it has no such"):
+        _registry().add("toy", Misnamed)
+
+
+def test_an_undeclared_capability_is_refused() -> None:
+    class Forgot(_Base):
+        def bind(self, model) -> None:
+            pass
+
+    with pytest.raises(CapabilityError, match="provides 'bind' without declaring it"):
+        _registry().add("toy", Forgot)
+
+
+def test_a_wrong_signature_or_value_is_refused() -> None:
+    class Narrow(_Base):
+        capabilities = frozenset({"to_token_chunks", "comparison_suffix"})
+        comparison_suffix = "png"  # no dot
+
+        def to_token_chunks(self, sample):  # frames missing
+            return iter(())
+
+    with pytest.raises(CapabilityError) as info:
+        _registry().add("toy", Narrow)
+    msg = str(info.value)
+    assert "cannot be called as to_token_chunks(sample, frames)" in msg
+    assert "'comparison_suffix' but it is 'png', expected a '.suffix' string" in msg
+
+
+def test_a_lazy_factory_is_verified_on_its_first_build() -> None:
+    def factory():  # no resolvable return annotation: the class is only known once built
+        class Lazy(_Base):
+            capabilities = frozenset({"bind"})
+
+            def bind(self, model) -> None:
+                pass
+
+        return Lazy()
+
+    registry = Registry("adapter")
+    entry = registry.add("toy", factory)
+    assert entry._capabilities == []  # nothing built yet
+    registry.build("toy")
+    assert entry.capabilities == {"bind"}
+
+    def broken():
+        class Bad(_Base):
+            capabilities = frozenset({"bind"})
+
+        return Bad()
+
+    registry.add("bad", broken)
+    with pytest.raises(CapabilityError, match="declares 'bind' but it has no such member"):
+        registry.build("bad")
+
+
+def test_builtin_entries_match_what_their_adapters_implement() -> None:
+    comps = atoken.default_components()
+    for entry in comps.adapters.entries():
+        adapter = comps.adapters.build(entry.name)
+        assert entry.capabilities == capabilities_of(adapter) == type(adapter).capabilities
+        for name, cap in CAPABILITIES.items():
+            assert entry.has(name) == isinstance(adapter, cap.protocol), (entry.name, name)
+    assert comps.adapters.get("video").has("stream_sink")
+    assert not comps.adapters.get("image").has("stream_sink")
+    assert has_capability(ImageAdapter(), "example")
+    assert declared_capabilities(ImageAdapter) == {
+        "example",
+        "metric_convention",
+        "metric_lower_is_better",
+    }
+    sample = ImageAdapter().example(torch.Generator().manual_seed(0))
+    assert sample.shape == (40, 56, 3)
