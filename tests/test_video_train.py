@@ -209,7 +209,7 @@ def test_video_und_needs_its_semantic_section_and_the_width_rule(clip_dir, tmp_p
         validate_train_config(raw)
 
 
-def test_3d_task_without_the_plugin_adapter_says_what_to_install(
+def test_3d_task_without_the_plugin_lists_the_registered_tasks(
     clip_dir, tmp_path, plugin_manager
 ) -> None:
     from atoken.core.plugins import collect_components
@@ -217,14 +217,15 @@ def test_3d_task_without_the_plugin_adapter_says_what_to_install(
 
     components = collect_components(plugin_manager)  # built-ins only: no mesh3d adapter
     assert "mesh3d" not in components.adapters
-    with pytest.raises(ConfigError, match="pip install atoken-plugin-3d"):
+    assert "3d_rec" not in components.tasks  # the 3D plugin registers its tasks, too
+    with pytest.raises(ConfigError, match=r"no task named '3d_rec'.*\n.*video_rec \(atoken"):
         task_adapter("3d_rec", components)
     assert task_adapter("video_und", components) == "video"
     raw = _stage2(clip_dir)
     raw["stages"][0]["tasks"] = {"image_rec": 1, "3d_rec": 1}
     raw["data"].append({"name": "folder", "task": "3d_rec", "path": str(clip_dir)})
-    config = validate_train_config(raw)
-    with pytest.raises(ConfigError, match=r"'3d_rec' needs the 'mesh3d' adapter.*atoken-plugin-3d"):
+    config = validate_train_config(raw)  # the installed plugins (atoken-plugin-3d) register it
+    with pytest.raises(ConfigError, match=r"stages\.0\.tasks\.3d_rec: no task named '3d_rec'"):
         Trainer(config, tmp_path / "run3d", components=components, progress=False)
 
 

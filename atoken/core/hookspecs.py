@@ -64,6 +64,18 @@ def atoken_register_losses(registry: BoundRegistry) -> None:
 
 
 @hookspec
+def atoken_register_tasks(registry: BoundRegistry) -> None:
+    """Register training tasks (what a curriculum stage mixes, e.g. ``image_rec``).
+
+    Add a :class:`atoken.core.task.TaskSpec` (no options) naming the adapter that feeds the
+    task and its objective; the plugin that owns the modality registers its tasks. Unknown task
+    names in a training config are errors listing the registered ones. Called once per plugin.
+
+    :param registry: the task registry, bound to the calling plugin.
+    """
+
+
+@hookspec
 def atoken_register_attention_backends(registry: BoundRegistry) -> None:
     """Register variable-length attention backends.
 

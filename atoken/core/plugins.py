@@ -49,6 +49,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "quantizer": "atoken_register_quantizers",
     "head": "atoken_register_heads",
     "loss": "atoken_register_losses",
+    "task": "atoken_register_tasks",
     "attention": "atoken_register_attention_backends",
     "text_encoder": "atoken_register_text_encoders",
     "renderer": "atoken_register_renderers",
@@ -222,6 +223,10 @@ class Components:
     @property
     def losses(self) -> Registry[Any]:
         return self.registries["loss"]
+
+    @property
+    def tasks(self) -> Registry[Any]:
+        return self.registries["task"]
 
     @property
     def attention(self) -> Registry[Any]:

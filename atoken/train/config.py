@@ -13,29 +13,30 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from atoken.core.config import ComponentSpec, ConfigError, Strict, format_validation_error
 
-#: the tasks a stage can mix (paper's curriculum table); a modality plugin supplies the adapter
-TASKS = ("image_rec", "image_und", "video_rec", "video_und", "3d_rec", "3d_und")
+if TYPE_CHECKING:
+    from atoken.core.plugins import Components
+    from atoken.core.task import TaskSpec
 
-#: task prefix -> the adapter (modality) that feeds it
-TASK_MODALITIES: dict[str, str] = {"image": "image", "video": "video", "3d": "mesh3d"}
-
-#: adapters that live in a separate distribution -> what to install
-ADAPTER_DISTRIBUTIONS: dict[str, str] = {"mesh3d": "atoken-plugin-3d"}
+#: a task name as configs write it (structure phase; whether it is registered is phase two)
+_TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-def task_modality(task: str) -> str:
-    """The adapter name of a task: ``video_rec`` -> ``video``, ``3d_und`` -> ``mesh3d``."""
-    prefix, _, kind = task.rpartition("_")
-    if prefix not in TASK_MODALITIES or kind not in ("rec", "und"):
-        raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    return TASK_MODALITIES[prefix]
+def _check_task_names(names: Any) -> None:
+    import re
+
+    bad = sorted(n for n in names if not re.match(_TASK_NAME, n))
+    if bad:
+        raise ValueError(
+            f"task names are letters, digits, '_', '-' or '.', got {bad}; `atoken plugins`"
+            " lists the registered tasks"
+        )
 
 
 class ModelSection(Strict):
@@ -81,8 +82,7 @@ class DataSource(Strict):
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataSource:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
+        _check_task_names([self.task])
         if self.name in ("folder", "webdataset", "files") and not self.path:
             raise ValueError(f"data source {self.name!r} needs a path")
         return self
@@ -136,9 +136,7 @@ class StageConfig(Strict):
 
     @model_validator(mode="after")
     def _known_tasks(self) -> StageConfig:
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
+        _check_task_names(self.tasks)
         if self.min_res > self.max_res:
             raise ValueError(f"min_res {self.min_res} > max_res {self.max_res}")
         lo, hi = self.resolution("video")
@@ -146,11 +144,13 @@ class StageConfig(Strict):
             raise ValueError(f"video resolution range {lo}..{hi} is empty")
         return self
 
-    def resolution(self, modality: str) -> tuple[int, int]:
-        """``(min_res, max_res)`` of a modality's adapter in this stage."""
-        if modality == "video":
-            return (self.video_min_res or self.min_res, self.video_max_res or self.max_res)
-        return (self.min_res, self.max_res)
+    def resolution(self, prefix: str | None) -> tuple[int, int]:
+        """``(min_res, max_res)`` of a task whose `TaskSpec.resolution` is ``prefix``: the
+        stage's ``<prefix>_min_res`` / ``<prefix>_max_res`` where set, else ``min_res`` /
+        ``max_res`` (a prefix without such keys gets those too)."""
+        lo = getattr(self, f"{prefix}_min_res", None) if prefix else None
+        hi = getattr(self, f"{prefix}_max_res", None) if prefix else None
+        return (lo or self.min_res, hi or self.max_res)
 
 
 class ContrastiveConfig(Strict):
@@ -230,9 +230,10 @@ class SemanticConfig(Strict):
             raise ValueError("prompts: give a list of prompts or a path to a prompts file")
         return self
 
-    def for_modality(self, modality: str) -> ContrastiveConfig | None:
-        """The contrastive section of a non-image modality (``video``, ``mesh3d``), or None."""
-        return getattr(self, modality, None) if modality in ("video", "mesh3d") else None
+    def section(self, name: str) -> ContrastiveConfig | None:
+        """The ``[semantic.<name>]`` table of a ``caption_contrast`` task, or None."""
+        value = getattr(self, name, None) if name in type(self).model_fields else None
+        return value if isinstance(value, ContrastiveConfig) else None
 
     def prompt_list(self) -> list[str]:
         """The prompt bank (reads the prompts file when ``prompts`` is a path)."""
@@ -440,45 +441,18 @@ class TrainConfig(Strict):
         self.limits.check(values)
         return self
 
-    @model_validator(mode="after")
-    def _semantic_when_needed(self) -> TrainConfig:
-        sem = self.semantic
-        users = [s.name for s in self.stages if "image_und" in s.tasks]
-        if users and sem is None:
-            raise ValueError(
-                f"stage(s) {users} mix task 'image_und', which needs a [semantic] section"
-                " (teacher = SigLIP2 directory, text_model, prompts)"
-            )
-        if users and sem is not None:
-            missing = [k for k in ("teacher", "text_model", "prompts") if getattr(sem, k) is None]
-            if missing:
-                raise ValueError(
-                    f"stage(s) {users} mix task 'image_und', which needs [semantic]"
-                    f" {', '.join(missing)} (teacher = SigLIP2 directory, text_model, prompts)"
-                )
-        for task in ("video_und", "3d_und"):
-            users = [s.name for s in self.stages if task in s.tasks]
-            modality = task_modality(task)
-            section = sem.for_modality(modality) if sem is not None else None
-            if users and section is None:
-                raise ValueError(
-                    f"stage(s) {users} mix task {task!r}, which needs a [semantic.{modality}]"
-                    " section (text_model = a registered text tower such as 'minilm', loss ="
-                    " 'siglip_sigmoid'); captions come from a .txt next to each sample"
-                )
-            if users and section.text_model is None and sem.text_model is None:
-                raise ValueError(
-                    f"[semantic.{modality}] needs text_model (or [semantic] text_model)"
-                )
-        return self
-
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
 
-def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read and validate a training TOML file; errors name the file and each bad key path."""
+def load_train_config(
+    path: str | os.PathLike[str], *, components: Components | None = None
+) -> TrainConfig:
+    """Read and validate a training TOML file; errors name the file and each bad key path.
+
+    ``components`` are the registries the tasks are checked against (default: installed plugins).
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -492,14 +466,117 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read training config {str(path)!r}: {exc.strerror}") from None
-    return validate_train_config(data, where=str(path))
+    return validate_train_config(data, where=str(path), components=components)
 
 
-def validate_train_config(data: dict[str, Any], where: str = "training config") -> TrainConfig:
+def validate_train_config(
+    data: dict[str, Any],
+    where: str = "training config",
+    *,
+    components: Components | None = None,
+) -> TrainConfig:
+    """Validate a training config in two phases: the structure, then the tasks it names against
+    the task registry (`check_tasks`).
+
+    Args:
+        data: the parsed TOML.
+        where: names the config in messages.
+        components: registries of phase two (default: the installed plugins).
+    """
     try:
-        return TrainConfig.model_validate(data)
+        config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
+    check_tasks(config, components, where=where)
+    return config
+
+
+def _task_registry(components: Components | None):
+    """The task registry of ``components``; registries without one (duck-typed stand-ins that
+    supply adapters only) and None use the installed plugins' tasks."""
+    from atoken.core.plugins import default_components
+
+    tasks = getattr(components, "tasks", None)
+    return tasks if tasks is not None else default_components().tasks
+
+
+def task_spec(task: str, components: Components | None = None) -> TaskSpec:
+    """The registered `TaskSpec` of ``task``.
+
+    Raises:
+        ConfigError: no plugin registers ``task`` (the message lists the registered tasks with
+            their providers).
+    """
+    from atoken.core.registry import UnknownComponentError
+
+    try:
+        return _task_registry(components).get(task).obj
+    except UnknownComponentError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_tasks(
+    config: TrainConfig, components: Components | None = None, *, where: str = "training config"
+) -> None:
+    """Phase two: every task the config names is registered, its adapter is installed, and an
+    understanding task has the ``[semantic]`` section its objective needs.
+
+    Raises:
+        ConfigError: naming the key path and what to add or install.
+    """
+    from atoken.core.plugins import default_components
+
+    comps = components or default_components()
+    named: list[tuple[str, str]] = [
+        (f"stages.{i}.tasks.{t}", t) for i, s in enumerate(config.stages) for t in s.tasks
+    ]
+    named += [(f"data.{i}.task", d.task) for i, d in enumerate(config.data)]
+    specs: dict[str, TaskSpec] = {}
+    for loc, task in named:
+        if task in specs:
+            continue
+        try:
+            spec = specs[task] = task_spec(task, comps)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {loc}: {exc}") from None
+        adapters = comps.adapters
+        if hasattr(adapters, "__contains__") and spec.modality not in adapters:
+            provider = _task_registry(comps).get(task).provider
+            raise ConfigError(
+                f"{where}: {loc}: task {task!r} ({provider}) needs the {spec.modality!r}"
+                f" adapter, which no installed plugin registers (adapters:"
+                f" {', '.join(adapters.names())}); install or enable the plugin that provides it"
+            )
+    sem = config.semantic
+    for task in sorted({t for s in config.stages for t in s.tasks}):
+        spec = specs[task]
+        users = [s.name for s in config.stages if task in s.tasks]
+        if spec.understanding == "distill":
+            if sem is None:
+                raise ConfigError(
+                    f"{where}: stage(s) {users} mix task {task!r}, which needs a [semantic]"
+                    " section (teacher = SigLIP2 directory, text_model, prompts)"
+                )
+            missing = [k for k in ("teacher", "text_model", "prompts") if getattr(sem, k) is None]
+            if missing:
+                raise ConfigError(
+                    f"{where}: stage(s) {users} mix task {task!r}, which needs [semantic]"
+                    f" {', '.join(missing)} (teacher = SigLIP2 directory, text_model, prompts)"
+                )
+        elif spec.understanding == "caption_contrast":
+            name = spec.section or ""
+            section = sem.section(name) if sem is not None else None
+            if section is None:
+                raise ConfigError(
+                    f"{where}: stage(s) {users} mix task {task!r}, which needs a"
+                    f" [semantic.{name}] section (text_model = a registered text tower such as"
+                    " 'minilm', loss = 'siglip_sigmoid'); captions come from a .txt next to"
+                    " each sample"
+                )
+            if section.text_model is None and sem.text_model is None:
+                raise ConfigError(
+                    f"{where}: [semantic.{name}] needs text_model (or [semantic] text_model)"
+                )
 
 
 def scale_steps(config: TrainConfig, total: int) -> TrainConfig:

@@ -2,10 +2,12 @@
 
 One step: for each micro-batch (gradient accumulation), pack a token-budget batch of the task
 picked round-robin by the stage's task weights, run encode → quantize → decode, compute the
-stage's objective (reconstruction losses on ``*_rec`` batches of any modality, the semantic
-distillation loss on ``image_und`` batches, the caption sigmoid loss on ``video_und`` /
-``3d_und`` batches, see `atoken.train.semantic`), backpropagate; then clip, step AdamW and
-the schedule, update the EMA, log.
+stage's objective as the task's registration (`atoken.core.task.TaskSpec`) says: the
+reconstruction losses on reconstruction tasks of any modality, on understanding tasks the
+registered objective (``distill``: KL distillation from the SigLIP2 teacher, as ``image_und``;
+``caption_contrast``: the caption sigmoid loss, as ``video_und`` / ``3d_und``; see
+`atoken.train.semantic`), backpropagate; then clip, step AdamW and the schedule, update the
+EMA, log. The trainer names no modality: everything that differs per task comes from its spec.
 Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
 Checkpoints (model, EMA, optimizer, scheduler, data position, RNG) are written atomically every
 ``checkpoint_every`` steps together with a ``from_pretrained`` directory of the EMA weights.
@@ -31,7 +33,7 @@ from torch import nn
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer, build_tokenizer
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
-from atoken.train.config import StageConfig, TrainConfig, task_modality
+from atoken.train.config import StageConfig, TrainConfig, check_tasks, task_spec
 from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from atoken.train.objective import ReconstructionObjective
 from atoken.train.optim import build_optimizer, build_scheduler, set_trainable, unknown_prefixes
@@ -188,18 +190,23 @@ class Trainer:
             return Tokenizer.from_pretrained(m.from_pretrained, components=self.components)
         return build_tokenizer(m.preset, components=self.components, **m.overrides)
 
+    def _spec(self, task: str):
+        return task_spec(task, self.components)
+
+    def _tasks(self) -> list[str]:
+        return sorted({t for s in self.config.stages for t in s.tasks})
+
     def _build_semantic(self):
-        """The `SemanticDistiller` when a stage mixes ``image_und`` (None otherwise)."""
-        if self.config.semantic is None or not any(
-            "image_und" in s.tasks for s in self.config.stages
-        ):
+        """The `SemanticDistiller` when a stage mixes a ``distill`` task (None otherwise)."""
+        users = [t for t in self._tasks() if self._spec(t).understanding == "distill"]
+        if self.config.semantic is None or not users:
             return None
         from atoken.core.config import ConfigError
         from atoken.train.semantic import SemanticDistiller
 
         if not self.model.has_head:
             raise ConfigError(
-                "task 'image_und' trains the understanding head, but this model has none"
+                f"task {users[0]!r} trains the understanding head, but this model has none"
                 " (config.head is None); use a preset with a head"
             )
         return SemanticDistiller.from_config(
@@ -210,25 +217,24 @@ class Trainer:
         )
 
     def _check_tasks(self) -> None:
-        """Every task of the curriculum has its adapter installed (clear error otherwise)."""
-        from atoken.train.data.build import task_adapter
-
-        for task in sorted({t for s in self.config.stages for t in s.tasks}):
-            task_adapter(task, self.components)
+        """Phase two against this trainer's registries: every task of the config is registered,
+        its adapter installed, its ``[semantic]`` section given (clear error otherwise)."""
+        check_tasks(self.config, self.components)
 
     def _build_contrastive(self) -> dict[str, nn.Module]:
-        """A `CaptionContrast` per modality whose ``*_und`` task a stage mixes (video, 3D)."""
+        """A `CaptionContrast` per ``[semantic.<section>]`` of the ``caption_contrast`` tasks a
+        stage mixes (keyed by section name, e.g. ``video``, ``mesh3d``)."""
         from atoken.core.config import ConfigError
         from atoken.train.semantic import CaptionContrast
 
-        tasks = sorted({t for s in self.config.stages for t in s.tasks if t.endswith("_und")})
         out: dict[str, nn.Module] = {}
-        for task in tasks:
-            modality = task_modality(task)
-            if modality == "image":
+        for task in self._tasks():
+            spec = self._spec(task)
+            if spec.understanding != "caption_contrast" or spec.section in out:
                 continue
+            modality = spec.section or spec.modality
             sem = self.config.semantic
-            section = sem.for_modality(modality) if sem is not None else None
+            section = sem.section(modality) if sem is not None else None
             if section is None:  # the config validator already says this; kept for safety
                 raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
             if not self.model.has_head:
@@ -337,7 +343,7 @@ class Trainer:
             )
 
     def _uses_head(self, stage: StageConfig) -> bool:
-        return any(t.endswith("_und") for t in stage.tasks)
+        return any(self._spec(t).objective == "understanding" for t in stage.tasks)
 
     def _make_stream(self, task: str, stage: StageConfig, state: dict[str, Any] | None = None):
         from atoken.train.data.build import build_stream
@@ -380,28 +386,31 @@ class Trainer:
         self, batch: list[PatchTokens], scale: float, task: str = "image_rec"
     ) -> tuple[dict[str, float], int]:
         tokens = collate(batch).to(self.dist.device)
+        spec = self._spec(task)
         with self._autocast():
             out = self.model(tokens)
-            if task.endswith("_und"):
+            if spec.objective == "understanding":
                 result = self.objective(
                     out, tokens, reconstruct=False, semantic=self._semantic_loss(task, out, batch)
                 )
             else:
-                result = self.objective(out, tokens, modality=task_modality(task))
+                result = self.objective(out, tokens, modality=spec.modality)
         (result.total * scale).backward()
         return result.terms, tokens.num_tokens
 
     def _semantic_loss(self, task: str, out, batch: list[PatchTokens]) -> torch.Tensor:
-        """KL distillation for ``image_und``; the caption contrast for ``video_und`` / ``3d_und``."""
+        """The task's registered understanding objective: ``distill`` (the SigLIP2 teacher) or
+        ``caption_contrast`` (its ``[semantic.<section>]``)."""
         from atoken.core.config import ConfigError
 
         if out.embedding is None:
             raise ConfigError(f"{task} needs the model's understanding head; it has none")
-        modality = task_modality(task)
-        if modality == "image":
+        spec = self._spec(task)
+        if spec.understanding == "distill":
             if self.semantic is None:
-                raise ConfigError("image_und needs the [semantic] teacher section")
+                raise ConfigError(f"{task} needs the [semantic] teacher section")
             return self.semantic.loss(out.embedding, batch)
+        modality = spec.section or spec.modality
         if modality not in self.contrastive:
             raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
         return self.contrastive[modality].loss(out.embedding, batch)

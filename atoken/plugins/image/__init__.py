@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from atoken import hookimpl
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.plugins.image.tasks import atoken_register_tasks as atoken_register_tasks
 
 
 def _image(options: ImageOptions) -> ImageAdapter:
@@ -18,3 +19,4 @@ def atoken_register_adapters(registry) -> None:
         options=ImageOptions,
         description="still images; native aspect ratio, crop to multiples of 16, 4-frame padding",
     )
+

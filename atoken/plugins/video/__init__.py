@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from atoken import hookimpl
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
+from atoken.plugins.video.tasks import atoken_register_tasks as atoken_register_tasks
 
 
 def _video(options: VideoOptions) -> VideoAdapter:
@@ -18,3 +19,4 @@ def atoken_register_adapters(registry) -> None:
         options=VideoOptions,
         description="video clips; crop to multiples of 16, frames padded to a multiple of 4",
     )
+

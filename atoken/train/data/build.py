@@ -2,9 +2,9 @@
 
 A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset`` or ``files``), its
 task, a path and ``options``, validated here against the options model of that source for the
-task's modality (unknown keys are errors). The modality comes from the task's prefix through the
-adapter registry (`task_adapter`): ``image_*`` -> ``image``, ``video_*`` -> ``video``, ``3d_*``
--> ``mesh3d`` (an adapter of the separate ``atoken-plugin-3d`` distribution).
+task's modality (unknown keys are errors). The modality is the adapter the task's registration
+names (`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
+`task_adapter`).
 
 ``files`` (`atoken.train.data.files`) serves any modality: the files under ``path`` whose suffix
 the task's adapter claims, read by ``adapter.load`` (scene folders with ``transforms.json``
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from atoken.core.config import ConfigError, Strict, format_validation_error
-from atoken.train.config import ADAPTER_DISTRIBUTIONS, task_modality
+from atoken.train.config import task_spec
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.files import DEFAULT_CACHE, AdapterSamplesSource, FilesSource
@@ -60,15 +60,6 @@ if TYPE_CHECKING:
     from atoken.train.config import DataSource, StageConfig, TrainConfig
 
 logger = logging.getLogger("atoken.train.data")
-
-#: tasks the image data sources can feed
-IMAGE_TASKS = ("image_rec", "image_und")
-
-#: tasks the video data sources can feed
-VIDEO_TASKS = ("video_rec", "video_und")
-
-#: tasks whose samples carry a caption (the contrastive understanding objectives)
-CAPTION_TASKS = ("video_und", "3d_und")
 
 
 class AugmentOptions(Strict):
@@ -190,14 +181,14 @@ _ASSET_OPTIONS: dict[str, type[SourceOptions]] = {
 }
 
 
-def source_modality(task: str) -> str:
-    """The modality (adapter name) whose data feeds ``task``: ``image``, ``video``, ``mesh3d``..."""
-    return task_modality(task)
+def source_modality(task: str, components: Components | None = None) -> str:
+    """The modality (adapter name) whose data feeds ``task``, as the task's plugin registered."""
+    return task_spec(task, components).modality
 
 
-def source_options(spec: DataSource) -> SourceOptions:
+def source_options(spec: DataSource, components: Components | None = None) -> SourceOptions:
     """Validate ``spec.options`` against its source's options model (by the task's modality)."""
-    modality = source_modality(spec.task)
+    modality = source_modality(spec.task, components)
     models = _OPTIONS.get(modality, _ASSET_OPTIONS)
     model = models.get(spec.name)
     if model is None:
@@ -231,13 +222,13 @@ def build_source(
             stream cannot downscale.
         components: registries used when ``adapter`` is None.
     """
-    opts = source_options(spec)
+    opts = source_options(spec, components)
     if isinstance(opts, FilesMixin | AssetSamplesOptions):
         if adapter is None:
             from atoken.core.plugins import default_components
 
             registry = (components or default_components()).adapters
-            adapter = registry.build(task_modality(spec.task), opts.adapter)
+            adapter = registry.build(source_modality(spec.task, components), opts.adapter)
         if isinstance(opts, AssetSamplesOptions):
             return AdapterSamplesSource(adapter, cache=opts.cache, max_tokens=max_tokens)
         return FilesSource(
@@ -271,46 +262,45 @@ def adapter_options(
     sources: Sequence[DataSource], stage: StageConfig, components: Components
 ) -> dict[str, Any]:
     """Options of the task's adapter: the sources' ``options.adapter`` (which must agree), plus
-    the stage's ``min_res`` / ``max_res`` of the modality when the adapter has those options.
+    the stage's ``min_res`` / ``max_res`` of the task (`StageConfig.resolution` of the task's
+    registered ``resolution`` prefix) when the adapter has those options.
 
     Raises:
         ConfigError: sources of the task give different ``adapter`` options.
     """
     task = sources[0].task
-    modality = task_modality(task)
-    given = {repr(sorted(getattr(source_options(s), "adapter", {}).items())): s for s in sources}
+    spec = task_spec(task, components)
+    modality = spec.modality
+    given = {
+        repr(sorted(getattr(source_options(s, components), "adapter", {}).items())): s
+        for s in sources
+    }
     if len(given) > 1:
         raise ConfigError(
             f"data sources of task {task!r} set different adapter options; use the same"
             " options.adapter on each"
         )
-    opts = dict(getattr(source_options(sources[0]), "adapter", {}))
+    opts = dict(getattr(source_options(sources[0], components), "adapter", {}))
     entry = components.adapters.get(modality) if hasattr(components.adapters, "get") else None
     model = getattr(entry, "options_model", None)
     fields = set(getattr(model, "model_fields", ()))
     if entry is None or {"min_res", "max_res"} <= fields:  # (a duck-typed registry: as image)
-        lo, hi = stage.resolution(modality)
+        lo, hi = stage.resolution(spec.resolution)
         opts.update({"min_res": lo, "max_res": hi})
     return opts
 
 
 def task_adapter(task: str, components: Components) -> str:
-    """The registered adapter that feeds ``task`` (from its prefix; see the module docstring).
+    """The registered adapter that feeds ``task`` (as the task's registration names it).
 
     Raises:
-        ConfigError: the adapter is not installed; for ``3d_*`` the message says to install
-            ``atoken-plugin-3d``.
+        ConfigError: no plugin registers ``task`` (the message lists the registered tasks and
+            their providers), or the adapter it names is not installed.
     """
-    modality = task_modality(task)
+    modality = task_spec(task, components).modality
     adapters = components.adapters
     if not hasattr(adapters, "__contains__") or modality in adapters:
         return modality  # (a duck-typed registry without membership is trusted to build it)
-    dist = ADAPTER_DISTRIBUTIONS.get(modality)
-    if dist is not None:
-        raise ConfigError(
-            f"task {task!r} needs the {modality!r} adapter, which the separate {dist}"
-            f" distribution provides: pip install {dist}"
-        )
     raise ConfigError(
         f"task {task!r} needs the {modality!r} adapter, which no installed plugin registers"
         f" (adapters: {', '.join(adapters.names())})"
@@ -350,7 +340,7 @@ def build_stream(
         raise ConfigError(f"build_stream: sources of one stream must share a task, got {tasks}")
     task = tasks[0]
     modality = task_adapter(task, components)
-    augments = {source_options(s).build() for s in sources}
+    augments = {source_options(s, components).build() for s in sources}
     if len(augments) > 1:
         raise ConfigError(
             f"data sources of task {task!r} set different crop options; use the same"
@@ -358,7 +348,7 @@ def build_stream(
         )
     adapter = components.adapters.build(modality, adapter_options(sources, stage, components))
     budget = stage.tokens_per_batch
-    parts = [build_source(s, adapter, max_tokens=budget) for s in sources]
+    parts = [build_source(s, adapter, max_tokens=budget, components=components) for s in sources]
     source = parts[0] if len(parts) == 1 else ConcatSource(parts)
     stream = TrainStream(
         source,
@@ -368,7 +358,7 @@ def build_stream(
         rank=rank,
         world_size=world_size,
         augment=augments.pop(),
-        captions=task in CAPTION_TASKS,
+        captions=task_spec(task, components).captions,
     )
     if state:
         stream.load_state_dict(state)

@@ -54,6 +54,26 @@ def atoken_register_adapters(registry) -> None:
 
 
 @hookimpl
+def atoken_register_tasks(registry) -> None:
+    from atoken.core.task import TaskSpec
+
+    registry.add(
+        "3d_rec", TaskSpec(modality="mesh3d"), description="3D reconstruction (voxel tokens)"
+    )
+    registry.add(
+        "3d_und",
+        TaskSpec(
+            modality="mesh3d",
+            objective="understanding",
+            understanding="caption_contrast",
+            section="mesh3d",
+            captions=True,
+        ),
+        description="3D understanding: asset/caption sigmoid contrast ([semantic.mesh3d])",
+    )
+
+
+@hookimpl
 def atoken_register_renderers(registry) -> None:
     registry.add(
         "gaussians-torch",

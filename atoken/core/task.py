@@ -1,0 +1,62 @@
+"""A training task as a plugin registers it: which adapter feeds it and which objective it trains.
+
+The plugin that owns a modality registers its tasks through ``atoken_register_tasks`` (the image
+plugin registers ``image_rec`` and ``image_und``, the video plugin ``video_rec`` and
+``video_und``, a third-party modality its own); the trainer reads everything that differs per
+task from the registered `TaskSpec`, so it never branches on a modality name.
+
+References: task table after AToken (arXiv 2509.14476), "Curriculum and optimisation".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: the understanding objectives the trainer knows how to build (see `atoken.train.semantic`)
+UNDERSTANDING_OBJECTIVES = ("distill", "caption_contrast")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a task needs from the trainer.
+
+    Attributes:
+        modality: the registered adapter that reads, tokenizes and decodes the task's samples.
+        objective: ``reconstruction`` (the stage's reconstruction losses) or ``understanding``
+            (the semantic objective named by ``understanding``).
+        understanding: for understanding tasks, ``distill`` (KL distillation from the frozen
+            SigLIP2 teacher, the ``[semantic]`` section) or ``caption_contrast`` (pooled
+            embeddings against caption embeddings, the ``[semantic.<section>]`` section).
+        section: the ``[semantic.<section>]`` table of a ``caption_contrast`` task.
+        captions: samples carry a caption (read from the data: ``.txt`` sidecars, ``txt``
+            members, built-in captions).
+        resolution: prefix of the stage keys bounding this task's resolution
+            (``video`` -> ``video_min_res`` / ``video_max_res``, falling back to ``min_res`` /
+            ``max_res``); None: ``min_res`` / ``max_res``.
+    """
+
+    modality: str
+    objective: Literal["reconstruction", "understanding"] = "reconstruction"
+    understanding: str | None = None
+    section: str | None = None
+    captions: bool = False
+    resolution: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("reconstruction", "understanding"):
+            raise ValueError(
+                f"task objective must be 'reconstruction' or 'understanding', got"
+                f" {self.objective!r}"
+            )
+        if self.objective == "understanding" and self.understanding not in UNDERSTANDING_OBJECTIVES:
+            raise ValueError(
+                f"an understanding task names its objective: understanding ="
+                f" {' or '.join(map(repr, UNDERSTANDING_OBJECTIVES))}, got {self.understanding!r}"
+            )
+        if self.objective == "reconstruction" and self.understanding is not None:
+            raise ValueError("a reconstruction task takes no understanding objective")
+        if self.understanding == "caption_contrast" and not (self.section and self.captions):
+            raise ValueError(
+                "a caption_contrast task names its [semantic.<section>] and has captions = True"
+            )
