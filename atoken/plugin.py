@@ -38,10 +38,12 @@ Patching (pixel frames <-> patch rows):
     `patchify`, `unpatchify`, `resize_target`, `resize_target_within_budget`, `crop_box`.
 
 Files (atomic: written beside the target, flushed, renamed; never pickle):
-    `atomic_write(path, write)` (calls ``write(fileobj)`` on a temporary file), `atomic_write_bytes`,
-    `atomic_write_json`, `save_tensors` / `load_tensors` / `read_metadata` (safetensors),
-    `read_json`, `check_output_target`, and `outputs_together` (a block whose writes land as one
-    set: all of them, or none when it raises).
+    `atomic_write(path, write)` (calls ``write(fileobj)`` on a temporary file),
+    `atomic_write_bytes`, `atomic_write_json`, `save_tensors` / `load_tensors` /
+    `read_metadata` (safetensors), `read_json`, `check_output_target`, `check_state_layout` (one
+    `CheckpointError` listing the missing, unexpected and mis-shaped keys of a state dict), and
+    `outputs_together` (a block whose writes land as one set: all of them, or none when it
+    raises).
 
 Budgets (checked before anything large is allocated; environment overrides):
     `max_pixels`, `max_tokens`, `max_model_bytes`, `human_bytes`.
@@ -105,6 +107,7 @@ from atoken.core.serialization import (
     atomic_write_bytes,
     atomic_write_json,
     check_output_target,
+    check_state_layout,
     load_tensors,
     outputs_together,
     read_json,
@@ -186,6 +189,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "check_output_target",
+    "check_state_layout",
     "collate",
     "crop_box",
     "default_components",

@@ -14,7 +14,7 @@ from atoken import hookimpl
 from atoken_plugin_grayscale.options import GrayscaleOptions
 
 if TYPE_CHECKING:
-    from atoken.core.registry import BoundRegistry
+    from atoken.plugin import BoundRegistry
     from atoken_plugin_grayscale.adapter import GrayscaleAdapter
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from torch import Tensor
 
 from atoken_plugin_3d.options import Mesh3DOptions

@@ -28,7 +28,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def convert_gs(checkpoint: str, output: str, config: str | None, dtype: str | None) -> None:
     """Convert the official 3D Gaussian decoder checkpoint (3d_decode_gs) for atoken-plugin-3d."""
     import torch
-    from atoken.core.serialization import outputs_together
+    from atoken.plugin import outputs_together
 
     from atoken_plugin_3d.convert import convert_gaussian_decoder
 
@@ -56,13 +56,12 @@ def eval_3d(data: str, model: str, options: tuple[str, ...], limit: int | None, 
     """3D reconstruction quality: PSNR/SSIM/LPIPS of the Gaussians on held-out views per asset."""
     import json
 
-    from atoken.cli._group import _parse_options
-    from atoken.core.model_dir import load_tokenizer
-    from atoken.core.serialization import atomic_write_json
+    from atoken import load_tokenizer
+    from atoken.plugin import atomic_write_json, parse_options
 
     from atoken_plugin_3d.evaluate import reconstruction_metrics_3d
 
-    opts = _parse_options(options)
+    opts = parse_options(options)
     tok = load_tokenizer(model).eval()
     results = {"model": model, "model_id": tok.model_id}
     results |= reconstruction_metrics_3d(tok, data, options=opts, limit=limit, progress=True)

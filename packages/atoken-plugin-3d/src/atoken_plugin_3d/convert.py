@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from atoken.convert.official import read_official_state
-from atoken.core.serialization import (
+from atoken.plugin import (
     CheckpointError,
     atomic_write_json,
     check_state_layout,
     load_tensors,
     read_json,
+    read_official_state,
     save_tensors,
 )
 from torch import Tensor

@@ -19,8 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoken.core.errors import InputError
-from atoken.core.plugins import Components, default_components
+from atoken.plugin import Components, InputError, default_components
 
 from atoken_plugin_3d.adapter import MESH_EXTENSIONS
 

@@ -40,8 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from atoken.core.attention import varlen_attention
-from atoken.core.layers import Mlp, RMSNorm
+from atoken.plugin import Mlp, RMSNorm, varlen_attention
 from torch import Tensor, nn
 
 from atoken_plugin_3d.gaussians import (

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 import trimesh
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 
 #: albedo of assets without any colour (mid grey, shaded by the renderer)
 NEUTRAL_GREY = 0.7

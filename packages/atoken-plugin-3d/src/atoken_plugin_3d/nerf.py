@@ -44,9 +44,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from atoken.core.errors import InputError
-from atoken.core.serialization import (
+from atoken.plugin import (
     CheckpointError,
+    InputError,
     atomic_write_bytes,
     atomic_write_json,
     read_json,

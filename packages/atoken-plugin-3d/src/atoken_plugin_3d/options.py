@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from atoken.core.config import Strict
+from atoken.plugin import Strict
 from pydantic import Field
 
 VoxelMode = Literal["nearest", "average"]

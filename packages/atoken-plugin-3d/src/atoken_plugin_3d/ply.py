@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write
+from atoken.plugin import InputError, atomic_write
 from torch import Tensor
 
 from atoken_plugin_3d.gaussians import Gaussians, RepresentationConfig, _inverse_softplus

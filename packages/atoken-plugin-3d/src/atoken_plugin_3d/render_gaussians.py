@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from torch import Tensor
 
 from atoken_plugin_3d.cameras import Camera

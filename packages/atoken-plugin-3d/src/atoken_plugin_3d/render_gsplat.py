@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from torch import Tensor
 
 from atoken_plugin_3d.cameras import Camera

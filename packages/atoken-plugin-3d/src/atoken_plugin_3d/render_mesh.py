@@ -33,8 +33,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 import trimesh
-from atoken.core.config import Strict
-from atoken.core.errors import InputError
+from atoken.plugin import InputError, Strict
 from pydantic import Field
 
 from atoken_plugin_3d.cameras import Camera, sphere_cameras

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 
 
 def bunny_path() -> Path:

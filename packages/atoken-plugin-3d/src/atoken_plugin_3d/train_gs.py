@@ -41,9 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from atoken.core.config import ConfigError
-from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write, atomic_write_json
+from atoken.plugin import ConfigError, InputError, atomic_write, atomic_write_json
 from torch import Tensor
 
 from atoken_plugin_3d.gaussian_decoder import GaussianDecoder
@@ -183,7 +181,7 @@ class _Run:
 
     def _tokenizer(self, assets: list[Asset]):
         """The frozen tokenizer: reloaded from ``RUN/tokenizer`` on resume, else built + saved."""
-        from atoken.core.tokenizer import Tokenizer, build_tokenizer
+        from atoken import Tokenizer, build_tokenizer
 
         section = self.config.tokenizer
         saved = self.run_dir / TOKENIZER_DIR
@@ -281,7 +279,7 @@ class _Run:
         return self.lpips.distance(p, t)
 
     def _loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
-        from atoken.eval.metrics import ssim
+        from atoken.plugin import ssim
 
         w = self.config.loss
         l1 = (pred - target).abs().mean()
@@ -302,7 +300,7 @@ class _Run:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, Any]:
         """Held-out PSNR / SSIM / LPIPS (renders in [0, 1]); appends to eval.jsonl, draws samples."""
-        from atoken.eval.metrics import psnr, ssim
+        from atoken.plugin import psnr, ssim
         from atoken.train.plots import reconstruction_grid
 
         limit = self.config.run.eval_views

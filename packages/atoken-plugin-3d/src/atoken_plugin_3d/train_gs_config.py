@@ -28,7 +28,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from atoken.core.config import ConfigError, Strict, format_validation_error
+from atoken.plugin import ConfigError, Strict, format_validation_error
 from pydantic import (
     Field,
     NonNegativeFloat,
@@ -63,7 +63,7 @@ class TokenizerSection(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerSection:
-        from atoken.core.presets import PRESETS
+        from atoken import PRESETS
 
         if self.from_pretrained is None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")

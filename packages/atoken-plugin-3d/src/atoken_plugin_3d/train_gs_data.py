@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from atoken.core.errors import InputError
-from atoken.core.serialization import CheckpointError, load_tensors, read_metadata, save_tensors
+from atoken.plugin import CheckpointError, InputError, load_tensors, read_metadata, save_tensors
 from torch import Tensor
 
 from atoken_plugin_3d.cameras import Camera, sphere_cameras
@@ -281,7 +280,7 @@ def _read_cache(path: Path, key: str) -> dict[str, Tensor] | None:
 
 def voxel_patch_tokens(feats: Tensor, coords: Tensor, patch_dim: int = 3072):
     """Voxel features ``[N, 768]`` in [0, 1] -> `PatchTokens` (``2 f - 1`` zero-padded, t = 1)."""
-    from atoken.core.tokens import PatchTokens
+    from atoken.plugin import PatchTokens
 
     n, c = feats.shape
     if c > patch_dim:

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from atoken.core.errors import InputError
-from atoken.core.serialization import atomic_write_bytes, outputs_together
+from atoken.plugin import InputError, atomic_write_bytes, outputs_together
 from PIL import Image
 from torch import Tensor
 

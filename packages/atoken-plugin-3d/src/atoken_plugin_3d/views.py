@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from torch import Tensor
 
 from atoken_plugin_3d.cameras import Camera

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 
 import torch
-from atoken.core.errors import InputError
-from atoken.core.serialization import CheckpointError, load_tensors, save_tensors
+from atoken.plugin import CheckpointError, InputError, load_tensors, save_tensors
 from torch import Tensor
 
 #: values per voxel: one 16 x 16 RGB patch

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from torch import Tensor
 
 from atoken_plugin_3d.cameras import Camera
