@@ -12,6 +12,8 @@ Registration:
     `BoundRegistry`: ``registry.register(name, factory, options=OptionsModel)``. `Registry`,
     `Entry` and `Provider` are what `Components` (``default_components()``) holds;
     `UnknownComponentError`, `DuplicateComponentError` and `OptionsError` are what they raise.
+    A training task is ``registry.add(name, TaskSpec(modality=...))`` in
+    ``atoken_register_tasks`` (`UNDERSTANDING_OBJECTIVES` lists the objectives a task may name).
 
 Component protocols and building blocks:
     `ModalityAdapter` (``to_tokens`` / ``from_tokens`` / ``target`` / ``metrics`` / ``load`` /
@@ -114,6 +116,7 @@ from atoken.core.serialization import (
     read_metadata,
     save_tensors,
 )
+from atoken.core.task import UNDERSTANDING_OBJECTIVES, TaskSpec
 from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, collate
 
 # Names whose modules are heavier or sit outside core: imported on first attribute access.
@@ -179,11 +182,13 @@ __all__ = [
     "Provider",
     "Quantizer",
     "QuantizerOutput",
+    "UNDERSTANDING_OBJECTIVES",
     "RMSNorm",
     "Registry",
     "ResourceError",
     "SparseTokens",
     "Strict",
+    "TaskSpec",
     "UnknownComponentError",
     "atomic_write",
     "atomic_write_bytes",

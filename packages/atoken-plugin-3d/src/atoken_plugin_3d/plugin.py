@@ -55,7 +55,7 @@ def atoken_register_adapters(registry) -> None:
 
 @hookimpl
 def atoken_register_tasks(registry) -> None:
-    from atoken.core.task import TaskSpec
+    from atoken.plugin import TaskSpec
 
     registry.add(
         "3d_rec", TaskSpec(modality="mesh3d"), description="3D reconstruction (voxel tokens)"
