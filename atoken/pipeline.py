@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from atoken import latents_file
+from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
@@ -70,7 +71,7 @@ def adapter_for(
     failures: dict[str, str] = {}
     for entry in comps.adapters.entries():
         try:
-            extensions = tuple(getattr(comps.adapters.build(entry.name), "extensions", ()))
+            extensions = tuple(comps.adapters.build(entry.name).extensions)
         except Exception as exc:  # noqa: BLE001 - an unusable plugin must not block the others
             failures[entry.name] = f"{type(exc).__name__}: {exc}"
             continue
@@ -92,17 +93,15 @@ def adapter_for(
 
 
 def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
-    """Give ``adapter`` the model it will work with, when it wants it (``adapter.bind``)."""
-    bind = getattr(adapter, "bind", None)
-    if callable(bind):
-        bind(model)
+    """Give ``adapter`` the model it will work with, when it declares ``bind``."""
+    if has_capability(adapter, "bind"):
+        adapter.bind(model)
     return adapter
 
 
 def open_sample(adapter: ModalityAdapter, path: str | os.PathLike[str]) -> Any:
-    """``adapter.open(path)`` (a lazily read sample) when the adapter has it, else ``load``."""
-    opener = getattr(adapter, "open", None)
-    return opener(path) if callable(opener) else adapter.load(path)
+    """``adapter.open(path)`` (a lazily read sample) when the adapter declares it, else ``load``."""
+    return adapter.open(path) if has_capability(adapter, "open") else adapter.load(path)
 
 
 def encode_sample(
@@ -116,15 +115,16 @@ def encode_sample(
     never exist all at once (and a lazily read clip, see `open_sample`, is decoded a chunk at a
     time). Otherwise ``to_tokens`` and ``encode``.
     """
-    chunker = getattr(adapter, "to_token_chunks", None)
     tc = model.temporal()
-    if callable(chunker) and tc.tile is not None and tc.encoder_cache == 0:
-        first = next(iter(chunker(sample[:4], 4)))  # one latent frame: the grid's token count
+    chunked = has_capability(adapter, "to_token_chunks")
+    if chunked and tc.tile is not None and tc.encoder_cache == 0:
+        # one latent frame: the grid's token count
+        first = next(iter(adapter.to_token_chunks(sample[:4], 4)))
         per_frame = max(1, len(first))
         tiles = max(1, STREAM_GROUP_TOKENS // (per_frame * tc.tile))
         frames = tiles * tc.tile * model.config.patch_size[0]
         with torch.inference_mode():
-            latents = model.encode_chunks(chunker(sample, frames))
+            latents = model.encode_chunks(adapter.to_token_chunks(sample, frames))
         return latents, dict(latents.tokens.meta[0])
     tokens = adapter.to_tokens(sample)
     with torch.inference_mode():
@@ -180,7 +180,9 @@ def reconstruct_sample(
 def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:
     """Where a reconstruction goes: ``reconstruction``, ``side_by_side`` and ``metrics`` files."""
     suffix = adapter.output_suffix
-    comparison_suffix = getattr(adapter, "comparison_suffix", None) or suffix
+    comparison_suffix = (
+        adapter.comparison_suffix if has_capability(adapter, "comparison_suffix") else suffix
+    )
     return {
         "reconstruction": out_dir / f"reconstruction{suffix}",
         "side_by_side": out_dir / f"side_by_side{comparison_suffix}",
@@ -190,7 +192,7 @@ def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:
 
 def _convention(adapter: ModalityAdapter) -> dict[str, Any]:
     """``{"convention": ...}`` when the adapter says how its metrics are computed."""
-    convention = getattr(adapter, "metric_convention", None)
+    convention = adapter.metric_convention if has_capability(adapter, "metric_convention") else None
     return {"convention": dict(convention)} if convention else {}
 
 
@@ -279,7 +281,7 @@ def load_latents(
     modality = header.metadata["modality"]
     adapter = comps.adapters.build(modality, header.adapter_options or None)
     if whole is None:
-        whole = not callable(getattr(adapter, "stream_sink", None))
+        whole = not has_capability(adapter, "stream_sink")
     grid = latents_file.check_layout(header, tuple(model.config.patch_size), streamed=not whole)
     tensors = latents_file.load_tensors(header)
     coords = tensors["coords"]
@@ -331,15 +333,14 @@ def decode_to_file(
         ``{"streamed": bool, "shape": [...]}`` of what was written.
     """
     latents, adapter, meta = load_latents(model, path, components)
-    sink_factory = getattr(adapter, "stream_sink", None)
-    if not callable(sink_factory):
+    if not has_capability(adapter, "stream_sink"):
         with torch.inference_mode():
             decoded = model.decode(latents)
         patch = decoded.split()[0]
         sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
         adapter.save(sample, output)
         return {"streamed": False, "shape": list(getattr(sample, "shape", ()))}
-    sink = sink_factory(meta, latents.tokens.coords, output, progress=progress)
+    sink = adapter.stream_sink(meta, latents.tokens.coords, output, progress=progress)
     with sink, torch.inference_mode():
         for chunk in model.decode_stream(latents):
             sink.add(chunk.coords, chunk.feats)
@@ -383,8 +384,7 @@ def reconstruct_to_dir(
     side-by-side view). The three files are written in one `outputs_together` block: they
     appear together or, on any error (a full disk, an interrupted decode), not at all.
     """
-    sink_factory = getattr(adapter, "stream_sink", None)
-    if not callable(sink_factory):
+    if not has_capability(adapter, "stream_sink"):
         result = reconstruct_sample(model, adapter, sample, source)
         with outputs_together():
             paths = write_reconstruction(result, adapter, out_dir, extra)
@@ -397,7 +397,7 @@ def reconstruct_to_dir(
     latents, meta = encode_sample(model, adapter, sample)
     t1 = t2 = time.perf_counter()
     with outputs_together(), torch.inference_mode():
-        sink = sink_factory(
+        sink = adapter.stream_sink(
             meta,
             latents.tokens.coords,
             paths["reconstruction"],

@@ -22,6 +22,7 @@ from atoken.cli._group import (
     load_model,
     model_option,
 )
+from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
@@ -109,15 +110,15 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
         adapter = adapter_for(path, modality, opts)
         sample = open_sample(adapter, path)
         try:  # fail on a bad input before any output is written
-            chunks = getattr(adapter, "to_token_chunks", None)
-            if callable(chunks):
-                next(iter(chunks(sample, 4)))  # checks the whole clip, tokenizes 4 frames
+            if has_capability(adapter, "to_token_chunks"):
+                # checks the whole clip, tokenizes 4 frames
+                next(iter(adapter.to_token_chunks(sample, 4)))
             else:
                 adapter.to_tokens(sample)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
-        lazy = callable(getattr(adapter, "open", None))
-        streamed = callable(getattr(adapter, "stream_sink", None))
+        lazy = has_capability(adapter, "open")
+        streamed = has_capability(adapter, "stream_sink")
         loaded.append((path, adapter, sample if lazy or not streamed else None))
         del sample
     names = Counter(p.stem for p, _, _ in loaded)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.tokens import PatchTokens
@@ -81,7 +82,7 @@ def sample_tokens(
         raise InputError(
             f"video_pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {video_pooling!r}"
         )
-    per_frame = getattr(adapter, "embed_per_frame", None)
+    per_frame = adapter.embed_per_frame if has_capability(adapter, "embed_per_frame") else None
     if per_frame is None:
         per_frame = adapter.name == "video" or (isinstance(sample, Tensor) and sample.ndim == 4)
     if not per_frame or video_pooling == "clip":

@@ -235,7 +235,7 @@ class FileReader:
         return {
             s
             for e in self.comps.adapters.entries()
-            for s in getattr(self.comps.adapters.build(e.name), "extensions", ())
+            for s in self.comps.adapters.build(e.name).extensions
         }
 
     def __call__(self, path: str | os.PathLike[str]) -> Sequence[PatchTokens]:
