@@ -1,9 +1,10 @@
 """Every registered adapter passes the adapter contract (no new test code per plugin).
 
-The contract is for adapters whose samples are tensors and who offer ``example(generator)``
-(image, video, third-party pixel modalities). An adapter with structured samples (e.g.
-atoken-plugin-3d's ``mesh3d``: assets in, Gaussians out) tests itself in its distribution and is
-held here only to the protocol.
+The whole contract runs for adapters that declare ``example(generator)`` (image, video,
+third-party pixel modalities). An adapter with structured samples (e.g. atoken-plugin-3d's
+``mesh3d``: assets in, Gaussians out) is held here to the protocol and to the contracts of the
+capabilities it declares; its distribution runs the adapter contract with its own samples.
+Each capability contract is parametrized over every registered adapter that declares it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import atoken
 from atoken import InputError
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.testing import AdapterContract
+from atoken.testing.capabilities import CAPABILITY_CONTRACTS, declaring
 
 _COMPS = atoken.default_components()
 ADAPTERS = _COMPS.adapters.names()
-TENSOR_ADAPTERS = [n for n in ADAPTERS if hasattr(_COMPS.adapters.build(n), "example")]
+TENSOR_ADAPTERS = declaring(_COMPS, "example")
+#: (capability, adapter) for every registered adapter that declares a contracted capability
+DECLARED = [(c, n) for c in CAPABILITY_CONTRACTS for n in declaring(_COMPS, c)]
 
 
 def test_builtin_adapters_are_held_to_the_whole_contract() -> None:
@@ -37,6 +41,42 @@ class TestEveryAdapter(AdapterContract):
     @pytest.fixture(autouse=True)
     def _name(self, name):
         self.adapter_name = name
+
+
+def test_the_builtins_exercise_the_capability_contracts() -> None:
+    # the built-ins exercise these; sample_assets and bind come from atoken-plugin-3d
+    assert {c for c, _ in DECLARED} >= {
+        "example",
+        "to_token_chunks",
+        "open",
+        "stream_sink",
+        "metric_convention",
+        "metric_info_keys",
+    }
+
+
+def _capability_class(capability: str) -> type:
+    base = CAPABILITY_CONTRACTS[capability]
+
+    @pytest.mark.parametrize("name", declaring(_COMPS, capability))
+    class Test(base):
+        @pytest.fixture(autouse=True)
+        def _name(self, name):
+            self.adapter_name = name
+
+    Test.__name__ = Test.__qualname__ = f"Test{base.__name__}"
+    return Test
+
+
+for _cap in CAPABILITY_CONTRACTS:
+    globals()[f"Test{CAPABILITY_CONTRACTS[_cap].__name__}"] = _capability_class(_cap)
+
+
+def test_a_capability_contract_skips_an_adapter_that_does_not_declare_it() -> None:
+    contract = CAPABILITY_CONTRACTS["stream_sink"]()
+    contract.adapter_name = "image"
+    with pytest.raises(pytest.skip.Exception, match="does not declare 'stream_sink'"):
+        contract.capable_adapter()
 
 
 def test_image_tokens_layout_on_a_real_photo(photos) -> None:

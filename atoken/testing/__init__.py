@@ -10,11 +10,41 @@ Subclass a contract and give it the component under test::
             return torch.rand(40, 56, generator=generator) * 2 - 1
 
 pytest then runs every contract test against it; atoken's own suite parametrizes the same
-contracts over everything registered. `BagOfWordsPlugin` registers a tiny deterministic text
+contracts over everything registered. Each optional capability has its contract too
+(`atoken.testing.capabilities`: ``StreamSinkContract``, ``TokenChunksContract``, ...); add the
+ones your adapter declares to the class's bases (a test whose capability is not declared skips). `BagOfWordsPlugin` registers a tiny deterministic text
 tower (``bag``) for tests of caption objectives.
 """
 
-from atoken.testing.contracts import AdapterContract, QuantizerContract
+from atoken.testing.capabilities import (
+    CAPABILITY_CONTRACTS,
+    BindContract,
+    ExampleContract,
+    MetricConventionContract,
+    MetricInfoKeysContract,
+    OpenContract,
+    SampleAssetsContract,
+    StreamSinkContract,
+    TokenChunksContract,
+    declaring,
+)
+from atoken.testing.contracts import AdapterContract, AdapterUnderTest, QuantizerContract
 from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
-__all__ = ["AdapterContract", "BagOfWordsPlugin", "BagOfWordsText", "QuantizerContract"]
+__all__ = [
+    "CAPABILITY_CONTRACTS",
+    "AdapterContract",
+    "AdapterUnderTest",
+    "BagOfWordsPlugin",
+    "BagOfWordsText",
+    "BindContract",
+    "ExampleContract",
+    "MetricConventionContract",
+    "MetricInfoKeysContract",
+    "OpenContract",
+    "QuantizerContract",
+    "SampleAssetsContract",
+    "StreamSinkContract",
+    "TokenChunksContract",
+    "declaring",
+]

@@ -1,0 +1,234 @@
+"""Contract mixins per optional adapter capability (`atoken.core.capabilities`).
+
+Each mixin checks what one capability promises, on the adapter named by ``adapter_name``
+(samples from `AdapterUnderTest.make_sample`). A test whose capability the adapter does not
+declare calls ``pytest.skip`` with the reason; none returns early. atoken's suite parametrizes
+each mixin over every registered adapter that declares the capability (`declaring`), so a new
+plugin is tested without new test code::
+
+    from atoken.testing import AdapterContract, StreamSinkContract
+
+    class TestMyAdapter(AdapterContract, StreamSinkContract):
+        adapter_name = "mymodality"
+
+References: diffusers' per-feature test mixins; pytest's skip-with-reason idiom.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from atoken.core.capabilities import CAPABILITIES
+from atoken.core.plugins import Components
+from atoken.testing.contracts import AdapterUnderTest
+
+
+def declaring(components: Components, capability: str) -> list[str]:
+    """Names of the registered adapters whose entries declare ``capability``."""
+    if capability not in CAPABILITIES:
+        raise KeyError(f"no capability named {capability!r}; known: {sorted(CAPABILITIES)}")
+    return [e.name for e in components.adapters.entries() if e.has(capability)]
+
+
+class _CapabilityContract(AdapterUnderTest):
+    #: the capability this mixin checks
+    capability: str = ""
+
+    def capable_adapter(self) -> Any:
+        """The adapter under test; skips when its entry does not declare ``capability``."""
+        entry = self.comps().adapters.get(self.adapter_name)
+        if not entry.has(self.capability):
+            pytest.skip(f"adapter {self.adapter_name!r} does not declare {self.capability!r}")
+        return self.adapter()
+
+    def tensor_target(self, adapter: Any, seed: int) -> tuple[Any, Tensor, dict[str, Any]]:
+        """``(sample, target, meta)``; skips when the adapter's targets are not tensors."""
+        sample = self.make_sample(torch.Generator("cpu").manual_seed(seed))
+        tokens = adapter.to_tokens(sample)
+        target = adapter.target(sample, tokens.meta)
+        if not isinstance(target, Tensor):
+            pytest.skip(
+                f"adapter {self.adapter_name!r} targets are {type(target).__name__}, not"
+                " tensors: this check compares tensors"
+            )
+        return sample, target, dict(tokens.meta)
+
+
+class ExampleContract(_CapabilityContract):
+    """``example(generator)``: a valid sample, the same for the same seed."""
+
+    capability = "example"
+
+    def test_example_is_seeded_and_tokenizes(self) -> None:
+        adapter = self.capable_adapter()
+        a = adapter.example(torch.Generator("cpu").manual_seed(0))
+        b = adapter.example(torch.Generator("cpu").manual_seed(0))
+        c = adapter.example(torch.Generator("cpu").manual_seed(1))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        assert len(adapter.to_tokens(a)) > 0
+
+
+class TokenChunksContract(_CapabilityContract):
+    """``to_token_chunks(sample, frames)``: concatenated, the chunks are ``to_tokens`` row for
+    row; each chunk covers at most ``frames`` frames."""
+
+    capability = "to_token_chunks"
+
+    def test_chunks_concatenate_to_the_whole_tokens(self) -> None:
+        adapter = self.capable_adapter()
+        sample = self.make_sample(torch.Generator("cpu").manual_seed(0))
+        whole = adapter.to_tokens(sample)
+        for frames in (4, 8):
+            chunks = list(adapter.to_token_chunks(sample, frames))
+            assert chunks and all(len(c) > 0 for c in chunks)
+            torch.testing.assert_close(
+                torch.cat([c.feats for c in chunks]), whole.feats, atol=1e-5, rtol=0
+            )
+            assert torch.equal(torch.cat([c.coords for c in chunks]), whole.coords)
+            per_t = frames // 4  # latent frames per chunk (4 input frames per patch)
+            for c in chunks:
+                t = c.coords[:, 0]
+                assert int(t.max()) - int(t.min()) < per_t
+
+
+class OpenContract(_CapabilityContract):
+    """``open(path)``: a lazily read sample that tokenizes exactly as ``load(path)`` does."""
+
+    capability = "open"
+
+    def test_open_tokenizes_like_load(self, tmp_path) -> None:
+        adapter = self.capable_adapter()
+        _, target, _ = self.tensor_target(adapter, seed=1)
+        if adapter.output_suffix not in adapter.extensions:
+            pytest.skip(f"adapter {self.adapter_name!r} cannot read what it saves")
+        path = tmp_path / f"sample{adapter.output_suffix}"
+        adapter.save(target, path)
+        loaded, opened = (
+            adapter.to_tokens(adapter.load(path)),
+            adapter.to_tokens(adapter.open(path)),
+        )
+        torch.testing.assert_close(opened.feats, loaded.feats, atol=1e-6, rtol=0)
+        assert torch.equal(opened.coords, loaded.coords)
+
+
+class StreamSinkContract(_CapabilityContract):
+    """``stream_sink``: rows fed in pieces write the same sample ``save`` would, measure it like
+    ``metrics``, and a sink left incomplete writes nothing."""
+
+    capability = "stream_sink"
+
+    def test_streamed_rows_write_the_sample(self, tmp_path) -> None:
+        adapter = self.capable_adapter()
+        sample, target, meta = self.tensor_target(adapter, seed=2)
+        tokens = adapter.to_tokens(sample)
+        out, side = tmp_path / f"rec{adapter.output_suffix}", tmp_path / "cmp"
+        side = side.with_suffix(adapter.output_suffix)
+        half = len(tokens) // 2
+        with adapter.stream_sink(
+            meta, tokens.coords, out, comparison=side, reference=sample
+        ) as sink:
+            sink.add(tokens.coords[:half], tokens.feats[:half])
+            sink.add(tokens.coords[half:], tokens.feats[half:])
+        assert sink.frames_done == target.shape[0]
+        assert out.is_file() and side.is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, side.name])
+        streamed = sink.metrics()
+        assert set(streamed) == set(adapter.metrics(target, target))
+        if adapter.output_suffix in adapter.extensions:
+            back = adapter.load(out)
+            assert back.shape == target.shape
+            budget = (
+                adapter.save_tolerance
+                if self.comps().adapters.get(self.adapter_name).has("save_tolerance")
+                else 2.5 / 255 * 2
+            )
+            assert (back - target.clamp(-1, 1)).abs().mean() <= budget
+
+    def test_an_incomplete_stream_writes_nothing(self, tmp_path) -> None:
+        from atoken.core.errors import AtokenError
+
+        adapter = self.capable_adapter()
+        sample, _, meta = self.tensor_target(adapter, seed=3)
+        tokens = adapter.to_tokens(sample)
+        out = tmp_path / f"rec{adapter.output_suffix}"
+        first_t = tokens.coords[:, 0] == tokens.coords[0, 0]
+        if bool(first_t.all()):
+            pytest.skip("the example has one latent frame: nothing can be left out")
+        with pytest.raises(AtokenError), adapter.stream_sink(meta, tokens.coords, out) as sink:
+            sink.add(tokens.coords[first_t], tokens.feats[first_t])
+        assert list(tmp_path.iterdir()) == []
+
+
+class BindContract(_CapabilityContract):
+    """``bind(model)``: takes a tokenizer (twice, harmlessly) and the adapter still tokenizes."""
+
+    capability = "bind"
+
+    def test_bind_accepts_a_tokenizer(self) -> None:
+        from atoken.core.tokenizer import build_tokenizer
+
+        adapter = self.capable_adapter()
+        model = build_tokenizer(self.model_preset, components=self.comps()).eval()
+        assert adapter.bind(model) is None
+        assert adapter.bind(model) is None
+        sample = self.make_sample(torch.Generator("cpu").manual_seed(4))
+        assert len(adapter.to_tokens(sample)) > 0
+
+
+class SampleAssetsContract(_CapabilityContract):
+    """``sample_assets()``: unique ``(key, what load reads, caption)`` triples; the first loads."""
+
+    capability = "sample_assets"
+
+    def test_sample_assets_are_loadable_triples(self) -> None:
+        adapter = self.capable_adapter()
+        assets = adapter.sample_assets()
+        assert assets, "sample_assets() returned nothing"
+        keys = [k for k, _, _ in assets]
+        assert len(set(keys)) == len(keys)
+        assert all(isinstance(k, str) and isinstance(c, str) and c for k, _, c in assets)
+        assert len(adapter.to_tokens(adapter.load(assets[0][1]))) > 0
+
+
+class MetricConventionContract(_CapabilityContract):
+    """``metric_convention``: a JSON mapping (it is written into metrics.json as is)."""
+
+    capability = "metric_convention"
+
+    def test_convention_is_json(self) -> None:
+        adapter = self.capable_adapter()
+        doc = dict(adapter.metric_convention)
+        assert doc and json.loads(json.dumps(doc)) == doc
+
+
+class MetricInfoKeysContract(_CapabilityContract):
+    """``metric_info_keys`` names keys that ``metrics`` returns (facts such as counts)."""
+
+    capability = "metric_info_keys"
+
+    def test_info_keys_are_metrics(self) -> None:
+        adapter = self.capable_adapter()
+        _, target, _ = self.tensor_target(adapter, seed=5)
+        keys = set(adapter.metrics(target, target))
+        assert set(adapter.metric_info_keys) <= keys, (adapter.metric_info_keys, keys)
+
+
+#: every capability contract, by capability: ``class TestX(AdapterContract, *CAPABILITY_CONTRACTS.values())``
+CAPABILITY_CONTRACTS: dict[str, type[_CapabilityContract]] = {
+    c.capability: c
+    for c in (
+        ExampleContract,
+        TokenChunksContract,
+        OpenContract,
+        StreamSinkContract,
+        BindContract,
+        SampleAssetsContract,
+        MetricConventionContract,
+        MetricInfoKeysContract,
+    )
+}
