@@ -97,7 +97,9 @@ def test_plugin_registers_the_adapter(comps, plugin_module) -> None:
     assert entry.provider.name == "grayscale"  # registered by hand: the plugin's name
     assert entry.options_model is GrayscaleOptions and entry.description
     assert "image" in comps.adapters  # built-ins are still there
-    assert ("grayscale", entry.provider, ["atoken_register_adapters"]) in comps.plugins()
+    hooks = ["atoken_register_adapters", "atoken_register_tasks"]
+    assert ("grayscale", entry.provider, hooks) in comps.plugins()
+    assert comps.tasks.get("grayscale_rec").obj.modality == "grayscale"
     adapter = comps.adapters.build("grayscale")
     assert isinstance(adapter, atoken.ModalityAdapter)
     assert (adapter.name, adapter.output_suffix) == ("grayscale", ".pgm")
@@ -326,6 +328,46 @@ def test_tokenizer_round_trip_and_pipeline(comps, tiny, ramp, tmp_path) -> None:
     assert used.name == "grayscale" and sample.shape == (32, 48)
 
 
+def test_trains_from_its_own_config_with_atoken_unchanged(comps, tmp_path) -> None:
+    """The example's train.toml names only the plugin's task; atoken trains it as it is."""
+    from atoken.pipeline import reconstruct_sample
+    from atoken.train.config import load_train_config
+    from atoken.train.trainer import Trainer
+
+    config = load_train_config(EXAMPLE / "train.toml", components=comps)
+    stage = config.stages[0]
+    assert set(stage.tasks) == {"grayscale_rec"} and config.data[0].task == "grayscale_rec"
+    result = Trainer(config, tmp_path / "run", components=comps, progress=False).fit()
+    losses = [r["l1"] for r in result.history]
+    assert len(losses) == config.total_steps and all(np.isfinite(losses))
+    tenth = max(1, len(losses) // 4)
+    first, last = np.mean(losses[:tenth]), np.mean(losses[-tenth:])
+    assert last < 0.8 * first, (first, last)  # it learns, not just runs
+
+    # the saved model loads and reconstructs the modality better than the untrained start
+    adapter = comps.adapters.build("grayscale")
+    trained = atoken.Tokenizer.from_pretrained(result.model_dir, components=comps).eval()
+    torch.manual_seed(config.run.seed)
+    start = atoken.build_tokenizer(config.model.preset, components=comps).eval()
+    for key, path, _ in adapter.sample_assets():
+        sample = adapter.load(path)
+        after = reconstruct_sample(trained, adapter, sample, key).metrics["psnr"]
+        before = reconstruct_sample(start, adapter, sample, key).metrics["psnr"]
+        assert np.isfinite(after) and after > before + 1.0, (key, before, after)
+
+
+def test_builtin_samples_are_deterministic_and_unknown_names_are_input_errors(adapter) -> None:
+    assets = adapter.sample_assets()
+    assert len(assets) >= 4 and len({k for k, _, _ in assets}) == len(assets)
+    for _, path, caption in assets:
+        x = adapter.load(path)
+        assert x.ndim == 2 and x.dtype == torch.float32 and caption
+        assert x.min() >= -1 and x.max() <= 1 and float(x.std()) > 0.1  # not a flat image
+        assert torch.equal(x, adapter.load(path))
+    with pytest.raises(InputError, match="no built-in grayscale sample 'nope'.*rings"):
+        adapter.load("builtin:nope")
+
+
 class TestGrayscaleContract(AdapterContract):
     """atoken's own adapter contract, run against the example adapter."""
 
@@ -427,3 +469,8 @@ def test_installed_distribution_is_discovered_and_drives_the_cli(installed_site,
     with Image.open(tmp_path / "out.pgm") as img:
         assert (img.format, img.mode, img.size) == ("PPM", "L", (48, 32))  # the centred crop
     assert (tmp_path / "out.pgm").read_bytes().startswith(b"P5\n48 32\n255\n")
+
+    # `atoken train` runs the example's own config: the task comes from the installed plugin
+    train = ["-m", "atoken", "train", str(EXAMPLE / "train.toml"), "--out", "run", "--steps", "4"]
+    assert "trained 4 steps" in _run(train, installed_site, tmp_path)
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

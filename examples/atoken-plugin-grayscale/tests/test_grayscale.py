@@ -48,3 +48,26 @@ def test_options_travel_in_the_tokens_meta() -> None:
     # an adapter with default options (what `atoken decode` builds) still undoes both
     back = comps.adapters.build("grayscale").from_tokens(tokens)
     torch.testing.assert_close(back, x[4:36, 4:52], atol=1e-6, rtol=0)
+
+
+def test_short_training_run_from_the_plugins_config_learns(tmp_path) -> None:
+    """``train.toml`` beside this folder trains atoken-tiny on the plugin's task in seconds."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from atoken.train.config import load_train_config, scale_steps
+    from atoken.train.trainer import Trainer
+
+    config = load_train_config(Path(__file__).parents[1] / "train.toml")
+    config = scale_steps(config, min(config.total_steps, 24))
+    result = Trainer(config, tmp_path / "run", progress=False).fit()
+    losses = [r["l1"] for r in result.history]
+    assert len(losses) == config.total_steps and all(np.isfinite(losses))
+    assert np.mean(losses[-6:]) < np.mean(losses[:6])
+    model = atoken.Tokenizer.from_pretrained(result.model_dir).eval()
+    a = adapter()
+    x = a.load(a.sample_assets()[0][1])
+    with torch.inference_mode():
+        out = model.decode(model.encode([a.to_tokens(x)]))
+    assert a.from_tokens(out.split()[0].replace(feats=out.feats.float())).shape == x.shape

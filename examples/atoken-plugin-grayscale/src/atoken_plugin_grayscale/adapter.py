@@ -30,6 +30,7 @@ from torch import Tensor
 
 from atoken.plugin import InputError, PatchTokens, atomic_write, patchify, psnr, ssim, unpatchify
 from atoken_plugin_grayscale.options import GrayscaleOptions
+from atoken_plugin_grayscale.samples import BUILTIN, make_sample, sample_assets, sample_names
 
 PATCH = (4, 16, 16)  # (frames, rows, cols) of atoken's patches
 CHANNELS = 3  # atoken's patches are RGB; gray is replicated to all three
@@ -106,15 +107,29 @@ class GrayscaleAdapter:
     extensions = EXTENSIONS
     output_suffix = ".pgm"
     #: optional capabilities atoken may use (`atoken.core.capabilities`): ``example`` feeds the
-    #: adapter contract tests; atoken verifies the declaration when the adapter is first built
-    capabilities = frozenset({"example"})
+    #: adapter contract tests, ``sample_assets`` the ``samples`` training source; atoken
+    #: verifies the declaration when the adapter is first built
+    capabilities = frozenset({"example", "sample_assets"})
 
     def __init__(self, options: GrayscaleOptions | None = None) -> None:
         self.options = options or GrayscaleOptions()
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Tensor:
+        """Read a PGM/PBM/PNM file, or make the built-in sample ``builtin:NAME`` in memory."""
+        if isinstance(path, str) and path.startswith(BUILTIN):
+            name = path[len(BUILTIN) :]
+            try:
+                return make_sample(name)
+            except KeyError:
+                raise InputError(
+                    f"no built-in grayscale sample {name!r}; built-ins: {', '.join(sample_names())}"
+                ) from None
         return read_gray(path)
+
+    def sample_assets(self) -> list[tuple[str, str, str]]:
+        """The built-in procedural samples, for the ``samples`` source of ``grayscale_rec``."""
+        return sample_assets()
 
     def save(self, sample: Tensor, path: str | os.PathLike[str]) -> None:
         write_pgm(sample, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atoken import hookimpl
+from atoken.plugin import TaskSpec
 from atoken_plugin_grayscale.options import GrayscaleOptions
 
 if TYPE_CHECKING:
@@ -32,4 +33,16 @@ def atoken_register_adapters(registry: BoundRegistry) -> None:
         make_grayscale_adapter,
         options=GrayscaleOptions,
         description="single-channel PGM/PNM images (8/16-bit); gray replicated to RGB patches",
+    )
+
+
+@hookimpl
+def atoken_register_tasks(registry: BoundRegistry) -> None:
+    # what `atoken train` needs to train the modality: the adapter that feeds the task and its
+    # objective (the stage's reconstruction losses); data comes from any source the adapter
+    # reads: ``files`` (PGM/PBM/PNM under a folder) or ``samples`` (its ``sample_assets()``)
+    registry.add(
+        "grayscale_rec",
+        TaskSpec(modality="grayscale"),
+        description="grayscale image reconstruction (the stage's reconstruction losses)",
     )
