@@ -76,7 +76,7 @@ def test_a_capability_contract_skips_an_adapter_that_does_not_declare_it() -> No
     contract = CAPABILITY_CONTRACTS["stream_sink"]()
     contract.adapter_name = "image"
     with pytest.raises(pytest.skip.Exception, match="does not declare 'stream_sink'"):
-        contract.capable_adapter()
+        contract.capable_adapter("stream_sink")
 
 
 def test_image_tokens_layout_on_a_real_photo(photos) -> None:

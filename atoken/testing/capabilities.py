@@ -36,14 +36,14 @@ def declaring(components: Components, capability: str) -> list[str]:
 
 
 class _CapabilityContract(AdapterUnderTest):
-    #: the capability this mixin checks
+    #: the capability this mixin checks (its tests name it again: mixins combine in one class)
     capability: str = ""
 
-    def capable_adapter(self) -> Any:
+    def capable_adapter(self, capability: str) -> Any:
         """The adapter under test; skips when its entry does not declare ``capability``."""
         entry = self.comps().adapters.get(self.adapter_name)
-        if not entry.has(self.capability):
-            pytest.skip(f"adapter {self.adapter_name!r} does not declare {self.capability!r}")
+        if not entry.has(capability):
+            pytest.skip(f"adapter {self.adapter_name!r} does not declare {capability!r}")
         return self.adapter()
 
     def tensor_target(self, adapter: Any, seed: int) -> tuple[Any, Tensor, dict[str, Any]]:
@@ -65,7 +65,7 @@ class ExampleContract(_CapabilityContract):
     capability = "example"
 
     def test_example_is_seeded_and_tokenizes(self) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("example")
         a = adapter.example(torch.Generator("cpu").manual_seed(0))
         b = adapter.example(torch.Generator("cpu").manual_seed(0))
         c = adapter.example(torch.Generator("cpu").manual_seed(1))
@@ -80,7 +80,7 @@ class TokenChunksContract(_CapabilityContract):
     capability = "to_token_chunks"
 
     def test_chunks_concatenate_to_the_whole_tokens(self) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("to_token_chunks")
         sample = self.make_sample(torch.Generator("cpu").manual_seed(0))
         whole = adapter.to_tokens(sample)
         for frames in (4, 8):
@@ -102,7 +102,7 @@ class OpenContract(_CapabilityContract):
     capability = "open"
 
     def test_open_tokenizes_like_load(self, tmp_path) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("open")
         _, target, _ = self.tensor_target(adapter, seed=1)
         if adapter.output_suffix not in adapter.extensions:
             pytest.skip(f"adapter {self.adapter_name!r} cannot read what it saves")
@@ -123,7 +123,7 @@ class StreamSinkContract(_CapabilityContract):
     capability = "stream_sink"
 
     def test_streamed_rows_write_the_sample(self, tmp_path) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("stream_sink")
         sample, target, meta = self.tensor_target(adapter, seed=2)
         tokens = adapter.to_tokens(sample)
         out, side = tmp_path / f"rec{adapter.output_suffix}", tmp_path / "cmp"
@@ -152,7 +152,7 @@ class StreamSinkContract(_CapabilityContract):
     def test_an_incomplete_stream_writes_nothing(self, tmp_path) -> None:
         from atoken.core.errors import AtokenError
 
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("stream_sink")
         sample, _, meta = self.tensor_target(adapter, seed=3)
         tokens = adapter.to_tokens(sample)
         out = tmp_path / f"rec{adapter.output_suffix}"
@@ -172,7 +172,7 @@ class BindContract(_CapabilityContract):
     def test_bind_accepts_a_tokenizer(self) -> None:
         from atoken.core.tokenizer import build_tokenizer
 
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("bind")
         model = build_tokenizer(self.model_preset, components=self.comps()).eval()
         assert adapter.bind(model) is None
         assert adapter.bind(model) is None
@@ -186,7 +186,7 @@ class SampleAssetsContract(_CapabilityContract):
     capability = "sample_assets"
 
     def test_sample_assets_are_loadable_triples(self) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("sample_assets")
         assets = adapter.sample_assets()
         assert assets, "sample_assets() returned nothing"
         keys = [k for k, _, _ in assets]
@@ -201,7 +201,7 @@ class MetricConventionContract(_CapabilityContract):
     capability = "metric_convention"
 
     def test_convention_is_json(self) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("metric_convention")
         doc = dict(adapter.metric_convention)
         assert doc and json.loads(json.dumps(doc)) == doc
 
@@ -212,7 +212,7 @@ class MetricInfoKeysContract(_CapabilityContract):
     capability = "metric_info_keys"
 
     def test_info_keys_are_metrics(self) -> None:
-        adapter = self.capable_adapter()
+        adapter = self.capable_adapter("metric_info_keys")
         _, target, _ = self.tensor_target(adapter, seed=5)
         keys = set(adapter.metrics(target, target))
         assert set(adapter.metric_info_keys) <= keys, (adapter.metric_info_keys, keys)
