@@ -206,6 +206,8 @@ def test_builtin_samples_come_from_the_adapter(vox_dir):
         build_stream([spec], stage=stage, components=toy_components(made))
 
     class WithSamples(ToyVoxels):
+        capabilities = frozenset({"sample_assets"})
+
         def sample_assets(self):
             return [
                 ("toy/a", vox_dir / "chairs" / "a.vox", "a chair"),

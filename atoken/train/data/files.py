@@ -241,13 +241,14 @@ class AdapterSamplesSource(_AdapterSource):
         name = getattr(adapter, "name", type(adapter).__name__)
         super().__init__(f"built-in {name} samples")
         self._init_adapter(adapter, cache, max_tokens)
-        offer = getattr(adapter, "sample_assets", None)
-        if not callable(offer):
+        from atoken.core.capabilities import has_capability
+
+        if not has_capability(adapter, "sample_assets"):
             raise InputError(
-                f"the {name!r} adapter offers no built-in samples (no sample_assets() method);"
-                f' use name = "files" with a folder of {name} files'
+                f"the {name!r} adapter offers no built-in samples (it declares no sample_assets"
+                f' capability); use name = "files" with a folder of {name} files'
             )
-        self.entries = [(str(k), p, str(c)) for k, p, c in offer()]
+        self.entries = [(str(k), p, str(c)) for k, p, c in adapter.sample_assets()]
         if not self.entries:
             raise InputError(f"the {name!r} adapter's sample_assets() returned no sample")
 
