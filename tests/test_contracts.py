@@ -17,6 +17,7 @@ from atoken import InputError
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.testing import AdapterContract
 from atoken.testing.capabilities import CAPABILITY_CONTRACTS, declaring
+from atoken.testing.kinds import AttentionBackendContract, HeadContract
 
 _COMPS = atoken.default_components()
 ADAPTERS = _COMPS.adapters.names()
@@ -118,3 +119,17 @@ def test_image_rejects_bad_samples() -> None:
         adapter.to_tokens(torch.zeros(3, 32, 32))
     with pytest.raises(InputError, match="float"):
         adapter.to_tokens(torch.zeros(32, 32, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("name", _COMPS.attention.names())
+class TestEveryAttentionBackend(AttentionBackendContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.backend_name = name
+
+
+@pytest.mark.parametrize("name", _COMPS.heads.names())
+class TestEveryHead(HeadContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.head_name = name

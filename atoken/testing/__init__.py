@@ -29,16 +29,19 @@ from atoken.testing.capabilities import (
     declaring,
 )
 from atoken.testing.contracts import AdapterContract, AdapterUnderTest, QuantizerContract
+from atoken.testing.kinds import AttentionBackendContract, HeadContract
 from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
 __all__ = [
     "CAPABILITY_CONTRACTS",
     "AdapterContract",
     "AdapterUnderTest",
+    "AttentionBackendContract",
     "BagOfWordsPlugin",
     "BagOfWordsText",
     "BindContract",
     "ExampleContract",
+    "HeadContract",
     "MetricConventionContract",
     "MetricInfoKeysContract",
     "OpenContract",
