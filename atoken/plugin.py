@@ -50,10 +50,11 @@ Files (atomic: written beside the target, flushed, renamed; never pickle):
 Budgets (checked before anything large is allocated; environment overrides):
     `max_pixels`, `max_tokens`, `max_model_bytes`, `human_bytes`.
 
-Metrics (loaded on first use):
+Metrics:
     `psnr`, `ssim` (channels last, ``[H, W, C]`` or ``[B, H, W, C]``), `to_unit_uint8`,
-    `image_quality`, `image_lpips`, `METRIC_CONVENTION`; LPIPS: `load_lpips` / `shared_lpips`
-    (``(function, None)`` or ``(None, reason)``; never downloads) and `lpips_input`.
+    `image_quality`, `image_lpips`, `METRIC_CONVENTION`, `lpips_input`; LPIPS itself (loaded on
+    first use): `load_lpips` / `shared_lpips` (``(function, None)`` or ``(None, reason)``; the
+    VGG trunk is found offline, never downloaded).
 
 Converting official checkpoints (loaded on first use): `read_official_state`.
 
@@ -82,6 +83,15 @@ from atoken.core.budgets import human_bytes, max_model_bytes, max_pixels, max_to
 from atoken.core.config import ConfigError, Strict, format_validation_error
 from atoken.core.errors import AtokenError, InputError, ResourceError, describe_os_error
 from atoken.core.layers import Mlp, MultiHeadRMSNorm, RMSNorm
+from atoken.core.metrics import (
+    METRIC_CONVENTION,
+    image_lpips,
+    image_quality,
+    lpips_input,
+    psnr,
+    ssim,
+    to_unit_uint8,
+)
 from atoken.core.modality import ModalityAdapter
 from atoken.core.option_pairs import parse_options
 from atoken.core.patching import (
@@ -119,31 +129,16 @@ from atoken.core.serialization import (
 from atoken.core.task import UNDERSTANDING_OBJECTIVES, TaskSpec
 from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, collate
 
-# Names whose modules are heavier or sit outside core: imported on first attribute access.
+# Names whose modules are heavy or sit outside core: imported on first attribute access.
 _LAZY = {
-    "METRIC_CONVENTION": "atoken.eval.metrics",
-    "image_lpips": "atoken.eval.metrics",
-    "image_quality": "atoken.eval.metrics",
-    "psnr": "atoken.eval.metrics",
-    "ssim": "atoken.eval.metrics",
-    "to_unit_uint8": "atoken.eval.metrics",
     "load_lpips": "atoken.eval.video_metrics",
-    "lpips_input": "atoken.eval.video_metrics",
     "shared_lpips": "atoken.eval.video_metrics",
     "read_official_state": "atoken.convert.official",
 }
 
 if TYPE_CHECKING:
     from atoken.convert.official import read_official_state
-    from atoken.eval.metrics import (
-        METRIC_CONVENTION,
-        image_lpips,
-        image_quality,
-        psnr,
-        ssim,
-        to_unit_uint8,
-    )
-    from atoken.eval.video_metrics import load_lpips, lpips_input, shared_lpips
+    from atoken.eval.video_metrics import load_lpips, shared_lpips
 
 
 def __getattr__(name: str) -> Any:

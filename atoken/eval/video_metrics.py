@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.eval.metrics import SSIM_WINDOW, psnr, ssim, to_unit_uint8
+from atoken.core.metrics import SSIM_WINDOW, lpips_input, psnr, ssim, to_unit_uint8
 
 #: ``(prediction, target)`` frames ``[B, 3, S, S]`` in [-1, 1] -> ``[B]`` LPIPS distances
 LPIPSFn = Callable[[Tensor, Tensor], Tensor]
@@ -154,14 +153,6 @@ def frame_quality(reference: Tensor, reconstruction: Tensor) -> dict[str, Tensor
         band = slice(r0, r1 + SSIM_WINDOW - 1)
         total += ssim(ref[:, band], rec[:, band], 1.0).double() * (r1 - r0)
     return {"psnr": p, "ssim": (total / valid).float()}
-
-
-def lpips_input(frames: Tensor, size: int | None) -> Tensor:
-    """``[b, H, W, 3]`` -> ``[b, 3, S, S]`` (bilinear, antialiased) or native ``[b, 3, H, W]``."""
-    x = frames.permute(0, 3, 1, 2).float()
-    if size is None:
-        return x.contiguous()
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 @torch.no_grad()

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
 from atoken.core.tokens import PatchTokens, all_finite
-from atoken.eval.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
 
 logger = logging.getLogger(__name__)

@@ -38,9 +38,9 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from atoken.core.errors import InputError
+from atoken.core.metrics import METRIC_CONVENTION
 from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
-from atoken.eval.metrics import METRIC_CONVENTION
 from atoken.eval.video_metrics import per_frame_metrics
 from atoken.plugins.video.io import DEFAULT_FPS, from_tchw, side_by_side
 from atoken.plugins.video.reader import MAX_FRAMES, VIDEO_EXTENSIONS, VideoFile, read_video
