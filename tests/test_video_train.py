@@ -207,6 +207,9 @@ def test_video_und_needs_its_semantic_section_and_the_width_rule(clip_dir, tmp_p
     del raw["semantic"]
     with pytest.raises(ConfigError, match=r"video_und.*\[semantic\.video\]"):
         validate_train_config(raw)
+    raw["semantic"] = {"vidoe": {"text_model": "bag"}}  # a section no registered task owns
+    with pytest.raises(ConfigError, match=r"\[semantic\.vidoe\] is the section of no .*video"):
+        validate_train_config(raw)
 
 
 def test_3d_task_without_the_plugin_lists_the_registered_tasks(
@@ -235,4 +238,5 @@ def test_shipped_stage2_config_validates_with_the_paper_mix() -> None:
     total = sum(stage.tasks.values())
     mix = {k: round(100 * v / total, 1) for k, v in stage.tasks.items()}
     assert mix == {"image_rec": 22.2, "video_und": 11.1, "video_rec": 66.7}
-    assert stage.resolution("video") == (64, 96) and config.semantic.video.text_model == "minilm"
+    assert stage.resolution("video") == (64, 96)
+    assert config.semantic.section("video").text_model == "minilm"

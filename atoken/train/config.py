@@ -15,7 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from atoken.core.config import ComponentSpec, ConfigError, Strict, format_validation_error
@@ -184,6 +192,10 @@ class ContrastiveConfig(Strict):
     projection: Literal["auto", "none"] = "auto"
 
 
+def _table(value: Any) -> bool:
+    return isinstance(value, dict | BaseModel)
+
+
 class SemanticConfig(Strict):
     """``[semantic]``: the image understanding task (``image_und``), KL distillation from SigLIP2.
 
@@ -202,7 +214,9 @@ class SemanticConfig(Strict):
             prompt per line (blank lines and lines starting with ``#`` are skipped).
         weight: weight of the semantic loss in the total (paper: 1.0).
         temperature: softmax temperature of both distributions (paper: 2).
-        video / mesh3d: the ``video_und`` / ``3d_und`` objectives (`ContrastiveConfig`).
+        <section>: the ``[semantic.<section>]`` table of each ``caption_contrast`` task (the
+            section its registration names: ``video`` for ``video_und``, ``mesh3d`` for
+            ``3d_und``), a `ContrastiveConfig`; read with `section`.
 
     ``teacher``, ``text_model`` and ``prompts`` are required when a stage mixes ``image_und``.
     """
@@ -213,8 +227,22 @@ class SemanticConfig(Strict):
     prompts: list[str] | str | None = None
     weight: float = Field(default=1.0, ge=0)
     temperature: PositiveFloat = 2.0
-    video: ContrastiveConfig | None = None
-    mesh3d: ContrastiveConfig | None = None
+    # ``[semantic.<section>]`` tables of the caption_contrast tasks (``video``, ``mesh3d``, a
+    # plugin's own): any table-valued key is one, validated as a ContrastiveConfig
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, ContrastiveConfig] = Field(init=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_are_tables(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k, v in data.items() if k not in cls.model_fields and not _table(v)]
+            if bad:
+                raise ValueError(
+                    f"unknown key(s) {sorted(bad)}: [semantic] takes {', '.join(cls.model_fields)}"
+                    " and [semantic.<section>] tables of caption_contrast tasks"
+                )
+        return data
 
     @model_validator(mode="after")
     def _prompts_given(self) -> SemanticConfig:
@@ -232,8 +260,7 @@ class SemanticConfig(Strict):
 
     def section(self, name: str) -> ContrastiveConfig | None:
         """The ``[semantic.<name>]`` table of a ``caption_contrast`` task, or None."""
-        value = getattr(self, name, None) if name in type(self).model_fields else None
-        return value if isinstance(value, ContrastiveConfig) else None
+        return (self.__pydantic_extra__ or {}).get(name)
 
     def prompt_list(self) -> list[str]:
         """The prompt bank (reads the prompts file when ``prompts`` is a path)."""
@@ -548,6 +575,18 @@ def check_tasks(
                 f" {', '.join(adapters.names())}); install or enable the plugin that provides it"
             )
     sem = config.semantic
+    if sem is not None and sem.__pydantic_extra__:
+        owners = {
+            e.obj.section: e.name
+            for e in _task_registry(comps).entries()
+            if getattr(e.obj, "section", None)
+        }
+        for name in sorted(set(sem.__pydantic_extra__) - set(owners)):
+            known = ", ".join(f"{k} ({v})" for k, v in sorted(owners.items())) or "none"
+            raise ConfigError(
+                f"{where}: [semantic.{name}] is the section of no registered task; sections of"
+                f" the registered caption_contrast tasks: {known}"
+            )
     for task in sorted({t for s in config.stages for t in s.tasks}):
         spec = specs[task]
         users = [s.name for s in config.stages if task in s.tasks]
