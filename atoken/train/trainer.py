@@ -383,7 +383,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _micro_step(
-        self, batch: list[PatchTokens], scale: float, task: str = "image_rec"
+        self, batch: list[PatchTokens], scale: float, task: str
     ) -> tuple[dict[str, float], int]:
         tokens = collate(batch).to(self.dist.device)
         spec = self._spec(task)
