@@ -17,7 +17,11 @@ from atoken import InputError
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.testing import AdapterContract
 from atoken.testing.capabilities import CAPABILITY_CONTRACTS, declaring
-from atoken.testing.kinds import AttentionBackendContract, HeadContract
+from atoken.testing.kinds import (
+    AttentionBackendContract,
+    HeadContract,
+    ReconstructionLossContract,
+)
 
 _COMPS = atoken.default_components()
 ADAPTERS = _COMPS.adapters.names()
@@ -133,3 +137,19 @@ class TestEveryHead(HeadContract):
     @pytest.fixture(autouse=True)
     def _name(self, name):
         self.head_name = name
+
+
+_PERCEPTUAL = ("lpips", "gram")  # a VGG network per test: seconds on a CPU
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in _PERCEPTUAL else n
+        for n in _COMPS.losses.names()
+    ],
+)
+class TestEveryReconstructionLoss(ReconstructionLossContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.loss_name = name

@@ -29,7 +29,7 @@ from atoken.testing.capabilities import (
     declaring,
 )
 from atoken.testing.contracts import AdapterContract, AdapterUnderTest, QuantizerContract
-from atoken.testing.kinds import AttentionBackendContract, HeadContract
+from atoken.testing.kinds import AttentionBackendContract, HeadContract, ReconstructionLossContract
 from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "MetricInfoKeysContract",
     "OpenContract",
     "QuantizerContract",
+    "ReconstructionLossContract",
     "SampleAssetsContract",
     "StreamSinkContract",
     "TokenChunksContract",

@@ -1,7 +1,9 @@
-"""Contract mixins per component kind beyond adapters and quantizers: attention backends and
-heads (losses, text encoders and renderers are not covered yet).
+"""Contract mixins per component kind beyond adapters and quantizers: attention backends,
+heads and reconstruction losses (semantic losses, text encoders and renderers are not covered
+yet).
 
-Subclass one and name the registered component (``backend_name`` / ``head_name``); atoken's
+Subclass one and name the registered component (``backend_name`` / ``head_name`` /
+``loss_name``); atoken's
 suite parametrizes them over everything registered. A check that cannot run here (a CUDA-only
 backend on a CPU machine) skips with the reason.
 
@@ -124,3 +126,76 @@ class HeadContract(_Contract):
         assert feats.grad is not None and torch.isfinite(feats.grad).all()
         for part in feats.grad.split(list(_SEQLENS)):
             assert part.abs().sum() > 0
+
+
+class ReconstructionLossContract(_Contract):
+    """Contract of a reconstruction loss (``LossInputs`` in, scalar out): zero on a perfect
+    batch (prediction = target, posterior = N(0, I)), positive and finite on an imperfect one,
+    with gradients to the prediction or the posterior. Pixel views come from the ``image``
+    adapter's ``from_tokens``; a loss whose network cannot be loaded here skips with the reason.
+    """
+
+    loss_name: ClassVar[str]
+    loss_options: ClassVar[dict[str, Any]] = {}
+
+    def loss(self) -> torch.nn.Module:
+        import inspect
+
+        from atoken.core.errors import AtokenError
+
+        try:
+            loss = self.comps().losses.build(self.loss_name, self.loss_options or None)
+        except (AtokenError, ImportError, OSError) as exc:
+            pytest.skip(f"loss {self.loss_name!r} cannot be built here: {exc}")
+        params = list(inspect.signature(loss.forward).parameters)
+        if params != ["inputs"]:
+            pytest.skip(
+                f"loss {self.loss_name!r} takes ({', '.join(params)}), not one LossInputs:"
+                " not a reconstruction loss"
+            )
+        return loss
+
+    def _inputs(self, perfect: bool, *, grad: bool = False):
+        from atoken.core.loss import LossInputs
+
+        adapter = self.comps().adapters.build("image")
+        g = torch.Generator("cpu").manual_seed(0)
+        samples = [adapter.to_tokens(adapter.example(g)) for _ in range(2)]
+        target = collate(samples)
+        pred_feats = target.feats.clone()
+        mean = torch.zeros(target.feats.shape[0], 8)
+        logvar = torch.zeros_like(mean)
+        if not perfect:
+            pred_feats = (pred_feats + 0.3 * torch.randn(pred_feats.shape, generator=g)).clamp(
+                -1, 1
+            )
+            mean, logvar = mean + 0.5, logvar - 0.7
+        pred_feats.requires_grad_(grad)
+        mean.requires_grad_(grad)
+        pred = target.replace(feats=pred_feats)
+
+        def render():
+            views = ([], [])
+            for side, tokens in enumerate((pred, target)):
+                for i, part in enumerate(tokens.feats.split(list(tokens.seqlens))):
+                    views[side].append(adapter.from_tokens(samples[i].replace(feats=part)))
+            return views
+
+        return LossInputs(pred, target, mean=mean, logvar=logvar, render=render), pred_feats, mean
+
+    def test_perfect_batch_scores_zero(self) -> None:
+        loss = self.loss().eval()
+        inputs, _, _ = self._inputs(perfect=True)
+        value = loss(inputs)
+        assert value.ndim == 0 and torch.isfinite(value)
+        assert abs(float(value)) < 1e-4, float(value)
+
+    def test_imperfect_batch_scores_above_zero_with_gradients(self) -> None:
+        loss = self.loss().eval()
+        inputs, pred, mean = self._inputs(perfect=False, grad=True)
+        value = loss(inputs)
+        assert value.ndim == 0 and torch.isfinite(value) and float(value.detach()) > 1e-4
+        value.backward()
+        grads = [t.grad for t in (pred, mean) if t.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
