@@ -147,9 +147,12 @@ class StageConfig(Strict):
         _check_task_names(self.tasks)
         if self.min_res > self.max_res:
             raise ValueError(f"min_res {self.min_res} > max_res {self.max_res}")
-        lo, hi = self.resolution("video")
-        if lo > hi:
-            raise ValueError(f"video resolution range {lo}..{hi} is empty")
+        for key in type(self).model_fields:  # each <prefix>_min_res / <prefix>_max_res pair
+            if key.endswith("_min_res") and key != "min_res":
+                prefix = key.removesuffix("_min_res")
+                lo, hi = self.resolution(prefix)
+                if lo > hi:
+                    raise ValueError(f"{prefix} resolution range {lo}..{hi} is empty")
         return self
 
     def resolution(self, prefix: str | None) -> tuple[int, int]:
