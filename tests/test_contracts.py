@@ -21,6 +21,7 @@ from atoken.testing.kinds import (
     AttentionBackendContract,
     HeadContract,
     ReconstructionLossContract,
+    TextEncoderContract,
 )
 
 _COMPS = atoken.default_components()
@@ -153,3 +154,22 @@ class TestEveryReconstructionLoss(ReconstructionLossContract):
     @pytest.fixture(autouse=True)
     def _name(self, name):
         self.loss_name = name
+
+
+@pytest.mark.parametrize("name", _COMPS.text_encoders.names())
+class TestEveryTextEncoder(TextEncoderContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.text_encoder_name = name
+
+
+class TestBagOfWordsText(TextEncoderContract):
+    """The shipped test tower, registered in process, passes the contract it stands in for."""
+
+    text_encoder_name = "bag"
+
+    @pytest.fixture(autouse=True)
+    def _components(self, register_plugin):
+        from atoken.testing import BagOfWordsPlugin
+
+        self.components = register_plugin(BagOfWordsPlugin(), name="test-text")

@@ -29,7 +29,12 @@ from atoken.testing.capabilities import (
     declaring,
 )
 from atoken.testing.contracts import AdapterContract, AdapterUnderTest, QuantizerContract
-from atoken.testing.kinds import AttentionBackendContract, HeadContract, ReconstructionLossContract
+from atoken.testing.kinds import (
+    AttentionBackendContract,
+    HeadContract,
+    ReconstructionLossContract,
+    TextEncoderContract,
+)
 from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "ReconstructionLossContract",
     "SampleAssetsContract",
     "StreamSinkContract",
+    "TextEncoderContract",
     "TokenChunksContract",
     "declaring",
 ]

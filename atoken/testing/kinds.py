@@ -1,9 +1,9 @@
 """Contract mixins per component kind beyond adapters and quantizers: attention backends,
-heads and reconstruction losses (semantic losses, text encoders and renderers are not covered
+heads, reconstruction losses and text encoders (semantic losses and renderers are not covered
 yet).
 
 Subclass one and name the registered component (``backend_name`` / ``head_name`` /
-``loss_name``); atoken's
+``loss_name`` / ``text_encoder_name``); atoken's
 suite parametrizes them over everything registered. A check that cannot run here (a CUDA-only
 backend on a CPU machine) skips with the reason.
 
@@ -199,3 +199,43 @@ class ReconstructionLossContract(_Contract):
         grads = [t.grad for t in (pred, mean) if t.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert any(g.abs().sum() > 0 for g in grads)
+
+
+class TextEncoderContract(_Contract):
+    """Contract of a text tower: ``encode(texts) -> [T, dim]`` finite float rows, one per text,
+    equal texts equal rows, different texts different rows, independent of the batch. A tower
+    whose weights are not available here skips with the reason."""
+
+    text_encoder_name: ClassVar[str]
+    text_encoder_options: ClassVar[dict[str, Any]] = {}
+    texts: ClassVar[tuple[str, ...]] = (
+        "a photo of a cat",
+        "a red car on a road",
+        "a photo of a cat",
+    )
+
+    def text_encoder(self) -> Any:
+        from atoken.core.errors import AtokenError
+
+        try:
+            return self.comps().text_encoders.build(
+                self.text_encoder_name, self.text_encoder_options or None
+            )
+        except (AtokenError, ImportError, OSError) as exc:
+            pytest.skip(f"text encoder {self.text_encoder_name!r} cannot be built here: {exc}")
+
+    def test_one_row_per_text(self) -> None:
+        enc = self.text_encoder()
+        with torch.no_grad():
+            rows = enc.encode(list(self.texts)).float().cpu()
+        assert rows.shape == (len(self.texts), enc.dim)
+        assert torch.isfinite(rows).all()
+        torch.testing.assert_close(rows[0], rows[2])
+        assert (rows[0] - rows[1]).abs().max() > 1e-4
+
+    def test_rows_do_not_depend_on_the_batch(self) -> None:
+        enc = self.text_encoder()
+        with torch.no_grad():
+            batch = enc.encode(list(self.texts)).float().cpu()
+            alone = torch.cat([enc.encode([t]).float().cpu() for t in self.texts])
+        torch.testing.assert_close(batch, alone, atol=1e-4, rtol=1e-4)
