@@ -52,9 +52,11 @@ Budgets (checked before anything large is allocated; environment overrides):
 
 Metrics:
     `psnr`, `ssim` (channels last, ``[H, W, C]`` or ``[B, H, W, C]``), `to_unit_uint8`,
-    `image_quality`, `image_lpips`, `METRIC_CONVENTION`, `lpips_input`; LPIPS itself (loaded on
-    first use): `load_lpips` / `shared_lpips` (``(function, None)`` or ``(None, reason)``; the
-    VGG trunk is found offline, never downloaded).
+    `image_quality`, `image_lpips`, `METRIC_CONVENTION`, `lpips_input`; per-frame video metrics:
+    `per_frame_metrics` (a clip ``[T, H, W, 3]`` -> `FrameMetrics`), `frame_quality`; LPIPS
+    itself, the ``lpips`` loss from the registry (built on first call): `load_lpips` /
+    `shared_lpips` (``(function, None)`` or ``(None, reason)``; the VGG trunk is found offline,
+    never downloaded).
 
 Converting official checkpoints (loaded on first use): `read_official_state`.
 
@@ -85,10 +87,15 @@ from atoken.core.errors import AtokenError, InputError, ResourceError, describe_
 from atoken.core.layers import Mlp, MultiHeadRMSNorm, RMSNorm
 from atoken.core.metrics import (
     METRIC_CONVENTION,
+    FrameMetrics,
+    frame_quality,
     image_lpips,
     image_quality,
+    load_lpips,
     lpips_input,
+    per_frame_metrics,
     psnr,
+    shared_lpips,
     ssim,
     to_unit_uint8,
 )
@@ -131,14 +138,11 @@ from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, col
 
 # Names whose modules are heavy or sit outside core: imported on first attribute access.
 _LAZY = {
-    "load_lpips": "atoken.eval.video_metrics",
-    "shared_lpips": "atoken.eval.video_metrics",
     "read_official_state": "atoken.convert.official",
 }
 
 if TYPE_CHECKING:
     from atoken.convert.official import read_official_state
-    from atoken.eval.video_metrics import load_lpips, shared_lpips
 
 
 def __getattr__(name: str) -> Any:
@@ -166,6 +170,7 @@ __all__ = [
     "ConfigError",
     "DuplicateComponentError",
     "Entry",
+    "FrameMetrics",
     "InputError",
     "Mlp",
     "ModalityAdapter",
@@ -195,6 +200,7 @@ __all__ = [
     "default_components",
     "describe_os_error",
     "format_validation_error",
+    "frame_quality",
     "hookimpl",
     "human_bytes",
     "image_lpips",
@@ -208,6 +214,7 @@ __all__ = [
     "outputs_together",
     "parse_options",
     "patchify",
+    "per_frame_metrics",
     "psnr",
     "read_json",
     "read_metadata",

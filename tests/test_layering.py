@@ -42,8 +42,6 @@ DISTRIBUTIONS = {  # folder -> its own top-level package
 }
 
 D1 = "issue 13 Deliver 1 (tasks and data sources move into their plugins)"
-D3 = "issue 13 Deliver 3 (per-frame video metrics move down into core.metrics, as image ones did)"
-D3_LPIPS = "issue 13 Deliver 3 (LPIPS reached through the loss registry, not a plugin's modules)"
 D3_TESTS = "issue 13 Deliver 3 (the 3D tests take these names from atoken.plugin / atoken)"
 D3_TRAIN = "issue 13 Deliver 3 (a plugin trains through a public entry: atoken / the command)"
 D4 = "issue 13 Deliver 4 (one execution plan: what eval/train need from pipeline moves down)"
@@ -52,16 +50,8 @@ D6 = "issue 13 Deliver 6 (one trainer: the 3D package's second trainer retires)"
 
 #: (importing module, imported module) -> the issue-13 item that removes it.
 KNOWN: dict[tuple[str, str], str] = {
-    # plugins -> eval: the adapters' metrics
-    ("atoken.plugins.image.adapter", "atoken.eval.video_metrics"): D3_LPIPS,
-    ("atoken.plugins.video.adapter", "atoken.eval.video_metrics"): D3,
-    ("atoken.plugins.video.stream", "atoken.eval.video_metrics"): D3,
-    # the SDK's lazy re-exports of LPIPS and of the official-checkpoint reader
-    ("atoken.plugin", "atoken.eval.video_metrics"): D3_LPIPS,
+    # the SDK's lazy re-export of the official-checkpoint reader
     ("atoken.plugin", "atoken.convert.official"): D5,
-    # eval -> a plugin's internals
-    ("atoken.eval.video_metrics", "atoken.plugins.losses.options"): D3_LPIPS,
-    ("atoken.eval.video_metrics", "atoken.plugins.losses.perceptual"): D3_LPIPS,
     # eval / train -> pipeline
     ("atoken.eval.embedding", "atoken.pipeline"): D4,
     ("atoken.eval.heldout", "atoken.pipeline"): D4,

@@ -19,19 +19,19 @@ from PIL import Image
 
 from atoken import CheckpointError, InputError
 from atoken.cli import cli
-from atoken.eval import understanding as und
-from atoken.eval.clip_tokens import FrameTokens
-from atoken.eval.fvd import FeatureStats, FVDAccumulator, clip_windows, frechet_distance
-from atoken.eval.i3d import I3D, I3DUnavailable, load_i3d
-from atoken.eval.metrics import image_quality, psnr, ssim
-from atoken.eval.reconstruction import reconstruction_metrics
-from atoken.eval.video_metrics import (
+from atoken.core.metrics import (
     FrameMetrics,
     VideoMetricsSummary,
     json_safe,
     load_lpips,
     per_frame_metrics,
 )
+from atoken.eval import understanding as und
+from atoken.eval.clip_tokens import FrameTokens
+from atoken.eval.fvd import FeatureStats, FVDAccumulator, clip_windows, frechet_distance
+from atoken.eval.i3d import I3D, I3DUnavailable, load_i3d
+from atoken.eval.metrics import image_quality, psnr, ssim
+from atoken.eval.reconstruction import reconstruction_metrics
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.plugins.video.adapter import VideoAdapter
 from atoken.plugins.video.reader import read_video

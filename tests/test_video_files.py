@@ -23,7 +23,7 @@ import atoken.pipeline as pipeline
 import atoken.plugins.video.stream as stream
 from atoken import InputError, build_tokenizer
 from atoken.cli import cli
-from atoken.eval import video_metrics
+from atoken.core import metrics as core_metrics
 from atoken.eval.metrics import image_quality
 from atoken.pipeline import encode_sample, open_sample, reconstruct_to_dir
 from atoken.plugins.video import reader, writer
@@ -149,13 +149,13 @@ def test_banded_ssim_equals_whole_frame_ssim(monkeypatch) -> None:
     ref = frames[:5, :143]  # odd height: the last band is short
     rec = (ref + 0.1 * torch.sin(torch.arange(ref.numel()).reshape(ref.shape) * 0.37)).clamp(-1, 1)
     whole = image_quality(ref, rec)
-    monkeypatch.setattr(video_metrics, "SSIM_BAND_PIXELS", 176 * 15)  # 5 valid rows per band
-    banded = video_metrics.frame_quality(ref, rec)
+    monkeypatch.setattr(core_metrics, "SSIM_BAND_PIXELS", 176 * 15)  # 5 valid rows per band
+    banded = core_metrics.frame_quality(ref, rec)
     assert torch.equal(banded["psnr"], whole["psnr"])
     assert torch.allclose(banded["ssim"], whole["ssim"], atol=1e-6)
     assert (whole["ssim"] < 0.99).all()  # a real difference was measured
-    monkeypatch.setattr(video_metrics, "CHUNK_PIXELS", 1)  # one frame per chunk
-    per = video_metrics.per_frame_metrics(ref, rec, chunk=16)
+    monkeypatch.setattr(core_metrics, "CHUNK_PIXELS", 1)  # one frame per chunk
+    per = core_metrics.per_frame_metrics(ref, rec, chunk=16)
     assert per.per_frame["psnr"] == whole["psnr"].tolist()
 
 

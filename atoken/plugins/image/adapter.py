@@ -91,7 +91,7 @@ class ImageAdapter:
         ref, rec = reference.float().cpu(), reconstruction.float().cpu()
         out = image_quality(ref, rec)
         if self.options.lpips:
-            from atoken.eval.video_metrics import shared_lpips
+            from atoken.core.metrics import shared_lpips
 
             lpips, why = shared_lpips("cpu")
             if lpips is not None:
