@@ -42,7 +42,6 @@ DISTRIBUTIONS = {  # folder -> its own top-level package
 }
 
 D1 = "issue 13 Deliver 1 (tasks and data sources move into their plugins)"
-D3_TESTS = "issue 13 Deliver 3 (the 3D tests take these names from atoken.plugin / atoken)"
 D3_TRAIN = "issue 13 Deliver 3 (a plugin trains through a public entry: atoken / the command)"
 D4 = "issue 13 Deliver 4 (one execution plan: what eval/train need from pipeline moves down)"
 D5 = "issue 13 Deliver 5 (one pretrained-directory mixin reads official checkpoints too)"
@@ -84,23 +83,9 @@ KNOWN: dict[tuple[str, str], str] = {
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.config"): D3_TRAIN,
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.trainer"): D3_TRAIN,
     # atoken-plugin-3d's tests
-    ("packages/atoken-plugin-3d/tests/test_adapter_3d.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_adapter_3d.py", "atoken.core.registry"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_adapter_3d.py", "atoken.core.tokenizer"): D3_TESTS,
     ("packages/atoken-plugin-3d/tests/test_adapter_3d.py", "atoken.pipeline"): D4,
-    ("packages/atoken-plugin-3d/tests/test_curriculum_3d.py", "atoken.core.plugins"): D3_TESTS,
     ("packages/atoken-plugin-3d/tests/test_curriculum_3d.py", "atoken.train.config"): D1,
     ("packages/atoken-plugin-3d/tests/test_curriculum_3d.py", "atoken.train.trainer"): D1,
-    ("packages/atoken-plugin-3d/tests/test_gs_convert.py", "atoken.core.serialization"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_mesh_inputs.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_ply.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_render_gaussians.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_train_gs.py", "atoken.core.config"): D6,
-    ("packages/atoken-plugin-3d/tests/test_train_gs.py", "atoken.core.tokenizer"): D6,
-    ("packages/atoken-plugin-3d/tests/test_turntable.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_voxelize.py", "atoken.core.errors"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_voxelize.py", "atoken.core.patching"): D3_TESTS,
-    ("packages/atoken-plugin-3d/tests/test_voxelize.py", "atoken.core.serialization"): D3_TESTS,
 }
 
 

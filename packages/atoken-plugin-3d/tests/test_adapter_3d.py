@@ -17,11 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from atoken import build_tokenizer
 from atoken.cli import cli
-from atoken.core.errors import InputError
-from atoken.core.registry import OptionsError
-from atoken.core.tokenizer import build_tokenizer
 from atoken.pipeline import adapter_for
+from atoken.plugin import InputError, OptionsError
 from click.testing import CliRunner
 from PIL import Image
 

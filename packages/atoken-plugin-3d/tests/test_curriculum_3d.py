@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from atoken.core.plugins import build_plugin_manager, collect_components
+from atoken import build_plugin_manager, collect_components
 from atoken.testing import BagOfWordsPlugin
 from atoken.train.config import validate_train_config
 from atoken.train.trainer import Trainer

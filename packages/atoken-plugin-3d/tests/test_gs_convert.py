@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from atoken.core.serialization import CheckpointError
+from atoken.plugin import CheckpointError
 from safetensors.torch import load_file, save_file
 
 from atoken_plugin_3d.convert import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from PIL import Image
 from pydantic import ValidationError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 
 from atoken_plugin_3d.gaussians import Gaussians, RepresentationConfig
 from atoken_plugin_3d.ply import PROPERTIES, PlyGaussians, read_ply, write_ply

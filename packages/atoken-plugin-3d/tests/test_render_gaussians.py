@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 
 from atoken_plugin_3d.cameras import Camera, look_at, sphere_cameras
 from atoken_plugin_3d.gaussians import Gaussians

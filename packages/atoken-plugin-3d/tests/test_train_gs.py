@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from atoken.core.config import ConfigError
+from atoken.plugin import ConfigError
 
 from atoken_plugin_3d.convert import load_gaussian_decoder, save_gaussian_decoder
 from atoken_plugin_3d.gaussian_decoder import GaussianDecoder, GaussianDecoderConfig
@@ -169,7 +169,7 @@ def test_training_reduces_the_loss_and_writes_the_run(tmp_path: Path) -> None:
     for name in ("metrics.jsonl", "loss_curve.png", "samples/step-00000008.png"):
         assert (out / name).is_file(), name
     # the model folder: a from_pretrained tokenizer with the decoder beside it
-    from atoken.core.tokenizer import Tokenizer
+    from atoken import Tokenizer
 
     tok = Tokenizer.from_pretrained(out / "model")
     assert tok.source_dir == out / "model"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from atoken.core.errors import InputError
+from atoken.plugin import InputError
 from PIL import Image
 
 from atoken_plugin_3d.gaussians import Gaussians

@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import trimesh
-from atoken.core.errors import InputError
-from atoken.core.patching import patchify
+from atoken.plugin import InputError, patchify
 
 from atoken_plugin_3d.cameras import Camera, look_at, sphere_cameras
 from atoken_plugin_3d.mesh import load_mesh, mesh_from_trimesh
@@ -291,7 +290,7 @@ BAD_VOXELS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_VOXELS))
 def test_bad_voxel_files_are_refused(tmp_path: Path, case: str) -> None:
-    from atoken.core.serialization import save_tensors
+    from atoken.plugin import save_tensors
 
     feats, coords, match = BAD_VOXELS[case]
     save_tensors(tmp_path / "v.safetensors", {"feats": feats, "coords": coords})
@@ -305,7 +304,7 @@ def test_voxel_file_missing_or_foreign(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(InputError, match="not a readable safetensors"):
         load_voxel_file(tmp_path / "x.safetensors")
-    from atoken.core.serialization import save_tensors
+    from atoken.plugin import save_tensors
 
     save_tensors(tmp_path / "y.safetensors", {"feats": torch.rand(1, 768)})
     with pytest.raises(InputError, match=r"lacks \['coords'\]"):
@@ -315,7 +314,7 @@ def test_voxel_file_missing_or_foreign(tmp_path: Path) -> None:
 def test_official_fixture_voxels_are_valid_input() -> None:
     import os
 
-    from atoken.core.serialization import load_tensors
+    from atoken.plugin import load_tensors
 
     root = Path(
         os.environ.get(
