@@ -188,8 +188,10 @@ def test_tiled_blocks_equal_dense_masked_attention(tiny, stage, frames, tile, ca
     cfg = TemporalConfig(tile=tile)
     with torch.inference_mode():
         ref = masked_blocks(stack, tokens, allowed)
-        got = stack.trunk(tokens, tiny.attention_backend("reference"), cfg, cache)
-        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+        for stream in (False, True):  # whole-batch per-token layers, or one step at a time
+            plan = tiny.plan(backend="reference", temporal=cfg, stream=stream)
+            got = stack.run(tokens, plan, cache)
+            torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
         full = masked_blocks(stack, tokens, torch.ones_like(allowed))
         assert (got - full).abs().max() > 1e-3  # the mask matters: tiling is really in effect
 

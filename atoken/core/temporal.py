@@ -16,9 +16,9 @@ learned position embedding, final norm, output layer) and the pooling head see w
 a tiled clip's embedding pools all of its tokens, as in the release. (The release resizes the
 position table per tile; per sample is the same whenever a clip's frames share one grid.)
 Peak memory is that of one pass (at most ``group_tokens`` tokens, or one tile per sample) plus
-the inputs and outputs; attention across all tiles is never formed. `stream_tiles` runs the same
+the inputs and outputs; attention across all tiles is never formed. `stream_tiles` runs the
 passes as a generator, so a decoder can hand each step's rows on (to a video file) and never hold
-the whole output.
+the whole output; `atoken.core.execution.ExecutionPlan` chooses how the steps are fed.
 
 References: AToken (Lu et al., arXiv 2509.14476), temporal tiling with a KV cache for video;
 the public AToken inference release (apple/ml-atoken) for 16-frame tiles with t restarted at 0
@@ -306,33 +306,12 @@ def _layout(
     )
 
 
-def run_tiles(
-    x: Tensor,
-    steps: Sequence[TileStep],
-    blocks: Callable[[Tensor, SparseTokens, KVCache | None], Tensor],
-) -> Tensor:
-    """Run ``blocks`` over each step's tiles and put the results back in ``x``'s row order.
-
-    Args:
-        x: ``[N, D]`` embedded tokens of the whole batch.
-        steps: from `plan_tiles`, run in order.
-        blocks: ``blocks(x_tiles [n, D], layout, cache) -> [n, D]``.
-
-    Returns:
-        ``[N, D]`` outputs, row i for input row i.
-    """
-    out = torch.empty_like(x)  # [N, D]
-    for rows, y in stream_tiles(lambda r: x.index_select(0, r), steps, blocks):
-        out.index_copy_(0, rows, y)
-    return out
-
-
 def stream_tiles(
     embed: Callable[[Tensor], Tensor],
     steps: Iterable[TileStep],
     blocks: Callable[[Tensor, SparseTokens, KVCache | None], Tensor],
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """`run_tiles` one step at a time: yields ``(rows [n], outputs [n, D])`` per step, in order.
+    """Run ``blocks`` over each step's tiles: yields ``(rows [n], outputs [n, D])`` per step, in order.
 
     Only one step's inputs and outputs (plus the carried keys/values) are alive at a time, so a
     caller that consumes each step (writes its frames out) never holds the whole batch's
@@ -341,7 +320,7 @@ def stream_tiles(
     Args:
         embed: ``embed(rows [n]) -> [n, D]`` embedded tokens of those input rows.
         steps: from `plan_tiles`.
-        blocks: as for `run_tiles`.
+        blocks: ``blocks(x_tiles [n, D], layout, cache) -> [n, D]``.
     """
     carried = None
     for step in steps:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from atoken.core.attention import AttentionBackend, resolve_backend
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
+from atoken.core.execution import STREAM_GROUP_TOKENS, ExecutionPlan  # noqa: F401 (re-exported)
 
 # save_pretrained / from_pretrained use some of these; all are re-exported (they lived here
 # before `atoken.core.model_dir` held them)
@@ -57,11 +59,6 @@ from atoken.core.tokens import PatchTokens, SparseTokens, all_finite, collate
 from atoken.core.transformer import Decoder, Encoder
 
 TokenInput = SparseTokens | PatchTokens | Sequence[PatchTokens]
-
-#: token budget of one `Tokenizer.decode_stream` step when tiles are independent (no decoder
-#: cache): tiles are packed into steps of at most this many tokens (a larger tile runs alone),
-#: so a step's patches and pixels stay small; packing does not change the result
-STREAM_GROUP_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -160,6 +157,8 @@ class Tokenizer(nn.Module):
         self._backends = dict(attention_backends)
         #: the directory `from_pretrained` read (None for a model built in memory)
         self.source_dir: Path | None = None
+        #: the plan calls without ``plan=`` use, set by `using` (None: resolved per call)
+        self._scoped_plan: ExecutionPlan | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -190,6 +189,65 @@ class Tokenizer(nn.Module):
             )
         return override
 
+    def plan(
+        self,
+        *,
+        backend: AttentionBackend | str | None = None,
+        temporal: TemporalConfig | None = None,
+        stream: bool = True,
+    ) -> ExecutionPlan:
+        """Resolve the execution plan of a call once: backend, tiling and mode together.
+
+        Args:
+            backend: attention backend or its name (None: the config's).
+            temporal: temporal tiling (None: the config's).
+            stream: with tiling, run the per-token layers one tile step at a time (inference,
+                bounded memory); False keeps every activation of the batch for a backward pass
+                (what `forward`, the training step, uses). Both give the same values up to
+                float rounding. Ignored without tiling (one whole pass).
+
+        Raises:
+            InputError: an unknown backend name or a ``temporal`` that is not a `TemporalConfig`.
+        """
+        return ExecutionPlan.resolve(
+            self.attention_backend(backend), self.temporal(temporal), stream=stream
+        )
+
+    @contextmanager
+    def using(self, plan: ExecutionPlan) -> Iterator[ExecutionPlan]:
+        """Within the block, calls that get no ``plan=`` (nor ``backend=``/``temporal=``) run
+        ``plan`` (e.g. ``with tok.using(tok.plan(backend="reference")): reconstruct(...)``)."""
+        if not isinstance(plan, ExecutionPlan):
+            raise InputError(f"using() needs an ExecutionPlan, got {type(plan).__name__}")
+        previous, self._scoped_plan = self._scoped_plan, plan
+        try:
+            yield plan
+        finally:
+            self._scoped_plan = previous
+
+    def _plan_for(
+        self, plan: ExecutionPlan | None, backend, temporal, *, stream: bool
+    ) -> ExecutionPlan:
+        """The plan of one call: ``plan``; else one built from ``backend=``/``temporal=`` (the
+        compatibility keywords); else the scoped plan (`using`); else the config's."""
+        if plan is not None:
+            if backend is not None or temporal is not None:
+                raise InputError(
+                    "pass either plan= or backend=/temporal=, not both; build the plan with"
+                    " model.plan(backend=..., temporal=...)"
+                )
+            if not isinstance(plan, ExecutionPlan):
+                raise InputError(
+                    f"plan must be an ExecutionPlan, got {type(plan).__name__}; build one with"
+                    " model.plan(backend=..., temporal=..., stream=...)"
+                )
+            return plan
+        if backend is None and temporal is None and self._scoped_plan is not None:
+            return self._scoped_plan
+        if backend is None and self._scoped_plan is not None:
+            backend = self._scoped_plan.backend
+        return self.plan(backend=backend, temporal=temporal, stream=stream)
+
     def prepare(self, inputs: TokenInput) -> SparseTokens:
         """Collate if needed, move to the model's device/dtype, and check the feature width."""
         tokens = inputs if isinstance(inputs, SparseTokens) else collate(inputs)
@@ -205,16 +263,19 @@ class Tokenizer(nn.Module):
         return tokens
 
     # ------------------------------------------------------------------ encoding
-    def encode_dense(self, inputs: TokenInput, *, backend=None, temporal=None) -> SparseTokens:
+    def encode_dense(
+        self, inputs: TokenInput, *, plan: ExecutionPlan | None = None, backend=None, temporal=None
+    ) -> SparseTokens:
         """Post-LayerNorm encoder features, ``feats [N, D]``.
 
         Args:
             inputs: packed `SparseTokens` or per-sample `PatchTokens`.
-            backend: attention backend override for this call.
-            temporal: `TemporalConfig` override for this call (None: the model config's).
+            plan: the execution plan (`plan`); default: the config's, tiled (not streamed).
+            backend: attention backend for this call (builds the plan; not with ``plan``).
+            temporal: `TemporalConfig` for this call (builds the plan; not with ``plan``).
         """
-        tokens = self.prepare(inputs)
-        return self.encoder(tokens, self.attention_backend(backend), self.temporal(temporal))
+        plan = self._plan_for(plan, backend, temporal, stream=False)
+        return self.encoder(self.prepare(inputs), plan)
 
     def project(self, dense: SparseTokens) -> Tensor:
         """``[N, 2*Cz]``: Cz posterior means followed by Cz log-variances."""
@@ -251,6 +312,7 @@ class Tokenizer(nn.Module):
         *,
         sample: bool | None = None,
         generator=None,
+        plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
     ) -> Latents:
@@ -260,31 +322,31 @@ class Tokenizer(nn.Module):
             inputs: packed `SparseTokens` or per-sample `PatchTokens`.
             sample: draw from the posterior (continuous quantizers); default: only in training.
             generator: RNG for the posterior sample.
-            backend: attention backend override for this call.
-            temporal: temporal tiling override for this call (None: the model config's).
+            plan: the execution plan (`plan`); default: the config's, streamed (a long clip
+                never holds ``[N, D]``); pass ``model.plan(stream=False)`` to keep activations.
+            backend: attention backend for this call (builds the plan; not with ``plan``).
+            temporal: temporal tiling for this call (builds the plan; not with ``plan``).
         """
-        tiling = self.temporal(temporal)
-        if not torch.is_grad_enabled() and tiling.tile is not None:
-            # inference: per-token layers per tile step, so a long clip never holds [N, D]
+        plan = self._plan_for(plan, backend, temporal, stream=True)
+        if plan.streamed:  # per-token layers per tile step, projection included
             tokens = self.prepare(inputs)
             enc = self.encoder
-            z = enc.stepped(
+            z = enc.run(
                 tokens,
-                self.attention_backend(backend),
-                tiling,
-                tiling.encoder_cache,
-                STREAM_GROUP_TOKENS,
+                plan,
+                plan.temporal.encoder_cache,
                 lambda h: self.proj(enc.post_layernorm(h)),
                 2 * self.config.latent_channels,
             )  # [N, 2Cz]
             return self._quantize_projected(tokens, z, sample=sample, generator=generator)
-        dense = self.encode_dense(inputs, backend=backend, temporal=tiling)
+        dense = self.encode_dense(inputs, plan=plan)
         return self.quantize(dense, sample=sample, generator=generator)
 
     def encode_chunks(
         self,
         chunks: Iterable[PatchTokens],
         *,
+        plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
     ) -> Latents:
@@ -305,7 +367,8 @@ class Tokenizer(nn.Module):
                 change the result), a chunk not starting on a tile boundary, or chunks of
                 different modalities.
         """
-        tc = self.temporal(temporal)
+        plan = self._plan_for(plan, backend, temporal, stream=True)
+        tc = plan.temporal
         if tc.tile is None or tc.encoder_cache:
             raise InputError(
                 "encode_chunks needs independent encoder tiles (temporal.tile set and"
@@ -339,7 +402,7 @@ class Tokenizer(nn.Module):
             # collating would copy them, twice the chunk's memory for a moment
             tokens = collate([chunk.replace(feats=chunk.feats[:, :0])]).replace(chunk.feats)
             del chunk  # only ``tokens`` holds the patches now (freed before the next is read)
-            latents = self.encode(tokens, sample=False, backend=backend, temporal=tc)
+            latents = self.encode(tokens, sample=False, plan=plan)
             del tokens
             codes.append(_compact(latents.codes))  # not a view into the [n, 2Cz] posterior
             coords.append(latents.tokens.coords)
@@ -357,25 +420,41 @@ class Tokenizer(nn.Module):
             tokens=layout.replace(all_codes), indices=_concat(indices) if indices else None
         )
 
-    def pool(self, dense: SparseTokens, *, normalize: bool = True, backend=None) -> Tensor:
-        """Head embedding ``[B, D]`` from dense encoder features."""
+    def pool(
+        self,
+        dense: SparseTokens,
+        *,
+        normalize: bool = True,
+        plan: ExecutionPlan | None = None,
+        backend=None,
+    ) -> Tensor:
+        """Head embedding ``[B, D]`` from dense encoder features (the plan's backend)."""
         if self.encoder.head is None:
             raise AtokenError(
                 "this model has no understanding head (config.head is None); build it with a head"
                 " such as 'attention_pool' to get embeddings"
             )
-        pooled = self.encoder.head(dense, backend=self.attention_backend(backend))  # [B, D]
+        att = self._plan_for(plan, backend, None, stream=False).backend
+        pooled = self.encoder.head(dense, backend=att)  # [B, D]
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def embed(
-        self, inputs: TokenInput, *, normalize: bool = True, backend=None, temporal=None
+        self,
+        inputs: TokenInput,
+        *,
+        normalize: bool = True,
+        plan: ExecutionPlan | None = None,
+        backend=None,
+        temporal=None,
     ) -> Tensor:
         """One semantic vector per sample, ``[B, D]`` (L2-normalised unless ``normalize=False``).
 
         A tiled sample is pooled over all of its tokens after tiled encoding (as the release does).
+        ``plan`` (or ``backend=``/``temporal=``) as for `encode_dense`.
         """
-        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
-        return self.pool(dense, normalize=normalize, backend=backend)
+        plan = self._plan_for(plan, backend, temporal, stream=False)
+        dense = self.encode_dense(inputs, plan=plan)
+        return self.pool(dense, normalize=normalize, plan=plan)
 
     # ------------------------------------------------------------------ decoding
     def latents_from_indices(self, indices: Tensor, layout: SparseTokens) -> Latents:
@@ -389,6 +468,7 @@ class Tokenizer(nn.Module):
         self,
         latents: Latents | SparseTokens,
         *,
+        plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
     ) -> SparseTokens:
@@ -396,24 +476,13 @@ class Tokenizer(nn.Module):
 
         Args:
             latents: `Latents` or their packed tokens (``feats [N, Cz]``).
-            backend: attention backend override for this call.
-            temporal: temporal tiling override for this call (None: the model config's).
+            plan: the execution plan (`plan`); default: the config's, streamed (the output
+                plus one step in memory); pass ``model.plan(stream=False)`` to keep activations.
+            backend: attention backend for this call (builds the plan; not with ``plan``).
+            temporal: temporal tiling for this call (builds the plan; not with ``plan``).
         """
         tokens = self._decoder_input(latents)
-        tiling = self.temporal(temporal)
-        if not torch.is_grad_enabled() and tiling.tile is not None:
-            dec = self.decoder
-            feats = dec.stepped(
-                tokens,
-                self.attention_backend(backend),
-                tiling,
-                tiling.decoder_cache,
-                STREAM_GROUP_TOKENS,
-                lambda h: dec.out_layer(dec.out_norm(h)),
-                self.config.patch_dim,
-            )  # [N, 3072]
-            return tokens.replace(feats)
-        return self.decoder(tokens, self.attention_backend(backend), tiling)
+        return self.decoder(tokens, self._plan_for(plan, backend, temporal, stream=True))
 
     def _decoder_input(self, latents: Latents | SparseTokens) -> SparseTokens:
         if self.decoder is None:
@@ -432,6 +501,7 @@ class Tokenizer(nn.Module):
         self,
         latents: Latents | SparseTokens,
         *,
+        plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
     ) -> Iterator[DecodedRows]:
@@ -447,8 +517,9 @@ class Tokenizer(nn.Module):
 
         Args:
             latents: `Latents` or their packed tokens (``feats [N, Cz]``).
-            backend: attention backend override for this call.
-            temporal: temporal tiling override for this call (None: the model config's).
+            plan: the execution plan (`plan`; always run streamed); default: the config's.
+            backend: attention backend for this call (builds the plan; not with ``plan``).
+            temporal: temporal tiling for this call (builds the plan; not with ``plan``).
 
         Yields:
             `DecodedRows`: input row indices ``[n]``, patch values ``[n, 3072]``, their coords
@@ -458,17 +529,16 @@ class Tokenizer(nn.Module):
             at once are one piece's, whatever the frame size.
         """
         tokens = self._decoder_input(latents)
-        dec, tiling = self.decoder, self.temporal(temporal)
+        dec = self.decoder
+        plan = self._plan_for(plan, backend, temporal, stream=True).streaming()
         sample = tokens.batch_index()  # [N]
-        att = self.attention_backend(backend)
-        steps = dec.steps(tokens, att, tiling, tiling.decoder_cache, STREAM_GROUP_TOKENS)
-        for step_rows, step_hidden in steps:
+        for step_rows, step_hidden in dec.steps(tokens, plan, plan.temporal.decoder_cache):
             for i in range(0, step_rows.shape[0], STREAM_GROUP_TOKENS):
                 rows = step_rows[i : i + STREAM_GROUP_TOKENS]
                 hidden = step_hidden[i : i + STREAM_GROUP_TOKENS]
                 yield DecodedRows(
                     rows=rows,
-                    feats=dec.out_layer(dec.out_norm(hidden)),  # [n, 3072]
+                    feats=dec.project_out(hidden),  # [n, 3072]
                     coords=tokens.coords.index_select(0, rows),
                     sample=sample.index_select(0, rows),
                 )
@@ -480,14 +550,20 @@ class Tokenizer(nn.Module):
         *,
         sample: bool | None = None,
         generator=None,
+        plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
     ):
-        """Encode, decode and pool in one pass (what training uses)."""
-        dense = self.encode_dense(inputs, backend=backend, temporal=temporal)
+        """Encode, decode and pool in one pass (what training uses).
+
+        ``plan`` defaults to the config's tiled (not streamed) plan, which keeps every
+        activation for the backward pass; ``backend=``/``temporal=`` build it instead.
+        """
+        plan = self._plan_for(plan, backend, temporal, stream=False)
+        dense = self.encode_dense(inputs, plan=plan)
         latents = self.quantize(dense, sample=sample, generator=generator)
-        recon = self.decode(latents, backend=backend, temporal=temporal)
-        emb = self.pool(dense, normalize=False, backend=backend) if self.has_head else None
+        recon = self.decode(latents, plan=plan)
+        emb = self.pool(dense, normalize=False, plan=plan) if self.has_head else None
         return TokenizerOutput(reconstruction=recon, latents=latents, dense=dense, embedding=emb)
 
     # ------------------------------------------------------------------ identity and files

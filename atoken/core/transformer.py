@@ -5,9 +5,10 @@ LayerNorm blocks with biases and 4D RoPE, post-LayerNorm; an optional pooling he
 ``encoder.head``. Decoder: input linear (Cz -> D, no bias) + its own position embedding, RMSNorm
 blocks without biases and with per-head qk-RMSNorm, output RMSNorm and a linear D -> 3072.
 Parameter names follow the official AToken release so its checkpoints load without renaming.
-Given a `TemporalConfig`, the blocks run long samples in temporal tiles (`atoken.core.temporal`);
-the per-token layers before and after them see whole samples (`trunk`), or, in inference, run
-one tile step at a time (`steps`, `stepped`) so a long clip never holds its activations whole.
+Given an `atoken.core.execution.ExecutionPlan`, the blocks run long samples in temporal tiles
+(`atoken.core.temporal`) through one path, `SparseTransformer.steps`; the per-token layers before
+and after them see whole samples (a tiled plan, what training runs), or run one tile step at a
+time (a streamed plan) so a long clip never holds its activations whole.
 
 References: AToken (arXiv 2509.14476) and its public inference release (layout and names).
 """
@@ -22,11 +23,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from atoken.core.attention import AttentionBackend
-from atoken.core.config import TemporalConfig, TransformerConfig
+from atoken.core.config import TransformerConfig
+from atoken.core.execution import ExecutionPlan
 from atoken.core.layers import RMSNorm, TransformerBlock, layer_norm
 from atoken.core.posembed import LearnedPositionEmbedding2D
 from atoken.core.rope import Rope4D
-from atoken.core.temporal import KVCache, TileStep, plan_tiles, run_tiles, stream_tiles
+from atoken.core.temporal import KVCache, TileStep, stream_tiles
 from atoken.core.tokens import SparseTokens
 
 
@@ -100,89 +102,71 @@ class SparseTransformer(nn.Module):
         return x
 
     def steps(
-        self,
-        tokens: SparseTokens,
-        backend: AttentionBackend,
-        temporal: TemporalConfig,
-        cache: int,
-        group_tokens: int,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(rows [n], hidden [n, D])`` after the blocks, one tile step at a time (inference).
+        self, tokens: SparseTokens, plan: ExecutionPlan, cache: int
+    ) -> Iterator[tuple[Tensor | None, Tensor]]:
+        """The one run path: ``(rows [n], hidden [n, D])`` after the blocks, step by step.
 
-        Steps of the tiling with ``cache`` frames carried (independent tiles packed into steps
-        of at most ``group_tokens`` tokens); one step when nothing is tiled. The input layer
-        and the position embedding (its table sized per whole sample) run per step, so only one
-        step's activations exist at a time. Equal to `trunk` up to float rounding.
+        ``plan`` cuts long samples into tile steps with ``cache`` frames of keys/values carried
+        (independent tiles packed into steps of at most ``plan.group_tokens`` tokens). A
+        streamed plan runs the input layer and the position embedding (its table sized per
+        whole sample) per step, so only one step's activations exist at a time; otherwise they
+        run over the whole batch once and each step reads its rows of the result (kept for a
+        backward pass). Without tiles, a whole or tiled plan yields ``(None, hidden [N, D])``
+        once and a streamed plan one step over every row.
         """
-        steps = plan_tiles(
-            tokens,
-            tile=temporal.tile,
-            cache=cache,
-            restart_t=temporal.restart_t,
-            group_tokens=min(temporal.group_tokens, group_tokens),
-            lazy=True,
-        )
-        if steps is None:  # nothing to tile: one pass over the batch as it is
-            rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
-            steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
-        pos = self.pos_embedder.rows(tokens)
+        steps = plan.tiles(tokens, cache)
+        blocks = lambda xs, layout, kv: self.run_blocks(xs, layout, plan.backend, kv)  # noqa: E731
+        if plan.streamed:
+            pos = self.pos_embedder.rows(tokens)
 
-        def embed(rows: Tensor) -> Tensor:
-            return self.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
+            def embed(rows: Tensor) -> Tensor:
+                return self.input_layer(tokens.feats.index_select(0, rows)) + pos(rows)  # [n, D]
 
-        blocks = lambda xs, layout, kv: self.run_blocks(xs, layout, backend, kv)  # noqa: E731
+            if steps is None:  # nothing to tile: one step over the batch as it is
+                rows = torch.arange(tokens.num_tokens, device=tokens.feats.device)
+                steps = [TileStep(rows, tokens.replace(tokens.feats[:, :0]))]
+        else:
+            x = self.embed(tokens)  # [N, D]
+            if steps is None:
+                yield None, self.run_blocks(x, tokens, plan.backend)  # [N, D]
+                return
+            embed = lambda rows: x.index_select(0, rows)  # noqa: E731
         yield from stream_tiles(embed, steps, blocks)
 
-    def stepped(
+    def run(
         self,
         tokens: SparseTokens,
-        backend: AttentionBackend,
-        temporal: TemporalConfig,
+        plan: ExecutionPlan,
         cache: int,
-        group_tokens: int,
-        head: Callable[[Tensor], Tensor],
-        width: int,
+        head: Callable[[Tensor], Tensor] | None = None,
+        width: int | None = None,
     ) -> Tensor:
-        """``head(hidden)`` of every row, computed by `steps` into one ``[N, width]`` output.
+        """``head(hidden)`` ``[N, width]`` of every row after the blocks (hidden ``[N, D]``
+        when ``head`` is None), computed by `steps`.
 
-        Memory is the output plus one step whatever the clip length.
+        A streamed plan applies ``head`` per step into one preallocated output, so memory is
+        the output plus one step whatever the clip length; otherwise the hidden states are
+        gathered whole and ``head`` runs once over them.
         """
-        out = tokens.feats.new_empty(tokens.num_tokens, width)
-        for rows, hidden in self.steps(tokens, backend, temporal, cache, group_tokens):
-            out.index_copy_(0, rows, head(hidden))
-        return out
-
-    def trunk(
-        self,
-        tokens: SparseTokens,
-        backend: AttentionBackend,
-        temporal: TemporalConfig | None = None,
-        cache: int = 0,
-    ) -> Tensor:
-        """``tokens.feats [N, Cin]`` -> ``[N, D]`` after the last block (before any final norm).
-
-        Args:
-            tokens: the packed batch.
-            backend: attention backend.
-            temporal: temporal tiling of long samples; None: every sample attends over all of
-                its tokens.
-            cache: latent frames of keys/values carried from tile to tile.
-        """
-        x = self.embed(tokens)  # [N, D]
-        steps = None
-        if temporal is not None:
-            steps = plan_tiles(
-                tokens,
-                tile=temporal.tile,
-                cache=cache,
-                restart_t=temporal.restart_t,
-                group_tokens=temporal.group_tokens,
-            )
-        if steps is None:
-            return self.run_blocks(x, tokens, backend)  # [N, D]
-        return run_tiles(
-            x, steps, lambda xs, layout, kv: self.run_blocks(xs, layout, backend, kv)
-        )  # [N, D]
+        streamed = plan.streamed and head is not None
+        if streamed and width is None:
+            raise ValueError("run: a streamed plan with a head needs the head's output width")
+        out: Tensor | None = None
+        for rows, hidden in self.steps(tokens, plan, cache):
+            if rows is None:  # one pass over the whole batch
+                return head(hidden) if head is not None else hidden
+            if streamed:
+                if out is None:
+                    out = hidden.new_empty(tokens.num_tokens, width)
+                out.index_copy_(0, rows, head(hidden))
+            else:
+                if out is None:
+                    out = hidden.new_empty(tokens.num_tokens, hidden.shape[1])
+                out.index_copy_(0, rows, hidden)
+        if out is None:  # no rows at all
+            out = tokens.feats.new_empty(0, width if streamed else self.width)
+            return out
+        return out if streamed or head is None else head(out)
 
 
 class Encoder(SparseTransformer):
@@ -218,16 +202,10 @@ class Encoder(SparseTransformer):
         self.post_layernorm = layer_norm(cfg.width)
         self.head = head
 
-    def forward(
-        self,
-        tokens: SparseTokens,
-        backend: AttentionBackend,
-        temporal: TemporalConfig | None = None,
-    ) -> SparseTokens:
-        """Dense features; ``temporal`` tiles long samples (its ``encoder_cache`` applies)."""
-        cache = temporal.encoder_cache if temporal is not None else 0
-        x = self.trunk(tokens, backend, temporal, cache)  # [N, D]
-        return tokens.replace(self.post_layernorm(x))  # [N, D]
+    def forward(self, tokens: SparseTokens, plan: ExecutionPlan) -> SparseTokens:
+        """Dense features ``[N, D]``; ``plan`` tiles long samples (its ``encoder_cache`` applies)."""
+        x = self.run(tokens, plan, plan.temporal.encoder_cache, self.post_layernorm, self.width)
+        return tokens.replace(x)  # [N, D]
 
 
 class Decoder(SparseTransformer):
@@ -256,13 +234,16 @@ class Decoder(SparseTransformer):
         self.out_norm = RMSNorm(cfg.width, eps=1e-6)
         self.out_layer = nn.Linear(cfg.width, out_channels, bias=False)
 
-    def forward(
-        self,
-        latents: SparseTokens,
-        backend: AttentionBackend,
-        temporal: TemporalConfig | None = None,
-    ) -> SparseTokens:
-        """Patch values; ``temporal`` tiles long samples (its ``decoder_cache`` applies)."""
-        cache = temporal.decoder_cache if temporal is not None else 0
-        x = self.trunk(latents, backend, temporal, cache)  # [N, D]
-        return latents.replace(self.out_layer(self.out_norm(x)))  # [N, 3072]
+    def forward(self, latents: SparseTokens, plan: ExecutionPlan) -> SparseTokens:
+        """Patch values ``[N, 3072]``; ``plan`` tiles long samples (its ``decoder_cache`` applies)."""
+        x = self.run(latents, plan, plan.temporal.decoder_cache, self.project_out, self.out_width)
+        return latents.replace(x)  # [N, 3072]
+
+    @property
+    def out_width(self) -> int:
+        """Patch values per token (the output layer's width)."""
+        return self.out_layer.out_features
+
+    def project_out(self, hidden: Tensor) -> Tensor:
+        """Output norm and layer: ``hidden [n, D]`` -> patch values ``[n, 3072]``."""
+        return self.out_layer(self.out_norm(hidden))
