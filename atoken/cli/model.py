@@ -101,8 +101,8 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
 
     opts = _parse_options(options)
     tok = load_model(model)
-    if backend is not None:
-        tok.attention_backend(backend)  # validate the name before any work
+    # the one execution plan every encode/decode below runs (the name is checked before any work)
+    plan = tok.plan(backend=backend)
     # read and check every input before writing anything; a lazily read input (a video file)
     # is checked frame by frame here and decoded again, a chunk at a time, when its turn comes
     loaded = []
@@ -127,7 +127,7 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
         for i, (path, adapter, kept) in enumerate(loaded):
             sample = kept if kept is not None else adapter.load(path)
             sub = path.stem if names[path.stem] == 1 else f"{path.stem}-{i}"
-            with _frames_task(progress, path.name) as on_frames:
+            with _frames_task(progress, path.name) as on_frames, tok.using(plan):
                 result = reconstruct_to_dir(
                     tok,
                     adapter,
