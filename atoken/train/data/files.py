@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import torch
 
 from atoken.core.errors import InputError
 from atoken.train.data.folder import sample_keys
-from atoken.train.data.source import ImageSource, check_image
+from atoken.train.data.source import ImageSource
 
 #: files that make their directory one scene sample (for adapters claiming ``.json``)
 SCENE_MARKERS: tuple[str, ...] = ("transforms.json", "transforms_train.json")
@@ -112,7 +113,13 @@ class _AdapterSource(ImageSource):
     max_tokens: int | None
     cache_size: int
 
-    def _init_adapter(self, adapter: Any, cache: int, max_tokens: int | None) -> None:
+    def _init_adapter(
+        self,
+        adapter: Any,
+        cache: int,
+        max_tokens: int | None,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
         if cache < 0:
             raise InputError(f"cache must be >= 0 samples, got {cache}")
         if max_tokens is not None and max_tokens < 1:
@@ -120,6 +127,7 @@ class _AdapterSource(ImageSource):
         self.adapter = adapter
         self.cache_size = cache
         self.max_tokens = max_tokens
+        self._check_sample = check
         opts = getattr(adapter, "options", None)
         # the stream shrinks oversize samples through max_res; without it the budget is checked here
         self._check_budget = max_tokens is not None and not hasattr(opts, "max_res")
@@ -154,9 +162,10 @@ class _AdapterSource(ImageSource):
         return sample
 
     def check(self, sample: Any) -> None:
-        """Images must be ``[H, W, 3]`` >= 16 px; other samples were checked by the adapter."""
-        if getattr(self.adapter, "name", None) == "image":
-            check_image(sample)
+        """The ``check`` the source was given (e.g. `check_image` for image files: ``[H, W, 3]``
+        >= 16 px); without one, samples were checked by the adapter's ``load``."""
+        if self._check_sample is not None:
+            self._check_sample(sample)
 
     def __len__(self) -> int:  # pragma: no cover - subclasses define it
         raise NotImplementedError
@@ -175,6 +184,8 @@ class FilesSource(_AdapterSource):
             the default render settings takes about 0.2 GB.
         max_tokens: the batch budget; samples of an adapter without ``max_res`` that exceed it
             are skipped (None: not checked).
+        check: raises `InputError` for a loaded sample the source must skip (the image sources
+            pass `check_image`); None: what ``adapter.load`` returns is used as it is.
 
     Raises:
         InputError: ``root`` is not a directory, the adapter claims no suffix, or no sample found.
@@ -188,11 +199,12 @@ class FilesSource(_AdapterSource):
         recursive: bool = True,
         cache: int = DEFAULT_CACHE,
         max_tokens: int | None = None,
+        check: Callable[[Any], None] | None = None,
     ) -> None:
         self.root = Path(root)
         name = getattr(adapter, "name", type(adapter).__name__)
         super().__init__(f"{name} files '{self.root}'")
-        self._init_adapter(adapter, cache, max_tokens)
+        self._init_adapter(adapter, cache, max_tokens, check)
         if not self.root.is_dir():
             raise InputError(f"data folder '{self.root}' does not exist or is not a directory")
         exts = tuple(getattr(adapter, "extensions", ()) or ())
