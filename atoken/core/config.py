@@ -174,16 +174,31 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
-    """One line per problem, each naming its key path."""
+def format_validation_error(
+    exc: ValidationError, where: str | None = None, *, sep: str = "\n"
+) -> str:
+    """A pydantic ``ValidationError`` as text: each problem as ``[where: ]key.path: message``.
+
+    The one formatter of validation errors in atoken (configs, component options, plugin
+    settings). A key the model does not allow reads ``unknown key``.
+
+    Args:
+        exc: the error ``model_validate`` raised.
+        where: what was validated (a file, ``"model config"``); prefixed to every problem.
+        sep: joins the problems (``"\n"``: one line each; ``"; "``: one line in all).
+
+    Returns:
+        The problems, e.g. ``"model config: transformer.width: unknown key"``.
+    """
+    prefix = f"{where}: " if where else ""
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{where}: {path}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{prefix}{path}: {msg}")
+    return sep.join(lines)
 
 
 def validate_model_config(data: dict[str, Any], where: str = "model config") -> ModelConfig:

@@ -24,6 +24,7 @@ from atoken.core.capabilities import (
     capabilities_of,
     declared_capabilities,
 )
+from atoken.core.config import format_validation_error
 from atoken.core.errors import AtokenError
 
 T = TypeVar("T")
@@ -134,10 +135,7 @@ class Entry(Generic[T]):
         try:
             return self.options_model.model_validate(options)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<options>'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = format_validation_error(exc, sep="; ")
             raise OptionsError(
                 f"invalid options for {self.kind} '{self.name}' ({self.provider}): {problems}"
             ) from None
