@@ -244,8 +244,8 @@ def test_image_files_skip_a_picture_smaller_than_a_patch_other_files_sources_do_
 
     from PIL import Image
 
+    from atoken.core.sample_source import MIN_SIDE
     from atoken.train.data.build import build_source
-    from atoken.train.data.source import MIN_SIDE
 
     root = tmp_path / "mixed"
     shutil.copytree(photo_dir, root)

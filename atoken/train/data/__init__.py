@@ -19,16 +19,16 @@ Video sources (`VideoFolderSource`, `VideoWebDatasetSource`, `SampleClipsSource`
 pack``) turns a folder into WebDataset shards; `build_stream` builds a stream from the config.
 """
 
+from atoken.core.braces import expand_braces, expand_urls
+from atoken.core.partition import Partition, epoch_order
+from atoken.core.sample_source import ConcatSource, ImageSource
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import BatchStats, TokenBudgetBatcher
-from atoken.train.data.braces import expand_braces, expand_urls
 from atoken.train.data.dataset import EpochDataset
 from atoken.train.data.files import AdapterSamplesSource, FilesSource, list_files
 from atoken.train.data.folder import ImageFolderSource, sample_keys
 from atoken.train.data.pack import PackedShards, pack_folder
-from atoken.train.data.partition import Partition, epoch_order
 from atoken.train.data.sample_images import HELDOUT_PHOTOS, TRAIN_PHOTOS, SampleImagesSource
-from atoken.train.data.source import ConcatSource, ImageSource
 from atoken.train.data.stream import TrainStream
 from atoken.train.data.video import (
     ClipCrop,

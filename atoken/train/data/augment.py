@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.train.data.source import MIN_SIDE
+from atoken.core.sample_source import MIN_SIDE
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:

@@ -44,11 +44,11 @@ from atoken.core.data_source import (
     data_source_names,
     find_data_source,
 )
+from atoken.core.sample_source import ConcatSource, ImageSource
 from atoken.train.config import task_spec
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.sample_images import SampleImagesSource
-from atoken.train.data.source import ConcatSource, ImageSource
 from atoken.train.data.sources import AssetFilesOptions, AssetSamplesOptions, AugmentOptions
 from atoken.train.data.stream import TrainStream
 from atoken.train.data.video import ClipSampling, SampleClipsSource

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from atoken.train.data.partition import Partition, epoch_order, mix_seed
-from atoken.train.data.source import ImageSource
+from atoken.core.partition import Partition, epoch_order, mix_seed
+from atoken.core.sample_source import ImageSource
 
 
 class EpochDataset(IterableDataset):

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 
 from atoken.core.errors import InputError
+from atoken.core.sample_source import ImageSource
 from atoken.train.data.folder import sample_keys
-from atoken.train.data.source import ImageSource
 
 #: files that make their directory one scene sample (for adapters claiming ``.json``)
 SCENE_MARKERS: tuple[str, ...] = ("transforms.json", "transforms_train.json")

@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.sample_source import ImageSource
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image
-from atoken.train.data.source import ImageSource
 
 
 def sample_keys(relpaths: Sequence[str]) -> list[str]:

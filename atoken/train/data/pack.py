@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from atoken.core.errors import InputError
+from atoken.core.sample_source import MAX_REASONS, check_image
 from atoken.core.serialization import atomic_write, outputs_together
 from atoken.plugins.image.io import read_image
 from atoken.train.data.folder import ImageFolderSource
-from atoken.train.data.source import MAX_REASONS, check_image
 
 
 class PackedShards(list[Path]):

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.sample_source import ImageSource
 from atoken.plugins.image.io import read_image
-from atoken.train.data.source import ImageSource
 from atoken.train.samples import SampleDataMissing, skimage_data_dir
 
 logger = logging.getLogger("atoken.train.data")

@@ -140,8 +140,8 @@ def _files(opts: FilesMixin, req: DataSourceRequest):
 
 
 def _image_files(opts: ImageFilesOptions, req: DataSourceRequest):
+    from atoken.core.sample_source import check_image
     from atoken.train.data.files import FilesSource
-    from atoken.train.data.source import check_image
 
     return FilesSource(
         req.path,

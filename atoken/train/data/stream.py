@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.partition import Partition, epoch_order, mix_seed
+from atoken.core.sample_source import ImageSource
 from atoken.core.tokens import PatchTokens
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
-from atoken.train.data.partition import Partition, epoch_order, mix_seed
-from atoken.train.data.source import ImageSource
 
 logger = logging.getLogger("atoken.train.data")
 

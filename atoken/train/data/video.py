@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.sample_source import MIN_SIDE, ImageSource
 from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.folder import FolderFiles
-from atoken.train.data.source import MIN_SIDE, ImageSource
 from atoken.train.data.webdataset import WebDatasetSource
 
 #: video file suffixes a folder source lists (lower-case, with the dot)

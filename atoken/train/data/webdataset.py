@@ -36,10 +36,10 @@ from pathlib import Path
 
 from torch import Tensor
 
+from atoken.core.braces import expand_urls
 from atoken.core.errors import InputError
+from atoken.core.sample_source import ImageSource
 from atoken.plugins.image.io import read_image
-from atoken.train.data.braces import expand_urls
-from atoken.train.data.source import ImageSource
 
 #: image member extensions, in order of preference when a key has several
 IMAGE_MEMBER_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")

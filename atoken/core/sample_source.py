@@ -6,7 +6,7 @@ raises for a bad sample: a corrupt, truncated or unreadable file (or one smaller
 patch) is skipped, counted once in `ImageSource.skipped`, its reason kept (the first few), and the
 first skip of a source is logged as a warning. A sample that failed once is not read again.
 
-Video sources (`atoken.train.data.video`) are the same kind of object: their samples are clips
+Video sources (``atoken.train.data.video``) are the same kind of object: their samples are clips
 ``[T, H, W, 3]``, drawn by `ImageSource.read_sample` with the stream's per-sample generator (the
 clip start), and checked by their own `ImageSource.check`.
 
