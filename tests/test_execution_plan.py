@@ -148,6 +148,8 @@ def test_every_entry_point_runs_the_plans_backend(tiny, counting) -> None:
             run()
             assert fn.calls > before
         with tiny.using(plan):  # calls without plan= run the scoped plan
+            assert tiny.temporal() == plan.temporal != tiny.config.temporal  # pipeline reads it
+            assert tiny.plan(stream=False).backend is plan.backend
             before = fn.calls
             tiny.decode(tiny.encode([video], sample=False))
             assert fn.calls > before

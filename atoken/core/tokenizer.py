@@ -170,7 +170,10 @@ class Tokenizer(nn.Module):
         return self.encoder.head is not None
 
     def attention_backend(self, override: AttentionBackend | str | None = None) -> AttentionBackend:
-        """The backend for one call: ``override`` if given, else the config's."""
+        """The backend for one call: ``override`` if given, else the scoped plan's (`using`),
+        else the config's."""
+        if override is None and self._scoped_plan is not None:
+            return self._scoped_plan.backend
         choice = self.config.attention_backend if override is None else override
         if isinstance(choice, str) and choice != "auto" and choice not in self._backends:
             raise InputError(
@@ -179,9 +182,10 @@ class Tokenizer(nn.Module):
         return resolve_backend(choice, self.device, self._backends)
 
     def temporal(self, override: TemporalConfig | None = None) -> TemporalConfig:
-        """The temporal tiling for one call: ``override`` if given, else the config's."""
+        """The temporal tiling for one call: ``override`` if given, else the scoped plan's
+        (`using`), else the config's."""
         if override is None:
-            return self.config.temporal
+            return self.config.temporal if self._scoped_plan is None else self._scoped_plan.temporal
         if not isinstance(override, TemporalConfig):
             raise InputError(
                 f"temporal must be a TemporalConfig or None, got {type(override).__name__};"
@@ -199,8 +203,8 @@ class Tokenizer(nn.Module):
         """Resolve the execution plan of a call once: backend, tiling and mode together.
 
         Args:
-            backend: attention backend or its name (None: the config's).
-            temporal: temporal tiling (None: the config's).
+            backend: attention backend or its name (None: the scoped plan's, else the config's).
+            temporal: temporal tiling (None: the scoped plan's, else the config's).
             stream: with tiling, run the per-token layers one tile step at a time (inference,
                 bounded memory); False keeps every activation of the batch for a backward pass
                 (what `forward`, the training step, uses). Both give the same values up to
@@ -244,9 +248,7 @@ class Tokenizer(nn.Module):
             return plan
         if backend is None and temporal is None and self._scoped_plan is not None:
             return self._scoped_plan
-        if backend is None and self._scoped_plan is not None:
-            backend = self._scoped_plan.backend
-        return self.plan(backend=backend, temporal=temporal, stream=stream)
+        return self.plan(backend=backend, temporal=temporal, stream=stream)  # scoped fields kept
 
     def prepare(self, inputs: TokenInput) -> SparseTokens:
         """Collate if needed, move to the model's device/dtype, and check the feature width."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -151,22 +152,14 @@ class SparseTransformer(nn.Module):
         streamed = plan.streamed and head is not None
         if streamed and width is None:
             raise ValueError("run: a streamed plan with a head needs the head's output width")
-        out: Tensor | None = None
+        out = None  # allocated at the first tile step (a whole pass returns its own result)
         for rows, hidden in self.steps(tokens, plan, cache):
             if rows is None:  # one pass over the whole batch
-                return head(hidden) if head is not None else hidden
-            if streamed:
-                if out is None:
-                    out = hidden.new_empty(tokens.num_tokens, width)
-                out.index_copy_(0, rows, head(hidden))
-            else:
-                if out is None:
-                    out = hidden.new_empty(tokens.num_tokens, hidden.shape[1])
-                out.index_copy_(0, rows, hidden)
-        if out is None:  # no rows at all
-            out = tokens.feats.new_empty(0, width if streamed else self.width)
-            return out
-        return out if streamed or head is None else head(out)
+                return head(hidden) if head is not None else hidden  # [N, width]
+            if out is None:
+                out = hidden.new_empty(tokens.num_tokens, width if streamed else hidden.shape[1])
+            out.index_copy_(0, rows, head(hidden) if streamed else hidden)  # [n, width | D]
+        return out if streamed or head is None else head(out)  # [N, width]
 
 
 class Encoder(SparseTransformer):
@@ -176,7 +169,7 @@ class Encoder(SparseTransformer):
         in_channels: patch width (3072).
         cfg: stack size.
         head: pooling head module placed at ``encoder.head`` (or None).
-        pos_grid, rope_theta: see `SparseTransformer`.
+        **geometry: ``pos_grid``, ``rope_theta``, ``use_rope``; see `SparseTransformer`.
     """
 
     def __init__(
@@ -185,20 +178,10 @@ class Encoder(SparseTransformer):
         cfg: TransformerConfig,
         *,
         head: nn.Module | None = None,
-        pos_grid: int = 16,
-        rope_theta: float = 10000.0,
-        use_rope: bool = True,
+        **geometry: Any,
     ) -> None:
-        super().__init__(
-            in_channels,
-            cfg,
-            norm_layer=partial(layer_norm, eps=1e-6),
-            bias=True,
-            qk_norm=False,
-            pos_grid=pos_grid,
-            rope_theta=rope_theta,
-            use_rope=use_rope,
-        )
+        norm = partial(layer_norm, eps=1e-6)
+        super().__init__(in_channels, cfg, norm_layer=norm, bias=True, qk_norm=False, **geometry)
         self.post_layernorm = layer_norm(cfg.width)
         self.head = head
 
@@ -209,27 +192,21 @@ class Encoder(SparseTransformer):
 
 
 class Decoder(SparseTransformer):
-    """The decoder; ``forward`` maps latents ``[N, Cz]`` to patch values ``[N, 3072]``."""
+    """The decoder; ``forward`` maps latents ``[N, Cz]`` to patch values ``[N, 3072]``.
+
+    Args:
+        latent_channels: latent width (Cz).
+        out_channels: patch width (3072).
+        cfg: stack size.
+        **geometry: ``pos_grid``, ``rope_theta``, ``use_rope``; see `SparseTransformer`.
+    """
 
     def __init__(
-        self,
-        latent_channels: int,
-        out_channels: int,
-        cfg: TransformerConfig,
-        *,
-        pos_grid: int = 16,
-        rope_theta: float = 10000.0,
-        use_rope: bool = True,
+        self, latent_channels: int, out_channels: int, cfg: TransformerConfig, **geometry: Any
     ) -> None:
+        norm = partial(RMSNorm, eps=1e-6)
         super().__init__(
-            latent_channels,
-            cfg,
-            norm_layer=partial(RMSNorm, eps=1e-6),
-            bias=False,
-            qk_norm=True,
-            pos_grid=pos_grid,
-            rope_theta=rope_theta,
-            use_rope=use_rope,
+            latent_channels, cfg, norm_layer=norm, bias=False, qk_norm=True, **geometry
         )
         self.out_norm = RMSNorm(cfg.width, eps=1e-6)
         self.out_layer = nn.Linear(cfg.width, out_channels, bias=False)
