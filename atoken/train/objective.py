@@ -6,6 +6,10 @@ Reconstruction batches (``*_rec`` tasks) weigh the reconstruction losses (those 
 term applies to every batch. Losses come from the loss registry by name, each validated against
 its own options model.
 
+The KL has one owner, the quantizer: ``out.latents.aux_loss`` (the ``kl`` quantizer's KL of the
+posterior to N(0, I), zero for FSQ) is weighted by ``kl_weight`` and logged as ``kl``. No loss
+computes it again, and no loss may log under the objective's own names (`RESERVED_TERMS`).
+
 References: AToken (arXiv 2509.14476), "Losses": 0.2·L_rec + 1.0·L_sem + 1e-8·L_KL.
 """
 
@@ -16,11 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from atoken.core.config import ConfigError
 from atoken.core.loss import LossInputs
 from atoken.core.plugins import Components
 from atoken.core.tokenizer import TokenizerOutput
 from atoken.core.tokens import SparseTokens
 from atoken.train.config import LossSpec
+
+#: logged terms the objective itself writes (a loss of one of these names would overwrite them)
+RESERVED_TERMS = ("kl", "sem", "loss")
 
 
 @dataclass
@@ -52,6 +60,13 @@ class ReconstructionObjective(nn.Module):
         render=None,
     ) -> None:
         super().__init__()
+        clash = sorted({spec.name for spec in losses} & set(RESERVED_TERMS))
+        if clash:
+            raise ConfigError(
+                f"losses {clash} clash with the objective's own terms {list(RESERVED_TERMS)}:"
+                " the KL is the quantizer's (set kl_weight), sem the semantic loss (sem_weight),"
+                " loss the total; remove or rename those losses"
+            )
         self.names = [spec.name for spec in losses]
         self.weights = [spec.weight for spec in losses]
         self.modalities = [spec.modalities for spec in losses]
@@ -83,8 +98,9 @@ class ReconstructionObjective(nn.Module):
             modality: the batch's adapter; losses whose ``modalities`` leave it out are skipped
                 (None: every loss applies).
         """
+        kl = out.latents.aux_loss  # the quantizer's KL (its one owner)
         terms: dict[str, float] = {}
-        total = self.kl_weight * out.latents.aux_loss.float()
+        total = self.kl_weight * kl.float()
         if reconstruct:
             inputs = LossInputs(
                 pred=out.reconstruction,
@@ -108,6 +124,6 @@ class ReconstructionObjective(nn.Module):
         if semantic is not None:
             terms["sem"] = float(semantic.detach())
             total = total + self.sem_weight * semantic.float()
-        terms["kl"] = float(out.latents.aux_loss.detach())
+        terms["kl"] = float(kl.detach())  # after the losses, as logs have always listed it
         terms["loss"] = float(total.detach())
         return ObjectiveResult(total, terms)

@@ -1,7 +1,8 @@
 """Built-in losses.
 
 Reconstruction (``LossInputs`` in, scalar out): ``l1`` and ``mse`` (masked, averaged over
-patches), ``kl``, ``lpips`` and ``gram`` (perceptual, on 224² resizes by default). Semantic: ``semantic_distill`` (images) and
+patches), ``lpips`` and ``gram`` (perceptual, on 224² resizes by default). The KL regulariser is
+not a loss: the ``kl`` quantizer owns it (its ``aux_loss``, weighted by ``kl_weight``). Semantic: ``semantic_distill`` (images) and
 ``siglip_sigmoid`` (video, 3D), which take embeddings. Perceptual losses import their network
 only when built.
 """
@@ -11,13 +12,7 @@ from __future__ import annotations
 from atoken import hookimpl
 from atoken.plugins.losses.distill import SemanticDistillLoss, SemanticDistillOptions
 from atoken.plugins.losses.options import GramOptions, PerceptualOptions
-from atoken.plugins.losses.reconstruction import (
-    KLLoss,
-    KLOptions,
-    L1Loss,
-    L1Options,
-    MSELoss,
-)
+from atoken.plugins.losses.reconstruction import L1Loss, L1Options, MSELoss
 from atoken.plugins.losses.sigmoid import SigLIPSigmoidLoss, SigLIPSigmoidOptions
 
 
@@ -39,7 +34,6 @@ def atoken_register_losses(registry) -> None:
     registry.add(
         "mse", MSELoss, options=L1Options, description="squared error per patch, averaged"
     )
-    registry.add("kl", KLLoss, options=KLOptions, description="KL of the posterior to N(0, I)")
     registry.add(
         "lpips",
         _lpips,

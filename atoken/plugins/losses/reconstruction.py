@@ -1,12 +1,13 @@
-"""Token-space reconstruction losses: ``l1`` and ``mse`` (masked, averaged over patches), ``kl``.
+"""Token-space reconstruction losses: ``l1`` and ``mse`` (masked, averaged over patches).
 
-References: AToken (arXiv 2509.14476) "Losses": L1 averaged over patches; KL of the LDM VAE
-(Rombach et al., 2022) ``0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2)``.
+The KL regulariser is the ``kl`` quantizer's (`atoken.plugins.quantizers.kl`), not a loss.
+
+References: AToken (arXiv 2509.14476) "Losses": L1 averaged over patches.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from atoken.core.loss import LossInputs
@@ -56,31 +57,3 @@ class MSELoss(L1Loss):
     @staticmethod
     def error(diff: Tensor) -> Tensor:
         return diff.square()
-
-
-class KLOptions(BaseModel):
-    """Options of ``kl``.
-
-    Attributes:
-        logvar_min / logvar_max: clamp of the log-variance (as the ``kl`` quantizer).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    logvar_min: float = -30.0
-    logvar_max: float = Field(default=20.0)
-
-
-class KLLoss(nn.Module):
-    """KL divergence of the diagonal Gaussian posterior to N(0, I), summed over channels,
-    averaged over tokens."""
-
-    def __init__(self, options: KLOptions | None = None) -> None:
-        super().__init__()
-        self.options = options or KLOptions()
-
-    def forward(self, inputs: LossInputs) -> Tensor:
-        if inputs.mean is None or inputs.logvar is None:
-            raise ValueError("the kl loss needs the posterior mean and log-variance")
-        logvar = inputs.logvar.float().clamp(self.options.logvar_min, self.options.logvar_max)
-        mean = inputs.mean.float()
-        return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)).mean()
