@@ -122,3 +122,32 @@ def test_pca_init_refuses_narrow_models() -> None:
     )
     with pytest.raises(PCAInitError, match="width >= 98"):
         pca_init(narrow, [torch.randn(200, 3072)])
+
+
+def test_pca_start_from_config_fits_on_the_first_reconstruction_task_with_data() -> None:
+    """Understanding tasks are passed over (they are first in the mix here); the task's own
+    adapter tokenizes its samples; no reconstruction data is an error naming the tasks."""
+    from atoken.core.config import ConfigError
+    from atoken.train.config import TrainConfig
+    from atoken.train.pca_init import pca_init_from_config
+
+    comps = atoken.default_components()
+    raw = {
+        "model": {"preset": "atoken-tiny", "init": "pca", "pca_images": 4},
+        "data": [
+            {"name": "samples", "task": "image_und"},
+            {"name": "samples", "task": "image_rec", "options": {"video_frames": False}},
+        ],
+        "stages": [
+            {"name": "s", "steps": 1, "min_res": 96, "max_res": 128,
+             "tasks": {"image_und": 1, "image_rec": 1}},
+        ],
+    }  # fmt: skip
+    config = TrainConfig.model_validate(raw)  # (phase one only: image_und's teacher is absent)
+    model = atoken.build_tokenizer("atoken-tiny", components=comps)
+    info = pca_init_from_config(model, config, comps)
+    assert info["task"] == "image_rec" and info["images"] == config.model.pca_images
+    assert info["patches"] >= config.model.pca_images * (96 // 16) ** 2  # at >= min_res
+    raw["data"] = raw["data"][:1]
+    with pytest.raises(ConfigError, match=r"reconstruction task .*\['image_und'\]"):
+        pca_init_from_config(model, TrainConfig.model_validate(raw), comps)

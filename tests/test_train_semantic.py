@@ -123,6 +123,11 @@ def test_teacher_sees_the_student_pixels(siglip, components) -> None:
     inputs = teacher_inputs([small, img], 16)
     assert inputs["spatial_shapes"].tolist() == [[2, 2], [3, 5]]
     assert inputs["pixel_attention_mask"].sum(1).tolist() == [4, 15]
+    # the distill task's registered adapter rebuilds the pixels; other tokens are refused
+    assert (distiller.task, distiller.modality) == ("image_und", "image")
+    clip = components.adapters.build("video").to_tokens(torch.zeros(4, 32, 32, 3))
+    with pytest.raises(ConfigError, match=r"image_und: got 'video' tokens, expected 'image'"):
+        distiller.teacher_embeddings([clip])
 
 
 def test_config_errors(siglip, siglip_wide, tmp_path) -> None:

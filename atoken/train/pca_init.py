@@ -49,7 +49,7 @@ from atoken.core.errors import AtokenError
 from atoken.core.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from atoken.core.registry import Registry
+    from atoken.core.plugins import Components
     from atoken.train.config import TrainConfig
 
 
@@ -182,21 +182,40 @@ def pca_init(
     }
 
 
-def pca_init_from_config(model: Tokenizer, config: TrainConfig, adapters: Registry) -> dict:
-    """`pca_init` fitted on a run's first ``model.pca_images`` ``image_rec`` training images,
-    read at its first stage's resolution range; the facts gain ``images`` (how many were read)."""
+def pca_init_from_config(model: Tokenizer, config: TrainConfig, components: Components) -> dict:
+    """`pca_init` fitted on a run's first ``model.pca_images`` training samples of one
+    reconstruction task, tokenized by that task's registered adapter at the first stage's
+    resolution range for it (`atoken.train.data.build.adapter_options`); the facts gain
+    ``images`` (how many samples were read) and ``task``.
+
+    The task is the first reconstruction task with ``[[data]]`` sources in the first stage's
+    mix (in the order written), else in the ``[[data]]`` list (``image_rec`` in the shipped
+    configs).
+
+    Raises:
+        ConfigError: the config has no data source of a reconstruction task.
+    """
     from atoken.core.config import ConfigError
-    from atoken.train.data.build import build_source
+    from atoken.train.config import task_spec
+    from atoken.train.data.build import adapter_options, build_source
 
     stage = config.stages[0]
-    specs = [s for s in config.data if s.task == "image_rec"]
-    if not specs:
-        raise ConfigError("model.init = 'pca' needs an image_rec data source to fit on")
-    adapter = adapters.build("image", {"min_res": stage.min_res, "max_res": stage.max_res})
+    fed = [s.task for s in config.data]
+    order = [t for t in stage.tasks if t in fed] + [t for t in fed if t not in stage.tasks]
+    tasks = [t for t in order if task_spec(t, components).objective == "reconstruction"]
+    if not tasks:
+        raise ConfigError(
+            "model.init = 'pca' needs a data source of a reconstruction task (e.g. image_rec)"
+            f" to fit on; the [[data]] tasks are {sorted(set(fed))}"
+        )
+    task = tasks[0]
+    specs = [s for s in config.data if s.task == task]
+    modality = task_spec(task, components).modality
+    adapter = components.adapters.build(modality, adapter_options(specs, stage, components))
     feats: list[Tensor] = []
     for spec in specs:
-        for _, image in build_source(spec):
+        for _, sample in build_source(spec, adapter, components=components):
             if len(feats) >= config.model.pca_images:
                 break
-            feats.append(adapter.to_tokens(image).feats)
-    return {**pca_init(model, feats), "images": len(feats)}
+            feats.append(adapter.to_tokens(sample).feats)
+    return {**pca_init(model, feats), "images": len(feats), "task": task}

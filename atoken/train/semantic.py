@@ -115,6 +115,25 @@ def teacher_inputs(images: Sequence[Tensor], patch_size: int) -> dict[str, Tenso
     }
 
 
+def distill_task(components: Components) -> str:
+    """The one registered task whose objective is ``distill`` (``image_und``).
+
+    Raises:
+        ConfigError: none, or several (then the trainer names the one a stage mixes).
+    """
+    from atoken.train.config import _task_registry
+
+    names = [
+        e.name for e in _task_registry(components).entries() if e.obj.understanding == "distill"
+    ]
+    if len(names) != 1:
+        raise ConfigError(
+            f"semantic distillation needs one registered distill task, found {names or 'none'};"
+            " name the task (SemanticDistiller(task=...))"
+        )
+    return names[0]
+
+
 class SemanticDistiller:
     """The frozen teacher, the fixed text bank and the distillation loss of ``image_und``.
 
@@ -124,7 +143,9 @@ class SemanticDistiller:
         teacher: a Siglip2 vision model (``pooler_output`` is its image embedding); frozen here.
         text: ``[K, D]`` text-bank embeddings (normalised here).
         loss: ``loss(student, teacher, text) -> scalar`` (the ``semantic_distill`` loss).
-        components: registries (the ``image`` adapter rebuilds pixels from tokens).
+        components: registries (the task's adapter rebuilds pixels from tokens).
+        task: the ``distill`` task whose samples the teacher sees (its registered adapter
+            rebuilds them); None: the one registered ``distill`` task (``image_und``).
         student_dim: width of the student's pooled embeddings, checked against ``D`` if given.
         device: where the teacher runs and the text bank lives.
     """
@@ -138,12 +159,17 @@ class SemanticDistiller:
         components: Components,
         student_dim: int | None = None,
         device: torch.device | str = "cpu",
+        task: str | None = None,
     ) -> None:
+        from atoken.train.config import task_spec
+
+        self.task = task if task is not None else distill_task(components)
+        self.modality = task_spec(self.task, components).modality
         self.device = torch.device(device)
         self.teacher = teacher.eval().requires_grad_(False).to(self.device)
         self.text = F.normalize(text.detach().float(), dim=-1).to(self.device)  # [K, D]
         self.loss_fn = loss.to(self.device)
-        self.adapter = components.adapters.build("image")
+        self.adapter = components.adapters.build(self.modality)
         self.patch_size = int(self.teacher.config.patch_size)
         teacher_dim = int(self.teacher.config.hidden_size)
         text_dim = int(self.text.shape[1])
@@ -167,6 +193,7 @@ class SemanticDistiller:
         components: Components,
         student_dim: int | None = None,
         device: torch.device | str = "cpu",
+        task: str | None = None,
     ) -> SemanticDistiller:
         """Load the teacher and text tower, embed the prompt bank, build the registered loss."""
         from atoken.core.errors import AtokenError
@@ -190,16 +217,23 @@ class SemanticDistiller:
         del encoder  # only the bank's embeddings are needed from here on
         loss = components.losses.build("semantic_distill", {"temperature": config.temperature})
         return cls(
-            teacher, text, loss, components=components, student_dim=student_dim, device=device
+            teacher,
+            text,
+            loss,
+            components=components,
+            student_dim=student_dim,
+            device=device,
+            task=task,
         )
 
     def images(self, batch: Sequence[PatchTokens]) -> list[Tensor]:
         """Frame 0 of each sample's tokens as ``[h, w, 3]`` on the teacher's device."""
         out = []
         for tokens in batch:
-            if tokens.modality != "image":
+            if tokens.modality != self.modality:
                 raise ConfigError(
-                    f"image_und: got {tokens.modality!r} tokens; the SigLIP2 teacher sees images"
+                    f"{self.task}: got {tokens.modality!r} tokens, expected {self.modality!r};"
+                    " the SigLIP2 teacher sees that adapter's pictures"
                 )
             out.append(self.adapter.from_tokens(tokens).to(self.device))
         return out

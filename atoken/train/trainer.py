@@ -214,6 +214,7 @@ class Trainer:
             components=self.components,
             student_dim=int(self.model.encoder.width),
             device=self.dist.device,
+            task=users[0],
         )
 
     def _check_tasks(self) -> None:
@@ -281,7 +282,7 @@ class Trainer:
             from atoken.train.pca_init import pca_init_from_config
 
             # identical on every rank: the same data in the same order
-            info = pca_init_from_config(self.model, self.config, self.components.adapters)
+            info = pca_init_from_config(self.model, self.config, self.components)
             if self.dist.is_main:
                 print(
                     f"PCA start: {info['patches']} patches of {info['images']} images,"
