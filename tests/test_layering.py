@@ -43,7 +43,6 @@ DISTRIBUTIONS = {  # folder -> its own top-level package
 
 D1 = "issue 13 Deliver 1 (tasks and data sources move into their plugins)"
 D3_TRAIN = "issue 13 Deliver 3 (a plugin trains through a public entry: atoken / the command)"
-D4 = "issue 13 Deliver 4 (one execution plan: what eval/train need from pipeline moves down)"
 D5 = "issue 13 Deliver 5 (one pretrained-directory mixin reads official checkpoints too)"
 D6 = "issue 13 Deliver 6 (one trainer: the 3D package's second trainer retires)"
 
@@ -51,17 +50,11 @@ D6 = "issue 13 Deliver 6 (one trainer: the 3D package's second trainer retires)"
 KNOWN: dict[tuple[str, str], str] = {
     # the SDK's lazy re-export of the official-checkpoint reader
     ("atoken.plugin", "atoken.convert.official"): D5,
-    # eval / train -> pipeline
-    ("atoken.eval.embedding", "atoken.pipeline"): D4,
-    ("atoken.eval.heldout", "atoken.pipeline"): D4,
-    ("atoken.eval.reconstruction", "atoken.pipeline"): D4,
-    ("atoken.train.monitor", "atoken.pipeline"): D4,
     # train -> the image plugin's I/O and the text plugin's private helpers
     ("atoken.train.data.folder", "atoken.plugins.image.io"): D1,
     ("atoken.train.data.pack", "atoken.plugins.image.io"): D1,
     ("atoken.train.data.sample_images", "atoken.plugins.image.io"): D1,
     ("atoken.train.data.webdataset", "atoken.plugins.image.io"): D1,
-    ("atoken.train.plots", "atoken.plugins.image.io"): D1,
     ("atoken.train.semantic", "atoken.plugins.text._hf"): D1,
     # atoken-plugin-3d: the second trainer uses trainer internals and the LPIPS loss
     ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.checkpoint"): D6,
@@ -76,14 +69,10 @@ KNOWN: dict[tuple[str, str], str] = {
         "packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py",
         "atoken.plugins.losses.perceptual",
     ): D6,
-    # atoken-plugin-3d's eval-3d command runs atoken's evaluation helpers
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/evaluate.py", "atoken.eval.embedding"): D4,
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/evaluate.py", "atoken.pipeline"): D4,
     # the example's short training run
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.config"): D3_TRAIN,
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.trainer"): D3_TRAIN,
     # atoken-plugin-3d's tests
-    ("packages/atoken-plugin-3d/tests/test_adapter_3d.py", "atoken.pipeline"): D4,
     ("packages/atoken-plugin-3d/tests/test_curriculum_3d.py", "atoken.train.config"): D1,
     ("packages/atoken-plugin-3d/tests/test_curriculum_3d.py", "atoken.train.trainer"): D1,
 }

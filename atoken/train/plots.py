@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from atoken.core.pictures import side_by_side, to_uint8
 from atoken.core.serialization import atomic_write
-from atoken.plugins.image.io import side_by_side, to_uint8
 
 _COLOURS = [
     (31, 119, 180),
