@@ -41,62 +41,18 @@ import torch
 
 from atoken import latents_file
 from atoken.core.capabilities import has_capability
-from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
+from atoken.core.reconstruct import (  # adapter_for: the CLI (atoken.cli.model) takes it from here
+    Reconstruction,
+    adapter_for,  # noqa: F401
+    bind_adapter,
+    reconstruct_sample,
+)
 from atoken.core.serialization import atomic_write_json, outputs_together, save_tensors
 from atoken.core.tokenizer import STREAM_GROUP_TOKENS, Latents, Tokenizer
 from atoken.core.tokens import PatchTokens, collate
 from atoken.latents_file import LATENTS_FORMAT, LATENTS_VERSION
-
-
-def adapter_for(
-    path: str | os.PathLike[str],
-    modality: str | None = None,
-    options: dict[str, Any] | None = None,
-    components: Components | None = None,
-) -> ModalityAdapter:
-    """The adapter named ``modality``, or the one whose ``extensions`` include the file's suffix.
-
-    Suffix matching builds each adapter with its default options (an adapter whose factory
-    fails, e.g. for a missing optional dependency, is skipped unless nothing else matches), then
-    builds the one match with ``options``. Two adapters claiming the suffix is an error.
-    """
-    comps = components or default_components()
-    if modality is not None:
-        return comps.adapters.build(modality, options or None)
-    suffix = Path(path).suffix.lower()
-    matches: list[str] = []
-    known: list[str] = []
-    failures: dict[str, str] = {}
-    for entry in comps.adapters.entries():
-        try:
-            extensions = tuple(comps.adapters.build(entry.name).extensions)
-        except Exception as exc:  # noqa: BLE001 - an unusable plugin must not block the others
-            failures[entry.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        known.append(f"{entry.name} ({' '.join(extensions)})")
-        if suffix in extensions:
-            matches.append(entry.name)
-    if len(matches) > 1:
-        raise InputError(
-            f"several adapters read {suffix} files ({', '.join(matches)}); choose one with --modality"
-        )
-    if not matches:
-        broken = "".join(f"; adapter {n} could not be built ({why})" for n, why in failures.items())
-        raise InputError(
-            f"no adapter reads {suffix or 'files without a suffix'!s} files ({path});"
-            f" adapters and their suffixes: {', '.join(known) or 'none'}{broken}."
-            " Use --modality to choose one."
-        )
-    return comps.adapters.build(matches[0], options or None)
-
-
-def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
-    """Give ``adapter`` the model it will work with, when it declares ``bind``."""
-    if has_capability(adapter, "bind"):
-        adapter.bind(model)
-    return adapter
 
 
 def open_sample(adapter: ModalityAdapter, path: str | os.PathLike[str]) -> Any:
@@ -135,46 +91,6 @@ def encode_sample(
 def _json_number(value: float) -> float | str:
     """JSON has no infinities (a perfect reconstruction has PSNR inf): write them as strings."""
     return value if math.isfinite(value) else str(value)
-
-
-@dataclass
-class Reconstruction:
-    """One input run through encode and decode."""
-
-    source: Path
-    reference: torch.Tensor
-    reconstruction: torch.Tensor
-    tokens: int
-    metrics: dict[str, float]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def reconstruct_sample(
-    model: Tokenizer,
-    adapter: ModalityAdapter,
-    sample: torch.Tensor,
-    source: Path | str = "<tensor>",
-) -> Reconstruction:
-    """Tokenize, encode, decode and compare one sample (no files written)."""
-    bind_adapter(adapter, model)
-    t0 = time.perf_counter()
-    tokens = adapter.to_tokens(sample)
-    t1 = time.perf_counter()
-    with torch.inference_mode():
-        latents = model.encode([tokens])
-        t2 = time.perf_counter()
-        decoded = model.decode(latents)
-        t3 = time.perf_counter()
-    rec = adapter.from_tokens(decoded.split()[0].replace(feats=decoded.feats.float().cpu()))
-    reference = adapter.target(sample, tokens.meta)
-    return Reconstruction(
-        source=Path(source),
-        reference=reference,
-        reconstruction=rec,
-        tokens=len(tokens),
-        metrics=adapter.metrics(reference, rec),
-        timings={"tokenize_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2},
-    )
 
 
 def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:

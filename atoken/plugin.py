@@ -58,6 +58,11 @@ Metrics:
     `shared_lpips` (``(function, None)`` or ``(None, reason)``; the VGG trunk is found offline,
     never downloaded).
 
+Running a model (in memory, no files): `adapter_for(path)` (the registered adapter that reads a
+file, or the one named), `reconstruct_sample(model, adapter, sample)` -> `Reconstruction`
+(reference, reconstruction, tokens, the adapter's metrics, timings); `progress_bar(enabled)` (a
+transient bar on a terminal's stderr, else a null context).
+
 Converting official checkpoints (loaded on first use): `read_official_state`.
 
 Example::
@@ -109,7 +114,9 @@ from atoken.core.patching import (
     unpatchify,
 )
 from atoken.core.plugins import Components, PluginError, default_components
+from atoken.core.progress import progress_bar
 from atoken.core.quantizer import Quantizer, QuantizerOutput
+from atoken.core.reconstruct import Reconstruction, adapter_for, reconstruct_sample
 from atoken.core.registry import (
     BoundRegistry,
     DuplicateComponentError,
@@ -184,12 +191,14 @@ __all__ = [
     "QuantizerOutput",
     "UNDERSTANDING_OBJECTIVES",
     "RMSNorm",
+    "Reconstruction",
     "Registry",
     "ResourceError",
     "SparseTokens",
     "Strict",
     "TaskSpec",
     "UnknownComponentError",
+    "adapter_for",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -215,10 +224,12 @@ __all__ = [
     "parse_options",
     "patchify",
     "per_frame_metrics",
+    "progress_bar",
     "psnr",
     "read_json",
     "read_metadata",
     "read_official_state",
+    "reconstruct_sample",
     "resize_target",
     "resize_target_within_budget",
     "save_tensors",

@@ -20,7 +20,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from torch import Tensor
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
+from atoken.core.progress import progress_bar
 from atoken.core.serialization import CheckpointError, load_tensors, read_metadata, save_tensors
 from atoken.core.tokenizer import Tokenizer
 from atoken.core.tokens import PatchTokens, collate
@@ -159,34 +159,6 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iter
             yield pending.popleft().result()
 
 
-def progress_bar(enabled: bool):
-    """A transient rich progress bar on stderr (a terminal), or a null context yielding None."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    return progress
-
-
 class FileReader:
     """Reads a file into the tokens to embed, choosing (and caching) the adapter by suffix.
 
@@ -202,7 +174,7 @@ class FileReader:
         components: Components | None = None,
         video_pooling: VideoPooling = "frames",
     ) -> None:
-        from atoken.pipeline import adapter_for
+        from atoken.core.reconstruct import adapter_for
 
         if video_pooling not in VIDEO_POOLINGS:
             raise InputError(

@@ -84,7 +84,7 @@ def compare_on_held_out(
         lpips: include LPIPS when its weights exist.
         split: what ``images`` are, for the protocol line.
     """
-    from atoken.pipeline import reconstruct_sample
+    from atoken.core.reconstruct import reconstruct_sample
 
     comps = components or default_components()
     adapter = comps.adapters.build("image", {"max_res": max_res, "lpips": lpips})

@@ -176,8 +176,8 @@ def reconstruction_metrics(
         CheckpointError: the I3D file named (``i3d`` or ``$ATOKEN_I3D``) is missing or is not
             usable safetensors/TorchScript (checked before any file is evaluated).
     """
-    from atoken.eval.embedding import progress_bar
-    from atoken.pipeline import reconstruct_sample
+    from atoken.core.progress import progress_bar
+    from atoken.core.reconstruct import reconstruct_sample
 
     root = Path(root)
     comps = components or default_components()

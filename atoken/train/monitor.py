@@ -173,8 +173,8 @@ class Monitor:
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, Any]:
         """Held-out metrics of ``model`` (means and per image) and the picture pairs."""
+        from atoken.core.reconstruct import reconstruct_sample
         from atoken.eval.metrics import METRIC_CONVENTION
-        from atoken.pipeline import reconstruct_sample
 
         spec = self.trainer.config.eval
         adapter = self.trainer.components.adapters.build(

@@ -19,8 +19,7 @@ import pytest
 import torch
 from atoken import build_tokenizer
 from atoken.cli import cli
-from atoken.pipeline import adapter_for
-from atoken.plugin import InputError, OptionsError
+from atoken.plugin import InputError, OptionsError, adapter_for
 from click.testing import CliRunner
 from PIL import Image
 

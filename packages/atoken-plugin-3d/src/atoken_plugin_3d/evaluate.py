@@ -3,7 +3,7 @@
 Every mesh file (``.obj .ply .glb .gltf .stl .off``) and every NeRF-synthetic folder (holding
 ``transforms.json`` or ``transforms_train.json``) under a directory tree is loaded by the
 ``mesh3d`` adapter, tokenized, encoded, decoded to Gaussians and rendered at its held-out views
-(`atoken.pipeline.reconstruct_sample`), one asset at a time. Voxel files have no reference views
+(`atoken.plugin.reconstruct_sample`), one asset at a time. Voxel files have no reference views
 and are not evaluated. Unreadable assets are listed under ``skipped``.
 
 ``atoken eval --task reconstruction`` covers images and videos only; until it hands other
@@ -75,8 +75,7 @@ def reconstruction_metrics_3d(
         JSON-ready dict: ``task``, ``assets``, the means ``psnr`` / ``ssim`` (/ ``lpips``),
         ``skipped`` (one line per unreadable asset) and ``per_asset`` rows.
     """
-    from atoken.eval.embedding import progress_bar
-    from atoken.pipeline import reconstruct_sample
+    from atoken.plugin import progress_bar, reconstruct_sample
 
     comps = components or default_components()
     adapter = comps.adapters.build("mesh3d", options or None)
