@@ -89,16 +89,14 @@ from atoken.core.attention import AttentionBackend, varlen_attention
 from atoken.core.budgets import human_bytes, max_model_bytes, max_pixels, max_tokens
 from atoken.core.config import ConfigError, Strict, format_validation_error
 from atoken.core.errors import AtokenError, InputError, ResourceError, describe_os_error
+from atoken.core.frame_metrics import FrameMetrics, frame_quality, per_frame_metrics
 from atoken.core.layers import Mlp, MultiHeadRMSNorm, RMSNorm
 from atoken.core.metrics import (
     METRIC_CONVENTION,
-    FrameMetrics,
-    frame_quality,
     image_lpips,
     image_quality,
     load_lpips,
     lpips_input,
-    per_frame_metrics,
     psnr,
     shared_lpips,
     ssim,

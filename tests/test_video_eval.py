@@ -19,13 +19,13 @@ from PIL import Image
 
 from atoken import CheckpointError, InputError
 from atoken.cli import cli
-from atoken.core.metrics import (
+from atoken.core.frame_metrics import (
     FrameMetrics,
     VideoMetricsSummary,
     json_safe,
-    load_lpips,
     per_frame_metrics,
 )
+from atoken.core.metrics import load_lpips
 from atoken.eval import understanding as und
 from atoken.eval.clip_tokens import FrameTokens
 from atoken.eval.fvd import FeatureStats, FVDAccumulator, clip_windows, frechet_distance

@@ -317,7 +317,7 @@ def eval_cmd(task, model, data, output, **options) -> None:
     and video frames. Files of plugin modalities (e.g. meshes with atoken-plugin-3d: PSNR/SSIM/
     LPIPS over held-out views) are evaluated by their adapter and summarised per modality.
     """
-    from atoken.core.metrics import json_safe
+    from atoken.core.frame_metrics import json_safe
     from atoken.core.serialization import atomic_write_json
 
     if task in _HEAD_TASKS:

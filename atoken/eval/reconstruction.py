@@ -7,7 +7,7 @@ clip, its reconstruction and its per-frame values:
 * **images** are centre-cropped to multiples of 16 by the image adapter (optionally downscaled
   to ``max_res``), encoded, decoded and compared with the cropped input (PSNR, SSIM, LPIPS).
 * **clips** go through the video adapter and the model's temporal tiling; every frame is
-  compared (`atoken.core.metrics`: per-frame PSNR/SSIM/LPIPS, summarised per clip and
+  compared (`atoken.core.frame_metrics`: per-frame PSNR/SSIM/LPIPS, summarised per clip and
   over the folder) and the clip's 16-frame windows feed rFVD (`atoken.eval.fvd`) when I3D
   weights are found locally (`atoken.eval.i3d`); otherwise rFVD is reported as unavailable
   with the reason and where the weights may go.
@@ -31,12 +31,8 @@ from typing import Any
 import torch
 
 from atoken.core.errors import InputError
-from atoken.core.metrics import (
-    LPIPSFn,
-    VideoMetricsSummary,
-    load_lpips,
-    per_frame_metrics,
-)
+from atoken.core.frame_metrics import VideoMetricsSummary, per_frame_metrics
+from atoken.core.metrics import LPIPSFn, load_lpips
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer

@@ -38,7 +38,8 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from atoken.core.errors import InputError
-from atoken.core.metrics import METRIC_CONVENTION, per_frame_metrics
+from atoken.core.frame_metrics import per_frame_metrics
+from atoken.core.metrics import METRIC_CONVENTION
 from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
 from atoken.plugins.video.io import DEFAULT_FPS, from_tchw, side_by_side
@@ -191,7 +192,7 @@ class VideoAdapter:
         """Per-frame PSNR and SSIM summarised over frames, and the frame count.
 
         Keys: ``psnr``, ``psnr_min_frame``, ``psnr_p05``, ``psnr_median``, the same for
-        ``ssim``, and ``frames`` (see `atoken.core.metrics.per_frame_metrics`; no LPIPS,
+        ``ssim``, and ``frames`` (see `atoken.core.frame_metrics.per_frame_metrics`; no LPIPS,
         which needs its network: `atoken eval` adds it).
         """
         if not isinstance(reference, Tensor) or not isinstance(reconstruction, Tensor):

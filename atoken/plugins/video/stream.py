@@ -13,7 +13,7 @@ SSIM and of the side-by-side canvas at large frame sizes. Files are committed on
 whole clip has been written (``os.replace`` at the end); on any error they are discarded.
 
 References: AToken (arXiv 2509.14476) temporal tiling with a decoder KV cache (tiles decoded in
-order); per-frame video metrics as in `atoken.core.metrics`.
+order); per-frame video metrics as in `atoken.core.frame_metrics`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.core.metrics import FrameMetrics, per_frame_metrics
+from atoken.core.frame_metrics import FrameMetrics, per_frame_metrics
 from atoken.core.patching import unpatchify
 from atoken.plugins.video.io import side_by_side
 from atoken.plugins.video.reader import VideoFile
