@@ -24,7 +24,7 @@ from torch import Tensor
 
 from atoken import ModelConfig, TemporalConfig, TransformerConfig
 from atoken.convert.official import temporal_from_official
-from atoken.plugins.video.adapter import PATCH as VIDEO_PATCH
+from atoken.core.geometry import DEFAULT_PATCH as VIDEO_PATCH
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
 
 FIXTURES = Path(

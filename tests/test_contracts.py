@@ -15,7 +15,7 @@ import torch
 import atoken
 from atoken import InputError
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
-from atoken.testing import AdapterContract
+from atoken.testing import AdapterContextContract, AdapterContract
 from atoken.testing.capabilities import CAPABILITY_CONTRACTS, declaring
 from atoken.testing.kinds import (
     AttentionBackendContract,
@@ -49,8 +49,15 @@ class TestEveryAdapter(AdapterContract):
         self.adapter_name = name
 
 
+@pytest.mark.parametrize("name", TENSOR_ADAPTERS)
+class TestEveryAdapterServesItsModelsGeometry(AdapterContextContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, name):
+        self.adapter_name = name
+
+
 def test_the_builtins_exercise_the_capability_contracts() -> None:
-    # the built-ins exercise these; sample_assets and bind come from atoken-plugin-3d
+    # the built-ins exercise these; sample_assets comes from atoken-plugin-3d
     assert {c for c, _ in DECLARED} >= {
         "example",
         "to_token_chunks",

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from atoken import InputError, TemporalConfig
 from atoken.cli import cli
 from atoken.convert.official import ConversionError, temporal_from_official
+from atoken.core.geometry import DEFAULT_PATCH as PATCH
 from atoken.core.patching import patchify
-from atoken.plugins.video.adapter import PATCH, VideoAdapter, VideoOptions
+from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
 
 av = pytest.importorskip("av")
 from atoken.plugins.video.reader import read_video  # noqa: E402  (needs PyAV)

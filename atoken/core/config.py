@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from atoken.core.errors import AtokenError
+from atoken.core.geometry import DEFAULT_CHANNELS, DEFAULT_PATCH, TokenGeometry
 
 
 class ConfigError(AtokenError, ValueError):
@@ -121,7 +122,8 @@ class ModelConfig(Strict):
 
     Attributes:
         preset: name of the preset this config came from (informational).
-        patch_size: (frames, rows, cols) of one space-time patch.
+        patch_size: (frames, rows, cols) of one space-time patch (with ``channels``: the
+            token `geometry` adapters are built for).
         channels: colour channels per pixel.
         latent_channels: latent width Cz (the projection emits 2 x Cz: means, log-variances).
         pos_grid: side of the learned position table.
@@ -137,8 +139,8 @@ class ModelConfig(Strict):
     """
 
     preset: str | None = None
-    patch_size: tuple[_PatchSide, _PatchSide, _PatchSide] = (4, 16, 16)
-    channels: Annotated[int, Field(gt=0, le=64)] = 3
+    patch_size: tuple[_PatchSide, _PatchSide, _PatchSide] = DEFAULT_PATCH
+    channels: Annotated[int, Field(gt=0, le=64)] = DEFAULT_CHANNELS
     latent_channels: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 48
     pos_grid: Annotated[int, Field(gt=0, le=1024)] = 16
     rope_theta: float = 10000.0
@@ -155,6 +157,11 @@ class ModelConfig(Strict):
     def patch_dim(self) -> int:
         """Values per patch (4 x 16 x 16 x 3 = 3072)."""
         return math.prod(self.patch_size) * self.channels
+
+    @property
+    def geometry(self) -> TokenGeometry:
+        """The token geometry this model reads and writes (what adapter factories receive)."""
+        return TokenGeometry(patch=tuple(self.patch_size), channels=self.channels)
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with nested ``overrides`` merged in, re-validated."""

@@ -116,13 +116,14 @@ def crop_box(
     h: int,
     w: int,
     *,
-    multiple: int = 16,
+    multiple: int | tuple[int, int] = 16,
     train: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the largest crop with sides multiple of ``multiple``:
-    centred at eval, uniformly random in training."""
-    ch, cw = h - h % multiple, w - w % multiple
+    """``(top, left, height, width)`` of the largest crop with sides multiple of ``multiple``
+    (one side for both, or ``(rows, cols)``): centred at eval, uniformly random in training."""
+    mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
+    ch, cw = h - h % mh, w - w % mw
     if train:
         top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.capabilities import (
     CAPABILITIES,
     CapabilityError,
@@ -91,9 +92,9 @@ class Entry(Generic[T]):
         the factory is called once with default options to find out.
         """
         if not self._capabilities and self.kind == "adapter":
-            opts = self.validate_options(None)
-            built = self.obj(opts) if self.options_model is not None else self.obj()
-            self.record_capabilities(built)
+            self.record_capabilities(
+                self.obj(self.validate_options(None), context=AdapterContext())
+            )
         return self._capabilities[0] if self._capabilities else frozenset()
 
     def has(self, capability: str) -> bool:
@@ -224,18 +225,32 @@ class Registry(Generic[T]):
         """Validate ``options`` with the entry's model, then call its factory.
 
         The factory receives the validated options model (or nothing if it takes none) followed by
-        ``context`` keywords (e.g. ``latent_channels=48``).
+        ``context`` keywords (e.g. ``latent_channels=48``). An adapter factory is always called as
+        ``factory(options, context=AdapterContext)`` (options None when it registered no model):
+        ``context=`` is the model's (`atoken.core.reconstruct.adapter_for` builds it), default
+        `AdapterContext()` (the default model config's geometry, the CPU, no companions).
         """
         entry = self.get(name)
         opts = entry.validate_options(options)
         if not callable(entry.obj):
             raise TypeError(f"{self.kind} '{name}' ({entry.provider}) is not a factory")
-        built = (
-            entry.obj(opts, **context) if entry.options_model is not None else entry.obj(**context)
-        )
         if self.kind == "adapter":
+            ctx = context.pop("context", None)
+            if context:
+                raise TypeError(
+                    f"adapter '{name}' is built with options and context= only, got"
+                    f" {', '.join(sorted(context))}"
+                )
+            if ctx is None:
+                ctx = AdapterContext()
+            elif not isinstance(ctx, AdapterContext):
+                raise TypeError(f"context must be an AdapterContext, got {type(ctx).__name__}")
+            built = entry.obj(opts, context=ctx)
             entry.record_capabilities(built)  # a lazy factory's declaration, verified on first use
-        return built
+            return built
+        if entry.options_model is not None:
+            return entry.obj(opts, **context)
+        return entry.obj(**context)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -11,7 +11,8 @@ atoken latent:
   patch) and upscale back.
 
 Images are ``[H, W, 3]`` in [-1, 1] with sides that are multiples of 16 (the crop the image
-adapter takes); outputs have the same shape.
+adapter takes); outputs have the same shape. The patch is one frame of the model's token geometry
+(`atoken.core.geometry.TokenGeometry`, default AToken's 16 x 16 x 3); the sizes above are its.
 
 References: Pearson (1901) / Hotelling (1933) for PCA; TRAINING_NOTES.md for the baselines'
 role (PCA-48 ~27 dB, bicubic x4 ~25 dB on held-out photos).
@@ -26,24 +27,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atoken.core.errors import InputError
+from atoken.core.geometry import TokenGeometry
 
-PATCH = 16
 
-
-def _grid(image: Tensor) -> Tensor:
-    """``[H, W, 3]`` -> patches ``[H/16 * W/16, 768]`` (row-in-patch, col-in-patch, channel)."""
+def _grid(image: Tensor, g: TokenGeometry) -> Tensor:
+    """``[H, W, C]`` -> patches ``[H/16 * W/16, 768]`` (row-in-patch, col-in-patch, channel)."""
     h, w, c = image.shape
-    if h % PATCH or w % PATCH or c != 3:
+    pr, pc = g.rows, g.cols
+    if h % pr or w % pc or c != g.channels:
         raise InputError(
-            f"baseline: expected [H, W, 3] with sides multiples of 16, got {[h, w, c]}"
+            f"baseline: expected [H, W, {g.channels}] with sides multiples of {pr}x{pc}, got"
+            f" {[h, w, c]}"
         )
-    x = image.reshape(h // PATCH, PATCH, w // PATCH, PATCH, c).permute(0, 2, 1, 3, 4)
-    return x.reshape(-1, PATCH * PATCH * c)
+    x = image.reshape(h // pr, pr, w // pc, pc, c).permute(0, 2, 1, 3, 4)
+    return x.reshape(-1, g.frame_dim)
 
 
-def _ungrid(rows: Tensor, h: int, w: int) -> Tensor:
-    x = rows.reshape(h // PATCH, w // PATCH, PATCH, PATCH, 3).permute(0, 2, 1, 3, 4)
-    return x.reshape(h, w, 3)
+def _ungrid(rows: Tensor, h: int, w: int, g: TokenGeometry) -> Tensor:
+    pr, pc, c = g.rows, g.cols, g.channels
+    x = rows.reshape(h // pr, w // pc, pr, pc, c).permute(0, 2, 1, 3, 4)
+    return x.reshape(h, w, c)
 
 
 class PatchPCA:
@@ -52,10 +55,14 @@ class PatchPCA:
     Args:
         images: training images ``[H, W, 3]`` in [-1, 1] (sides multiples of 16).
         k: components kept (48: atoken's latent width).
+        geometry: the token geometry whose one-frame patches are coded (default: AToken's).
     """
 
-    def __init__(self, images: Iterable[Tensor], k: int = 48) -> None:
-        rows = torch.cat([_grid(img.float()) for img in images]).double()  # [M, 768]
+    def __init__(
+        self, images: Iterable[Tensor], k: int = 48, geometry: TokenGeometry | None = None
+    ) -> None:
+        self.geometry = g = geometry or TokenGeometry()
+        rows = torch.cat([_grid(img.float(), g) for img in images]).double()  # [M, 768]
         if rows.shape[0] <= k:
             raise InputError(f"PatchPCA: {k} components need more than {k} patches")
         self.mean = rows.mean(0)
@@ -69,9 +76,9 @@ class PatchPCA:
     def __call__(self, image: Tensor) -> Tensor:
         """Encode and decode ``image`` through the ``k`` components."""
         h, w, _ = image.shape
-        rows = _grid(image.float()).double() - self.mean
+        rows = _grid(image.float(), self.geometry).double() - self.mean
         out = rows @ self.components @ self.components.T + self.mean
-        return _ungrid(out.float(), h, w)
+        return _ungrid(out.float(), h, w, self.geometry)
 
 
 def bicubic(image: Tensor, factor: int = 4) -> Tensor:

@@ -18,7 +18,7 @@ tower (``bag``) for tests of caption objectives.
 
 from atoken.testing.capabilities import (
     CAPABILITY_CONTRACTS,
-    BindContract,
+    AdapterContextContract,
     ExampleContract,
     MetricConventionContract,
     MetricInfoKeysContract,
@@ -39,12 +39,12 @@ from atoken.testing.text import BagOfWordsPlugin, BagOfWordsText
 
 __all__ = [
     "CAPABILITY_CONTRACTS",
+    "AdapterContextContract",
     "AdapterContract",
     "AdapterUnderTest",
     "AttentionBackendContract",
     "BagOfWordsPlugin",
     "BagOfWordsText",
-    "BindContract",
     "ExampleContract",
     "HeadContract",
     "MetricConventionContract",

@@ -11,13 +11,16 @@ plugin is tested without new test code::
     class TestMyAdapter(AdapterContract, StreamSinkContract):
         adapter_name = "mymodality"
 
+`AdapterContextContract` is not a capability (every adapter factory receives the context of the
+model it serves); it holds every adapter to the token geometry of that context.
+
 References: diffusers' per-feature test mixins; pytest's skip-with-reason idiom.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -164,20 +167,67 @@ class StreamSinkContract(_CapabilityContract):
         assert list(tmp_path.iterdir()) == []
 
 
-class BindContract(_CapabilityContract):
-    """``bind(model)``: takes a tokenizer (twice, harmlessly) and the adapter still tokenizes."""
+class AdapterContextContract(AdapterUnderTest):
+    """The adapter serves the token geometry of the model it is built for (its
+    `AdapterContext`), or refuses that geometry when it is built, with one `InputError` line.
 
-    capability = "bind"
+    Not a capability: every adapter factory receives a context. Built for the default context
+    (no model), tokens are ``token_dim`` of the default model config wide; built for the context
+    of a real tokenizer, they are that model's width and it encodes them; built for another
+    geometry, tokens are that geometry's width, or the build fails (never a later, silent
+    width mismatch).
+    """
 
-    def test_bind_accepts_a_tokenizer(self) -> None:
+    #: a geometry unlike AToken's (2 frames of 8 x 8 RGB patches), for the refusal check
+    other_geometry: ClassVar[tuple[tuple[int, int, int], int]] = ((2, 8, 8), 3)
+
+    def _build(self, context: Any) -> Any:
+        return self.comps().adapters.build(
+            self.adapter_name, self.adapter_options or None, context=context
+        )
+
+    def test_tokens_have_the_width_of_the_default_geometry(self) -> None:
+        from atoken.core.adapter_context import AdapterContext
+        from atoken.core.config import ModelConfig, TransformerConfig
+
+        default = ModelConfig(
+            encoder=TransformerConfig(width=8, depth=1, num_heads=1, mlp_width=8), decoder=None
+        ).geometry
+        assert AdapterContext().geometry == default
+        adapter = self._build(None)
+        sample = self.make_sample(torch.Generator("cpu").manual_seed(6))
+        assert adapter.to_tokens(sample).feats.shape[1] == default.token_dim
+
+    def test_an_adapter_built_for_a_model_feeds_it(self) -> None:
+        from atoken.core.reconstruct import adapter_for
         from atoken.core.tokenizer import build_tokenizer
 
-        adapter = self.capable_adapter("bind")
         model = build_tokenizer(self.model_preset, components=self.comps()).eval()
-        assert adapter.bind(model) is None
-        assert adapter.bind(model) is None
-        sample = self.make_sample(torch.Generator("cpu").manual_seed(4))
-        assert len(adapter.to_tokens(sample)) > 0
+        adapter = adapter_for(
+            "", self.adapter_name, self.adapter_options or None, self.comps(), model=model
+        )
+        sample = self.make_sample(torch.Generator("cpu").manual_seed(7))
+        tokens = adapter.to_tokens(sample)
+        assert tokens.feats.shape[1] == model.config.geometry.token_dim
+        with torch.inference_mode():
+            latents = model.encode([tokens])
+        assert latents.codes.shape[0] == len(tokens)
+
+    def test_another_geometry_is_served_or_refused_at_build(self) -> None:
+        from atoken.core.adapter_context import AdapterContext
+        from atoken.core.errors import InputError
+        from atoken.core.geometry import TokenGeometry
+
+        patch, channels = self.other_geometry
+        geometry = TokenGeometry(patch=patch, channels=channels)
+        try:
+            adapter = self._build(AdapterContext(geometry=geometry))
+        except InputError as exc:  # refused at build: one line naming the model's geometry
+            message = str(exc)
+            assert "\n" not in message and geometry.describe() in message, message
+        else:  # served: tokens of that geometry's width
+            sample = self.make_sample(torch.Generator("cpu").manual_seed(8))
+            assert adapter.to_tokens(sample).feats.shape[1] == geometry.token_dim
 
 
 class SampleAssetsContract(_CapabilityContract):
@@ -226,7 +276,6 @@ CAPABILITY_CONTRACTS: dict[str, type[_CapabilityContract]] = {
         TokenChunksContract,
         OpenContract,
         StreamSinkContract,
-        BindContract,
         SampleAssetsContract,
         MetricConventionContract,
         MetricInfoKeysContract,

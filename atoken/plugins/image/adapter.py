@@ -1,9 +1,12 @@
-"""The image adapter: an RGB image becomes one frame of 4 x 16 x 16 space-time patches.
+"""The image adapter: an RGB image becomes one frame of the model's space-time patches.
 
-Images keep their native aspect ratio. Sides are cropped to multiples of 16 (centred at eval,
-random in training) and resized only when a side leaves ``[min_res, max_res]``; the crop and
-resize are recorded in the tokens' meta so outputs map back to input pixels. The frame is
-zero-padded to 4 frames (pixel 0 after mapping to [-1, 1]); decoding keeps frame 0.
+The patch comes from the model's token geometry (`atoken.core.geometry.TokenGeometry`, AToken:
+4 x 16 x 16 x 3), handed to the adapter in its `AdapterContext`; the adapter serves any patch
+of 3 channels. Images keep their native aspect ratio. Sides are cropped to multiples of the
+patch side (centred at eval, random in training) and resized only when a side leaves
+``[min_res, max_res]``; the crop and resize are recorded in the tokens' meta so outputs map back
+to input pixels. The frame is zero-padded to the patch's frames (pixel 0 after mapping to
+[-1, 1]); decoding keeps frame 0.
 
 References: AToken (arXiv 2509.14476) image tokenization; the release's preprocessing.
 """
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 #: reasons LPIPS was unavailable that were already logged (once each)
 _LPIPS_REPORTED: set[str | None] = set()
 
-PATCH = (4, 16, 16)
+#: colour channels of an image (the geometry's channels must match)
 CHANNELS = 3
 
 
@@ -72,8 +76,13 @@ class ImageAdapter:
     metric_convention = METRIC_CONVENTION
     metric_lower_is_better = ("lpips",)
 
-    def __init__(self, options: ImageOptions | None = None) -> None:
+    def __init__(
+        self, options: ImageOptions | None = None, context: AdapterContext | None = None
+    ) -> None:
         self.options = options or ImageOptions()
+        self.context = context or AdapterContext()
+        #: the model's token geometry (RGB patches of any size)
+        self.geometry = self.context.geometry.require(self.name, channels=CHANNELS)
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Tensor:
@@ -115,8 +124,11 @@ class ImageAdapter:
         if not sample.dtype.is_floating_point:
             raise InputError(f"image must be a float tensor in [-1, 1], got {sample.dtype}")
         h, w = sample.shape[:2]
-        if h < 16 or w < 16:
-            raise InputError(f"image is {h}x{w} pixels; atoken needs at least 16x16 (one patch)")
+        g = self.geometry
+        if h < g.rows or w < g.cols:
+            raise InputError(
+                f"image is {h}x{w} pixels; atoken needs at least {g.rows}x{g.cols} (one patch)"
+            )
         if not all_finite(sample):
             raise InputError("image contains NaN or Inf values")
 
@@ -125,7 +137,8 @@ class ImageAdapter:
         return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "image")
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
-        return crop_box(h, w, multiple=16, train=train, generator=generator)
+        g = self.geometry
+        return crop_box(h, w, multiple=(g.rows, g.cols), train=train, generator=generator)
 
     def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
         """Apply the resize and crop recorded in ``meta``; ``[h, w, 3]``."""
@@ -147,7 +160,7 @@ class ImageAdapter:
         return x[top : top + ch, left : left + cw]
 
     def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
-        """``[H, W, 3]`` -> tokens ``[rows*cols, 3072]`` at ``(0, row, col, 0)``."""
+        """``[H, W, 3]`` -> tokens ``[rows*cols, token_dim]`` at ``(0, row, col, 0)``."""
         self._check(sample)
         h, w = sample.shape[:2]
         resize = self._resize_target(h, w)
@@ -161,16 +174,18 @@ class ImageAdapter:
             "valid_frames": 1,  # frames 1..3 of every patch are zero padding
         }
         img = self.prepare(sample, meta)  # [ch, cw, 3]
-        frames = img.new_zeros(PATCH[0], *img.shape)  # [4, ch, cw, 3]; frames 1..3 stay 0
+        patch = self.geometry.patch
+        frames = img.new_zeros(patch[0], *img.shape)  # [4, ch, cw, 3]; frames 1..3 stay 0
         frames[0] = img
-        feats, coords = patchify(frames, PATCH)  # [n, 3072], [n, 4]
+        feats, coords = patchify(frames, patch)  # [n, 3072], [n, 4]
         return PatchTokens(feats, coords, self.name, meta)
 
     def from_tokens(self, tokens: PatchTokens) -> Tensor:
         """Tokens -> ``[h, w, 3]`` (frame 0 of the decoded 4-frame patches)."""
         _, _, ch, cw = tokens.meta["crop"]
+        g = self.geometry
         frames = unpatchify(
-            tokens.feats, tokens.coords, PATCH, (1, ch // 16, cw // 16), CHANNELS
+            tokens.feats, tokens.coords, g.patch, (1, ch // g.rows, cw // g.cols), CHANNELS
         )  # [4, ch, cw, 3]
         return frames[0]
 

@@ -1,6 +1,8 @@
-"""The video adapter: an RGB clip becomes a grid of 4 x 16 x 16 space-time patches.
+"""The video adapter: an RGB clip becomes a grid of the model's space-time patches.
 
-Clips keep their native aspect ratio. Sides are cropped to multiples of 16 (centred at eval,
+The patch comes from the model's token geometry (`atoken.core.geometry.TokenGeometry`, AToken:
+4 x 16 x 16 x 3; the sizes below are AToken's), handed to the adapter in its `AdapterContext`;
+any patch of 3 channels is served. Clips keep their native aspect ratio. Sides are cropped to multiples of 16 (centred at eval,
 random in training, one box for all frames) and resized only when a side leaves
 ``[min_res, max_res]``. The frame count is padded up to a multiple of 4 by repeating the last
 frame: a padded patch then holds a still continuation of the clip rather than a cut to black, so
@@ -37,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.frame_metrics import per_frame_metrics
 from atoken.core.metrics import METRIC_CONVENTION
@@ -47,7 +50,7 @@ from atoken.plugins.video.reader import MAX_FRAMES, VIDEO_EXTENSIONS, VideoFile,
 from atoken.plugins.video.stream import Progress, VideoSink
 from atoken.plugins.video.writer import write_mp4
 
-PATCH = (4, 16, 16)
+#: colour channels of a clip (the geometry's channels must match)
 CHANNELS = 3
 
 
@@ -119,8 +122,13 @@ class VideoAdapter:
     #: H.264 is lossy: the contract checks a save -> load round trip by mean error in [-1, 1]
     save_tolerance = 0.05
 
-    def __init__(self, options: VideoOptions | None = None) -> None:
+    def __init__(
+        self, options: VideoOptions | None = None, context: AdapterContext | None = None
+    ) -> None:
         self.options = options or VideoOptions()
+        self.context = context or AdapterContext()
+        #: the model's token geometry (RGB patches of any size)
+        self.geometry = self.context.geometry.require(self.name, channels=CHANNELS)
         self.fps: float | None = None  # last rate loaded or decoded (fallback for save)
         self._rates: WeakIdKeyDictionary = WeakIdKeyDictionary()  # clip tensor -> fps
 
@@ -270,34 +278,39 @@ class VideoAdapter:
         t, h, w = sample.shape[:3]
         if t == 0:
             raise InputError("video has no frames (T = 0)")
-        if h < 16 or w < 16:
-            raise InputError(f"video is {h}x{w} pixels; atoken needs at least 16x16 (one patch)")
-        if -(-t // PATCH[0]) > COORD_LIMIT:
+        g = self.geometry
+        if h < g.rows or w < g.cols:
             raise InputError(
-                f"video has {t} frames; atoken positions allow at most {COORD_LIMIT * PATCH[0]}"
+                f"video is {h}x{w} pixels; atoken needs at least {g.rows}x{g.cols} (one patch)"
+            )
+        if -(-t // g.frames) > COORD_LIMIT:
+            raise InputError(
+                f"video has {t} frames; atoken positions allow at most {COORD_LIMIT * g.frames}"
                 " (cut the clip)"
             )
-        if self.options.frame_mode == "release" and t < PATCH[0]:
+        if self.options.frame_mode == "release" and t < g.frames:
             raise InputError(
-                f"video has {t} frames; frame_mode='release' cuts T to a multiple of {PATCH[0]}"
-                f" and needs at least {PATCH[0]} (use frame_mode='pad' to keep short clips)"
+                f"video has {t} frames; frame_mode='release' cuts T to a multiple of {g.frames}"
+                f" and needs at least {g.frames} (use frame_mode='pad' to keep short clips)"
             )
         if not lazy and not all_finite(sample):  # a file's 8-bit frames are always finite
             raise InputError("video contains NaN or Inf values")
 
     def _frame_meta(self, t: int) -> dict[str, Any]:
+        nf = self.geometry.frames
         """``frames`` / ``pad`` (/ ``dropped``) of a ``t``-frame clip under ``frame_mode``."""
         if self.options.frame_mode == "release":
-            kept = t - t % PATCH[0]
+            kept = t - t % nf
             return {"frames": kept, "pad": 0, "dropped": t - kept, "frame_mode": "release"}
-        return {"frames": t, "pad": -t % PATCH[0]}
+        return {"frames": t, "pad": -t % nf}
 
     def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
         o = self.options  # an upscale (min_res) is checked against the budget before it is made
         return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "frame")
 
     def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
-        return crop_box(h, w, multiple=16, train=train, generator=generator)
+        g = self.geometry
+        return crop_box(h, w, multiple=(g.rows, g.cols), train=train, generator=generator)
 
     def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
         """Apply the resize and crop recorded in ``meta`` to every frame; ``[T, h, w, 3]``."""
@@ -345,7 +358,7 @@ class VideoAdapter:
         clip = self.prepare(kept.read() if isinstance(kept, VideoFile) else kept, meta)
         if pad:
             clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])  # [T + pad, ch, cw, 3]
-        feats, coords = patchify(clip.contiguous(), PATCH)  # [n, 3072], [n, 4]
+        feats, coords = patchify(clip.contiguous(), self.geometry.patch)  # [n, 3072], [n, 4]
         return PatchTokens(feats, coords, self.name, meta)
 
     def to_token_chunks(self, sample: Tensor | VideoFile, frames: int) -> Iterator[PatchTokens]:
@@ -357,9 +370,10 @@ class VideoAdapter:
         one chunk's patches exist at a time (see `Tokenizer.encode_chunks`). A `VideoFile` is
         decoded in order, one chunk of frames at a time, so its frames never exist all at once.
         """
-        if frames <= 0 or frames % PATCH[0]:
+        nf = self.geometry.frames
+        if frames <= 0 or frames % nf:
             raise InputError(
-                f"chunk length must be a positive multiple of {PATCH[0]} frames, got {frames}"
+                f"chunk length must be a positive multiple of {nf} frames, got {frames}"
             )
         self._check(sample)
         t, h, w = sample.shape[:3]
@@ -386,14 +400,14 @@ class VideoAdapter:
         for f0, piece in zip(range(0, kept, frames), pieces, strict=True):
             clip = self.prepare(piece, meta)
             del piece
-            pad = -clip.shape[0] % PATCH[0]
+            pad = -clip.shape[0] % nf
             if pad:
                 clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1, -1)])
-            feats, coords = patchify(clip.contiguous(), PATCH)
+            feats, coords = patchify(clip.contiguous(), self.geometry.patch)
             del clip
             if raw:
                 feats = feats.float().div_(127.5).sub_(1.0)  # as `read_video` maps levels
-            coords[:, 0] += f0 // PATCH[0]
+            coords[:, 0] += f0 // nf
             yield PatchTokens(feats, coords, self.name, dict(meta))
 
     def from_tokens(self, tokens: PatchTokens) -> Tensor:
@@ -401,9 +415,10 @@ class VideoAdapter:
         meta = tokens.meta
         _, _, ch, cw = meta["crop"]
         t = int(meta["frames"])
-        nt = (t + int(meta.get("pad", -t % PATCH[0]))) // PATCH[0]
+        g = self.geometry
+        nt = (t + int(meta.get("pad", -t % g.frames))) // g.frames
         clip = unpatchify(
-            tokens.feats, tokens.coords, PATCH, (nt, ch // 16, cw // 16), CHANNELS
+            tokens.feats, tokens.coords, g.patch, (nt, ch // g.rows, cw // g.cols), CHANNELS
         )  # [nt*4, ch, cw, 3]
         out = clip[:t]
         self._remember(out, meta.get("fps"))

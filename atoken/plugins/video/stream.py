@@ -27,6 +27,7 @@ from torch import Tensor
 
 from atoken.core.errors import InputError
 from atoken.core.frame_metrics import FrameMetrics, per_frame_metrics
+from atoken.core.geometry import TokenGeometry
 from atoken.core.patching import unpatchify
 from atoken.plugins.video.io import side_by_side
 from atoken.plugins.video.reader import VideoFile
@@ -34,9 +35,6 @@ from atoken.plugins.video.writer import Mp4Writer
 
 if TYPE_CHECKING:
     from atoken.plugins.video.adapter import VideoAdapter
-
-PATCH = (4, 16, 16)
-CHANNELS = 3
 
 #: ``progress(frames_done, frames_total)``, called after each chunk of frames is written
 Progress = Callable[[int, int], None]
@@ -86,13 +84,17 @@ class FrameAssembler:
             writes it.
         coords: ``[N, 4]`` coords of all of the clip's tokens (to know how many rows each
             latent frame has).
+        geometry: the model's token geometry (default: AToken's 4 x 16 x 16 x 3).
     """
 
-    def __init__(self, meta: Mapping[str, Any], coords: Tensor) -> None:
+    def __init__(
+        self, meta: Mapping[str, Any], coords: Tensor, geometry: TokenGeometry | None = None
+    ) -> None:
+        self.geometry = g = geometry or TokenGeometry()
         _, _, ch, cw = meta["crop"]
-        self.grid = (ch // PATCH[1], cw // PATCH[2])
+        self.grid = (ch // g.rows, cw // g.cols)
         self.frames_total = int(meta["frames"])
-        self.latent_frames = -(-self.frames_total // PATCH[0])
+        self.latent_frames = -(-self.frames_total // g.frames)
         t = coords[:, 0].long().cpu()
         if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= self.latent_frames:
             raise InputError(
@@ -106,7 +108,7 @@ class FrameAssembler:
         self._have: dict[int, int] = {}
 
     def add(self, coords: Tensor, feats: Tensor) -> Tensor | None:
-        """Take decoded rows ``coords [n, 4]``, ``feats [n, 3072]``.
+        """Take decoded rows ``coords [n, 4]``, ``feats [n, token_dim]``.
 
         Returns:
             ``[k, h, w, 3]`` float32 CPU frames that are now complete and follow the last ones
@@ -155,7 +157,8 @@ class FrameAssembler:
             f = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
             del parts
             c[:, 0] = 0
-            clip = unpatchify(f, c, PATCH, (1, *self.grid), CHANNELS)  # [4, h, w, 3]
+            g = self.geometry
+            clip = unpatchify(f, c, g.patch, (1, *self.grid), g.channels)  # [4, h, w, 3]
             del c, f
             clip = clip[: self.frames_total - self.frames_done]  # the padding of the last patch
             self.frames_done += clip.shape[0]
@@ -164,7 +167,7 @@ class FrameAssembler:
 
     @property
     def grid_pixels(self) -> tuple[int, int]:
-        return (self.grid[0] * PATCH[1], self.grid[1] * PATCH[2])
+        return (self.grid[0] * self.geometry.rows, self.grid[1] * self.geometry.cols)
 
     @property
     def complete(self) -> bool:
@@ -205,7 +208,7 @@ class VideoSink:
         if comparison is not None and reference is None:
             raise InputError("a side-by-side video needs the reference clip")
         self.adapter, self.meta = adapter, meta
-        self.assembler = FrameAssembler(meta, coords)
+        self.assembler = FrameAssembler(meta, coords, adapter.geometry)
         if reference is not None and reference.shape[0] != self.assembler.frames_total:
             raise InputError(
                 f"reference has {reference.shape[0]} frames, the tokens"

@@ -1,11 +1,13 @@
-"""The ``grayscale`` adapter: a single-channel image becomes one frame of 4 x 16 x 16 x 3 patches.
+"""The ``grayscale`` adapter: a single-channel image becomes one frame of the model's patches.
 
-atoken's model reads 3072-wide patch rows (4 frames x 16 x 16 pixels x 3 channels) at 4D
-coordinates ``(t, x, y, z)``. A gray image ``[H, W]`` in [-1, 1] is centre-cropped to multiples
-of 16 (random crop when ``train=True``), the gray value is replicated to the three colour
-channels of frame 0 and frames 1-3 are zero padding, exactly as the built-in image adapter lays
-out RGB images. Decoding keeps frame 0 and averages its three channels. Everything needed to
-map tokens back (the crop, the options) is recorded in the tokens' ``meta``.
+atoken's model reads patch rows of its token geometry (``context.geometry``, the
+`atoken.plugin.TokenGeometry` the adapter is built with; AToken: 4 frames x 16 x 16 pixels x 3
+channels = 3072 values) at 4D coordinates ``(t, x, y, z)``. A gray image ``[H, W]`` in [-1, 1] is
+centre-cropped to multiples of the patch side (random crop when ``train=True``), the gray value
+is replicated to every colour channel of frame 0 and the other frames are zero padding, exactly
+as the built-in image adapter lays out RGB images. Decoding keeps frame 0 and averages its
+channels. Any geometry is served. Everything needed to map tokens back (the crop, the options)
+is recorded in the tokens' ``meta``.
 
 Files are PGM/PBM/PNM (the Netpbm family, read with Pillow): 8-bit samples ``k`` map to
 ``k / 255 * 2 - 1`` and 16-bit samples to ``k / 65535 * 2 - 1``, so black is -1 and white +1.
@@ -28,12 +30,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from atoken.plugin import InputError, PatchTokens, atomic_write, patchify, psnr, ssim, unpatchify
+from atoken.plugin import (
+    AdapterContext,
+    InputError,
+    PatchTokens,
+    atomic_write,
+    patchify,
+    psnr,
+    ssim,
+    unpatchify,
+)
 from atoken_plugin_grayscale.options import GrayscaleOptions
 from atoken_plugin_grayscale.samples import BUILTIN, make_sample, sample_assets, sample_names
 
-PATCH = (4, 16, 16)  # (frames, rows, cols) of atoken's patches
-CHANNELS = 3  # atoken's patches are RGB; gray is replicated to all three
 EXTENSIONS: tuple[str, ...] = (".pgm", ".pbm", ".pnm")
 _SCALE = {"1": 255.0, "L": 255.0, "I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0}
 
@@ -111,8 +120,12 @@ class GrayscaleAdapter:
     #: verifies the declaration when the adapter is first built
     capabilities = frozenset({"example", "sample_assets"})
 
-    def __init__(self, options: GrayscaleOptions | None = None) -> None:
+    def __init__(
+        self, options: GrayscaleOptions | None = None, context: AdapterContext | None = None
+    ) -> None:
         self.options = options or GrayscaleOptions()
+        #: the model's token geometry: patch sides and the channels gray is replicated to
+        self.geometry = (context or AdapterContext()).geometry
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | os.PathLike[str]) -> Tensor:
@@ -170,16 +183,17 @@ class GrayscaleAdapter:
                 f"grayscale image must be a float tensor in [-1, 1], got {sample.dtype}"
             )
         h, w = sample.shape
-        if h < PATCH[1] or w < PATCH[2]:
+        g = self.geometry
+        if h < g.rows or w < g.cols:
             raise InputError(
-                f"grayscale image is {h}x{w} pixels; atoken needs at least 16x16 (one patch)"
+                f"grayscale image is {h}x{w} pixels; atoken needs at least {g.rows}x{g.cols}"
+                " (one patch)"
             )
         if not torch.isfinite(sample).all():
             raise InputError("grayscale image contains NaN or Inf values")
 
-    @staticmethod
-    def _crop_box(h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
-        ch, cw = h - h % PATCH[1], w - w % PATCH[2]
+    def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
+        ch, cw = h - h % self.geometry.rows, w - w % self.geometry.cols
         if train:
             top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
             left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
@@ -193,7 +207,7 @@ class GrayscaleAdapter:
         return sample[top : top + ch, left : left + cw]
 
     def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
-        """``[H, W]`` -> tokens ``[rows * cols, 3072]`` at ``(0, row, col, 0)``."""
+        """``[H, W]`` -> tokens ``[rows * cols, token_dim]`` at ``(0, row, col, 0)``."""
         self._check(sample)
         h, w = sample.shape
         meta = {
@@ -205,16 +219,20 @@ class GrayscaleAdapter:
             "gamma": self.options.gamma,
         }
         x = _forward_values(self.target(sample, meta), meta)  # [ch, cw]
-        frames = x.new_zeros(PATCH[0], *x.shape, CHANNELS)  # [4, ch, cw, 3]; frames 1..3 stay 0
+        g = self.geometry
+        frames = x.new_zeros(g.frames, *x.shape, g.channels)  # [4, ch, cw, 3]; frames 1.. stay 0
         frames[0] = x[..., None]  # gray -> R = G = B
-        feats, coords = patchify(frames, PATCH)  # [n, 3072], [n, 4] int32
+        feats, coords = patchify(frames, g.patch)  # [n, 3072], [n, 4] int32
         return PatchTokens(feats, coords, self.name, meta)
 
     def from_tokens(self, tokens: PatchTokens) -> Tensor:
-        """Tokens -> ``[h, w]``: frame 0 of the patches, mean of its three channels."""
+        """Tokens -> ``[h, w]``: frame 0 of the patches, mean of its channels."""
         _, _, ch, cw = tokens.meta["crop"]
-        grid = (1, ch // PATCH[1], cw // PATCH[2])
-        frames = unpatchify(tokens.feats, tokens.coords, PATCH, grid, CHANNELS)  # [4, ch, cw, 3]
+        g = self.geometry
+        grid = (1, ch // g.rows, cw // g.cols)
+        frames = unpatchify(
+            tokens.feats, tokens.coords, g.patch, grid, g.channels
+        )  # [4, ch, cw, 3]
         # the mean in float64 is exact for three equal float32 values (float32 mean is not)
         gray = frames[0].double().mean(-1).to(frames.dtype)  # [ch, cw]
         return _inverse_values(gray, tokens.meta)

@@ -15,15 +15,16 @@ from atoken.plugin import TaskSpec
 from atoken_plugin_grayscale.options import GrayscaleOptions
 
 if TYPE_CHECKING:
-    from atoken.plugin import BoundRegistry
+    from atoken.plugin import AdapterContext, BoundRegistry
     from atoken_plugin_grayscale.adapter import GrayscaleAdapter
 
 
-def make_grayscale_adapter(options: GrayscaleOptions) -> GrayscaleAdapter:
-    """Factory atoken calls with the validated options; returns a ``ModalityAdapter``."""
+def make_grayscale_adapter(options: GrayscaleOptions, context: AdapterContext) -> GrayscaleAdapter:
+    """Factory atoken calls with the validated options and the context of the model the adapter
+    serves (its token geometry); returns a ``ModalityAdapter``."""
     from atoken_plugin_grayscale.adapter import GrayscaleAdapter
 
-    return GrayscaleAdapter(options)
+    return GrayscaleAdapter(options, context)
 
 
 @hookimpl
