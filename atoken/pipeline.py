@@ -5,11 +5,12 @@ Outputs are computed completely before anything is written, and every file is wr
 (streamed video files are written to a temporary file while decoding and moved into place at the
 end, so a failure leaves nothing half-written).
 
-Optional adapter extensions (looked up with ``getattr``, so the core protocol stays small):
+Adapters come from `adapter_for` built for the model they serve (``model=``: the model's token
+geometry, device and companion models reach the adapter's factory in its `AdapterContext`).
 
-- ``bind(model)``: called with the tokenizer before the adapter is used with it (an adapter whose
-  output needs a companion network, like 3D's Gaussian decoder, finds it from the model, e.g.
-  ``model.source_dir``, set by ``Tokenizer.from_pretrained``).
+Optional adapter capabilities (declared, `atoken.core.capabilities`; asked with
+``has_capability``, never ``getattr``):
+
 - ``metric_convention``: how ``metrics`` are computed (written into metrics.json as
   ``convention``; images and video: `atoken.eval.metrics.METRIC_CONVENTION`).
 - ``metric_lower_is_better``: names of ``metrics`` keys where lower is better (image: LPIPS);
@@ -45,8 +46,7 @@ from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.reconstruct import (  # adapter_for: the CLI (atoken.cli.model) takes it from here
     Reconstruction,
-    adapter_for,  # noqa: F401
-    bind_adapter,
+    adapter_for,
     reconstruct_sample,
 )
 from atoken.core.serialization import atomic_write_json, outputs_together, save_tensors
@@ -75,10 +75,11 @@ def encode_sample(
     chunked = has_capability(adapter, "to_token_chunks")
     if chunked and tc.tile is not None and tc.encoder_cache == 0:
         # one latent frame: the grid's token count
-        first = next(iter(adapter.to_token_chunks(sample[:4], 4)))
+        nf = model.config.geometry.frames
+        first = next(iter(adapter.to_token_chunks(sample[:nf], nf)))
         per_frame = max(1, len(first))
         tiles = max(1, STREAM_GROUP_TOKENS // (per_frame * tc.tile))
-        frames = tiles * tc.tile * model.config.patch_size[0]
+        frames = tiles * tc.tile * nf
         with torch.inference_mode():
             latents = model.encode_chunks(adapter.to_token_chunks(sample, frames))
         return latents, dict(latents.tokens.meta[0])
@@ -141,8 +142,10 @@ def encode_to_file(
     out: str | os.PathLike[str],
     adapter_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Encode one input file and write a latents safetensors file with what decoding needs."""
-    bind_adapter(adapter, model)
+    """Encode one input file and write a latents safetensors file with what decoding needs.
+
+    ``adapter`` should be built for ``model`` (``adapter_for(..., model=model)``).
+    """
     sample = open_sample(adapter, source)
     latents, sample_meta = encode_sample(model, adapter, sample)
     tensors = {"coords": latents.tokens.coords.cpu()}
@@ -195,7 +198,7 @@ def load_latents(
     latents_file.check_against_model(header, model)
     comps = components or default_components()
     modality = header.metadata["modality"]
-    adapter = comps.adapters.build(modality, header.adapter_options or None)
+    adapter = adapter_for(path, modality, header.adapter_options or None, comps, model=model)
     if whole is None:
         whole = not has_capability(adapter, "stream_sink")
     grid = latents_file.check_layout(header, tuple(model.config.patch_size), streamed=not whole)
@@ -203,7 +206,6 @@ def load_latents(
     coords = tensors["coords"]
     if grid is not None:
         latents_file.check_grid_coords(header, grid, coords)
-    bind_adapter(adapter, model)
     sample_meta = header.sample_meta
     layout_feats = torch.zeros(coords.shape[0], 1)
     layout = collate([PatchTokens(layout_feats, coords, modality, sample_meta)])
@@ -261,12 +263,13 @@ def decode_to_file(
         for chunk in model.decode_stream(latents):
             sink.add(chunk.coords, chunk.feats)
             del chunk
-    return {"streamed": True, "shape": [sink.frames_done, *_frame_shape(meta)]}
+    shape = [sink.frames_done, *_frame_shape(meta, model.config.geometry.channels)]
+    return {"streamed": True, "shape": shape}
 
 
-def _frame_shape(meta: dict[str, Any]) -> list[int]:
+def _frame_shape(meta: dict[str, Any], channels: int) -> list[int]:
     _, _, h, w = meta["crop"]
-    return [h, w, 3]
+    return [h, w, channels]
 
 
 @dataclass
@@ -307,7 +310,6 @@ def reconstruct_to_dir(
         return StreamedReconstruction(
             Path(source), result.tokens, result.metrics, paths, False, result.timings
         )
-    bind_adapter(adapter, model)
     paths = output_paths(adapter, out_dir)
     t0 = time.perf_counter()
     latents, meta = encode_sample(model, adapter, sample)

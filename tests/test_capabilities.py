@@ -40,7 +40,8 @@ def test_a_declared_class_is_verified_and_recorded_at_registration() -> None:
 
     entry = _registry().add("toy", Streams)
     assert entry.capabilities == {"stream_sink", "save_tolerance"}
-    assert entry.has("stream_sink") and not entry.has("bind")
+    assert entry.has("stream_sink") and not entry.has("sample_assets")
+    assert "bind" not in CAPABILITIES  # companions reach adapters in their AdapterContext
     with pytest.raises(CapabilityError, match="no capability named 'stream_snk'"):
         entry.has("stream_snk")
 
@@ -70,10 +71,10 @@ def test_a_typo_in_a_method_name_is_refused_at_registration() -> None:
 
 def test_an_undeclared_capability_is_refused() -> None:
     class Forgot(_Base):
-        def bind(self, model) -> None:
-            pass
+        def sample_assets(self):
+            return []
 
-    with pytest.raises(CapabilityError, match="provides 'bind' without declaring it"):
+    with pytest.raises(CapabilityError, match="provides 'sample_assets' without declaring it"):
         _registry().add("toy", Forgot)
 
 
@@ -93,12 +94,12 @@ def test_a_wrong_signature_or_value_is_refused() -> None:
 
 
 def test_a_lazy_factory_is_verified_on_its_first_build() -> None:
-    def factory():  # no resolvable return annotation: the class is only known once built
+    def factory(options, context):  # no resolvable return annotation: known once built
         class Lazy(_Base):
-            capabilities = frozenset({"bind"})
+            capabilities = frozenset({"sample_assets"})
 
-            def bind(self, model) -> None:
-                pass
+            def sample_assets(self):
+                return []
 
         return Lazy()
 
@@ -106,16 +107,16 @@ def test_a_lazy_factory_is_verified_on_its_first_build() -> None:
     entry = registry.add("toy", factory)
     assert entry._capabilities == []  # nothing built yet
     registry.build("toy")
-    assert entry.capabilities == {"bind"}
+    assert entry.capabilities == {"sample_assets"}
 
-    def broken():
+    def broken(options, context):
         class Bad(_Base):
-            capabilities = frozenset({"bind"})
+            capabilities = frozenset({"sample_assets"})
 
         return Bad()
 
     registry.add("bad", broken)
-    with pytest.raises(CapabilityError, match="declares 'bind' but it has no such member"):
+    with pytest.raises(CapabilityError, match="declares 'sample_assets' but it has no such member"):
         registry.build("bad")
 
 

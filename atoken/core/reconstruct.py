@@ -2,8 +2,10 @@
 
 What evaluation, training's monitor, the CLI (through `atoken.pipeline`) and plugins (through
 `atoken.plugin`) share; nothing here writes a file. `adapter_for` picks the adapter of a path from
-the registry, `reconstruct_sample` runs one sample through encode and decode and returns the
-reference, the reconstruction and the adapter's metrics.
+the registry, built for the model it will serve (its `AdapterContext`: token geometry, device,
+companion models; the one place that context is built), `reconstruct_sample` runs one sample
+through encode and decode and returns the reference, the reconstruction and the adapter's
+metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from atoken.core.capabilities import has_capability
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
@@ -28,16 +30,32 @@ def adapter_for(
     modality: str | None = None,
     options: dict[str, Any] | None = None,
     components: Components | None = None,
+    *,
+    model: Tokenizer | None = None,
 ) -> ModalityAdapter:
     """The adapter named ``modality``, or the one whose ``extensions`` include the file's suffix.
 
     Suffix matching builds each adapter with its default options (an adapter whose factory
     fails, e.g. for a missing optional dependency, is skipped unless nothing else matches), then
     builds the one match with ``options``. Two adapters claiming the suffix is an error.
+
+    Args:
+        path: the input file (its suffix picks the adapter when ``modality`` is None).
+        modality: the adapter's registry name.
+        options: the adapter's options.
+        components: registries; default: the installed plugins.
+        model: the tokenizer the adapter will serve: the adapter is built with its context
+            (`AdapterContext.of`: token geometry, device, companion models). None: the default
+            context (the default model config's geometry, the CPU, no companions).
+
+    Raises:
+        InputError: no adapter or several read the suffix, or the chosen adapter cannot serve
+            the model's token geometry.
     """
     comps = components or default_components()
+    context = AdapterContext.of(model) if model is not None else AdapterContext()
     if modality is not None:
-        return comps.adapters.build(modality, options or None)
+        return comps.adapters.build(modality, options or None, context=context)
     suffix = Path(path).suffix.lower()
     matches: list[str] = []
     known: list[str] = []
@@ -62,14 +80,7 @@ def adapter_for(
             f" adapters and their suffixes: {', '.join(known) or 'none'}{broken}."
             " Use --modality to choose one."
         )
-    return comps.adapters.build(matches[0], options or None)
-
-
-def bind_adapter(adapter: ModalityAdapter, model: Tokenizer) -> ModalityAdapter:
-    """Give ``adapter`` the model it will work with, when it declares ``bind``."""
-    if has_capability(adapter, "bind"):
-        adapter.bind(model)
-    return adapter
+    return comps.adapters.build(matches[0], options or None, context=context)
 
 
 @dataclass
@@ -90,8 +101,11 @@ def reconstruct_sample(
     sample: torch.Tensor,
     source: Path | str = "<tensor>",
 ) -> Reconstruction:
-    """Tokenize, encode, decode and compare one sample (no files written)."""
-    bind_adapter(adapter, model)
+    """Tokenize, encode, decode and compare one sample (no files written).
+
+    ``adapter`` is built for ``model`` (`adapter_for` with ``model=``) when it needs the model's
+    companions or device; any adapter of the model's token geometry works.
+    """
     t0 = time.perf_counter()
     tokens = adapter.to_tokens(sample)
     t1 = time.perf_counter()

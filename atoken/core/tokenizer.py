@@ -3,8 +3,9 @@
 ``encode`` turns packed patch tokens into `Latents` (continuous samples / means or FSQ codes with
 indices); ``decode`` turns latents back into patch values; ``embed`` gives one semantic vector per
 sample. `build_tokenizer` is the single factory behind every preset; ``save_pretrained`` /
-``from_pretrained`` use ``config.json`` + ``model.safetensors`` (the model directory's format,
-its checks and `load_tokenizer` live in `atoken.core.model_dir`).
+``from_pretrained`` come from the pretrained-directory mixin (`atoken.core.pretrained`:
+``config.json`` + ``model.safetensors`` + optional model card and companion folders); the
+tokenizer's document format and `load_tokenizer` live in `atoken.core.model_dir`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,35 +26,11 @@ from atoken.core.attention import AttentionBackend, resolve_backend
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.execution import STREAM_GROUP_TOKENS, ExecutionPlan  # noqa: F401 (re-exported)
-
-# save_pretrained / from_pretrained use some of these; all are re-exported (they lived here
-# before `atoken.core.model_dir` held them)
-from atoken.core.model_dir import (  # noqa: F401
-    CONFIG_DOCUMENT_KEYS,
-    CONFIG_NAME,
-    FORMAT,
-    FORMAT_VERSION,
-    MAX_CONFIG_BYTES,
-    WEIGHTS_NAME,
-    _shipped_or_path,
-    check_weights_header,
-    config_document,
-    config_from_document,
-    is_untrained,
-    load_state_dict_checked,
-    load_tokenizer,
-    meta_state,
-    read_model_config,
-)
+from atoken.core.model_dir import TOKENIZER_FORMAT, _shipped_or_path, model_config_from
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import get_preset
+from atoken.core.pretrained import PretrainedMixin
 from atoken.core.quantizer import Quantizer, QuantizerOutput
-from atoken.core.serialization import (
-    CheckpointError,
-    atomic_write_json,
-    load_tensors,
-    save_tensors,
-)
 from atoken.core.tokens import PatchTokens, SparseTokens, all_finite, collate
 from atoken.core.transformer import Decoder, Encoder
 
@@ -122,10 +98,12 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(PretrainedMixin, nn.Module):
     """The unified visual tokenizer.
 
     Build it with `build_tokenizer` (or `from_pretrained`); the constructor takes finished parts.
+    A loaded tokenizer knows the companion models its directory carries (`companions`, e.g. 3D's
+    ``gaussian_decoder``); adapters receive them through their `AdapterContext`.
 
     Args:
         config: the resolved model config.
@@ -155,8 +133,6 @@ class Tokenizer(nn.Module):
         self.decoder = decoder
         self.quantizer = quantizer
         self._backends = dict(attention_backends)
-        #: the directory `from_pretrained` read (None for a model built in memory)
-        self.source_dir: Path | None = None
         #: the plan calls without ``plan=`` use, set by `using` (None: resolved per call)
         self._scoped_plan: ExecutionPlan | None = None
 
@@ -581,14 +557,26 @@ class Tokenizer(nn.Module):
             )
         return h.hexdigest()[:16]
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v for k, v in self.state_dict().items()}
-        save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": FORMAT})
-        atomic_write_json(directory / CONFIG_NAME, config_document(self.config))
-        return directory
+    # the pretrained-directory hooks (`atoken.core.pretrained.PretrainedMixin`)
+    pretrained_format = TOKENIZER_FORMAT
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def pretrained_provenance(self) -> dict[str, Any]:
+        from atoken.core.plugins import _atoken_version
+
+        return {"atoken_version": _atoken_version()}
+
+    @classmethod
+    def config_from_pretrained(cls, data: Mapping[str, Any], where: str) -> ModelConfig:
+        return model_config_from(dict(data), where)
+
+    @classmethod
+    def build_pretrained(
+        cls, config: ModelConfig, *, components: Components | None = None
+    ) -> Tokenizer:
+        return build_tokenizer(config, components=components, init=False)
 
     @classmethod
     def from_pretrained(
@@ -599,18 +587,14 @@ class Tokenizer(nn.Module):
         map_location="cpu",
     ) -> Tokenizer:
         """Load a directory written by `save_pretrained`, or a shipped trained model by name
-        (``"atoken-tiny-photo"``, see `atoken.models`); no pickle is ever read."""
-        path = _shipped_or_path(path)
-        if not path.is_dir():
-            raise CheckpointError(f"model directory {str(path)!r} does not exist")
-        config = read_model_config(path)
-        # nothing is allocated until the weights file's header fits what config.json declares
-        check_weights_header(config, path / WEIGHTS_NAME, components=components)
-        model = build_tokenizer(config, components=components, init=False)
-        state = load_tensors(path / WEIGHTS_NAME, what="model weights")
-        load_state_dict_checked(model, state, source=str(path / WEIGHTS_NAME))
-        model.source_dir = path  # plugins may keep companion weights beside the model
-        return model.to(map_location)
+        (``"atoken-tiny-photo"``, see `atoken.models`); no pickle is ever read.
+
+        Nothing is allocated until the weights file's header fits what ``config.json``
+        declares; the companion folders it carries are in `companions`.
+        """
+        return super().from_pretrained(
+            _shipped_or_path(path), map_location=map_location, components=components
+        )
 
 
 def _compact(x: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.frame_metrics import VideoMetricsSummary, per_frame_metrics
 from atoken.core.metrics import LPIPSFn, load_lpips
@@ -183,16 +184,20 @@ def reconstruction_metrics(
     def options_for(name: str) -> dict[str, Any] | None:
         return {**(opts or {}), **per_adapter.get(name, {})} or None
 
+    context = AdapterContext.of(model)  # the model's geometry, device and companions
+    image_options = {"lpips": lpips, **(options_for("image") or {})}
     adapters: dict[str, ModalityAdapter] = {
-        "image": comps.adapters.build("image", {"lpips": lpips, **(options_for("image") or {})})
+        "image": comps.adapters.build("image", image_options, context=context)
     }
     if "video" in comps.adapters.names():
-        adapters["video"] = comps.adapters.build("video", options_for("video"))
+        adapters["video"] = comps.adapters.build("video", options_for("video"), context=context)
     for name in comps.adapters.names():
         if name in adapters:
             continue
         try:  # a plugin adapter that cannot be built here (missing extra) is left out
-            adapters[name] = comps.adapters.build(name, per_adapter.get(name) or None)
+            adapters[name] = comps.adapters.build(
+                name, per_adapter.get(name) or None, context=context
+            )
         except Exception:  # noqa: BLE001
             if name in per_adapter:
                 raise

@@ -12,19 +12,24 @@ import math
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from atoken import build_tokenizer
+from atoken import Tokenizer, build_tokenizer
 from atoken.cli import cli
-from atoken.plugin import InputError, OptionsError, adapter_for
+from atoken.plugin import (
+    AdapterContext,
+    CheckpointError,
+    InputError,
+    OptionsError,
+    TokenGeometry,
+    adapter_for,
+)
 from click.testing import CliRunner
 from PIL import Image
 
 from atoken_plugin_3d.adapter import Asset3D, Mesh3DAdapter
-from atoken_plugin_3d.convert import save_gaussian_decoder
 from atoken_plugin_3d.gaussian_decoder import GaussianDecoder, GaussianDecoderConfig
 from atoken_plugin_3d.gaussians import RepresentationConfig
 from atoken_plugin_3d.options import Mesh3DOptions
@@ -53,10 +58,10 @@ def asset(bunny) -> Asset3D:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A saved atoken-tiny with a tiny (random, non-zero output) Gaussian decoder beside it."""
+    """A saved atoken-tiny with a tiny (random, non-zero output) Gaussian decoder beside it (a
+    companion the model's config.json declares)."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("model")
-    build_tokenizer("atoken-tiny").save_pretrained(root)
     cfg = GaussianDecoderConfig(
         resolution=32,  # a grid other than the release's: the adapter must voxelize at it
         model_channels=48,
@@ -67,7 +72,7 @@ def model_dir(tmp_path_factory) -> Path:
     )
     decoder = GaussianDecoder(cfg)
     torch.nn.init.normal_(decoder.out_layer.weight, std=0.02)  # colours that depend on the input
-    save_gaussian_decoder(decoder, root / "gaussian_decoder")
+    build_tokenizer("atoken-tiny").save_pretrained(root, companions={"gaussian_decoder": decoder})
     return root
 
 
@@ -229,15 +234,29 @@ def test_bad_meshes_fail_in_one_line_and_write_nothing(model_dir, tmp_path, name
 
 def test_decoder_is_found_from_option_then_model_dir(model_dir, tmp_path) -> None:
     adapter = Mesh3DAdapter(Mesh3DOptions(**FAST))
-    assert adapter.decoder_location() is None  # unbound: the untrained fallback
-
-    class Bound:
-        source_dir = model_dir
-        device = torch.device("cpu")
-
-    adapter.bind(Bound())
-    assert adapter.decoder_location() == model_dir / "gaussian_decoder"
-    assert adapter.gaussian_decoder().config.model_channels == 48
+    assert adapter.decoder_location() is None  # built without a model: the untrained fallback
+    doc = json.loads((model_dir / "config.json").read_text())
+    assert doc["companions"] == {"gaussian_decoder": "atoken-plugin-3d/gaussian-decoder"}
+    model = Tokenizer.from_pretrained(model_dir)
+    assert dict(model.companions) == {"gaussian_decoder": model_dir / "gaussian_decoder"}
+    served = adapter_for("bunny.ply", None, FAST, model=model)
+    assert served.context.companions == model.companions
+    assert served.decoder_location() == model_dir / "gaussian_decoder"
+    assert served.gaussian_decoder().config.model_channels == 48
+    # a directory written before companions were declared: its subfolder is still found
+    legacy = tmp_path / "legacy"
+    shutil.copytree(model_dir, legacy)
+    (legacy / "config.json").write_text(
+        json.dumps({k: v for k, v in doc.items() if k != "companions"})
+    )
+    assert dict(Tokenizer.from_pretrained(legacy).companions) == {
+        "gaussian_decoder": legacy / "gaussian_decoder"
+    }
+    # a declared companion that is missing is an error naming it
+    shutil.rmtree(legacy / "gaussian_decoder")
+    (legacy / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="declares the companion 'gaussian_decoder'"):
+        Tokenizer.from_pretrained(legacy)
     explicit = Mesh3DAdapter(Mesh3DOptions(gaussian_decoder=str(model_dir / "gaussian_decoder")))
     assert explicit.decoder_location() == model_dir / "gaussian_decoder"
     with pytest.raises(InputError, match="not a Gaussian decoder directory"):
@@ -291,14 +310,14 @@ def test_untrained_decoder_fallback_warns_once(monkeypatch, caplog) -> None:
 def test_voxel_grid_follows_the_gaussian_decoder(asset, model_dir) -> None:
     adapter = Mesh3DAdapter(Mesh3DOptions(**FAST))
     assert adapter.resolution() == 64  # no decoder known: the release's grid
-    adapter.bind(SimpleNamespace(source_dir=model_dir, device=torch.device("cpu")))
+    context = AdapterContext(companions={"gaussian_decoder": model_dir / "gaussian_decoder"})
+    adapter = Mesh3DAdapter(Mesh3DOptions(**FAST), context)
     assert adapter.resolution() == 32
     tokens = adapter.to_tokens(asset)
     assert tokens.meta["resolution"] == 32 and int(tokens.coords[:, 1:].max()) < 32
     fine = Mesh3DAdapter(Mesh3DOptions(**FAST)).to_tokens(asset)
     assert len(tokens) < len(fine)  # coarser grid, fewer surface voxels
-    forced = Mesh3DAdapter(Mesh3DOptions(**FAST, resolution=64))
-    forced.bind(SimpleNamespace(source_dir=model_dir, device=torch.device("cpu")))
+    forced = Mesh3DAdapter(Mesh3DOptions(**FAST, resolution=64), context)
     with pytest.raises(InputError, match="decoder's 32³ grid"):
         forced.from_tokens(forced.to_tokens(asset))
 
@@ -324,3 +343,20 @@ def test_atoken_eval_reports_3d_assets_per_modality(bunny, model_dir, tmp_path) 
     assert "junk.stl" in skipped
     bad = _run(["eval", "--data", str(data), "-m", str(model_dir), "-O", "views=8"])
     assert bad.exit_code != 0 and "ADAPTER.KEY=VALUE" in bad.output
+
+
+def test_tokens_follow_the_models_geometry_or_are_refused(asset) -> None:
+    # two frames of 16 x 16 RGB: the voxel patch is the first frame, the rest zero
+    two = Mesh3DAdapter(Mesh3DOptions(**FAST), AdapterContext(TokenGeometry((2, 16, 16), 3)))
+    tokens = two.to_tokens(asset)
+    assert tokens.feats.shape[1] == 2 * 768
+    assert bool((tokens.feats[:, 768:] == 0).all()) and float(tokens.feats[:, :768].std()) > 0
+    release = Mesh3DAdapter(Mesh3DOptions(**FAST)).to_tokens(asset)
+    assert torch.equal(tokens.feats[:, :768], release.feats[:, :768])
+    assert torch.equal(tokens.coords, release.coords)
+    # 8 x 8 patches: 192 values per voxel, cut from the same views
+    small = Mesh3DAdapter(Mesh3DOptions(**FAST), AdapterContext(TokenGeometry((4, 8, 8), 3)))
+    assert small.to_tokens(asset).feats.shape[1] == 4 * 8 * 8 * 3
+    for patch, channels in (((4, 16, 16), 1), ((4, 16, 8), 3)):
+        with pytest.raises(InputError, match="cannot serve a model of patch geometry"):
+            Mesh3DAdapter(Mesh3DOptions(**FAST), AdapterContext(TokenGeometry(patch, channels)))

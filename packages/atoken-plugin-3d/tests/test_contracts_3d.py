@@ -11,14 +11,14 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from atoken.testing import CAPABILITY_CONTRACTS, AdapterContract
+from atoken.testing import CAPABILITY_CONTRACTS, AdapterContextContract, AdapterContract
 
 #: fast options of the other tests: few views, small renders, a bunny at 0.3 of the cube
 FAST = {"views": 6, "size": 64, "fill": 0.3, "heldout_views": 2, "eval_size": 32, "lpips": False}
 _LOADED: dict[str, Any] = {}
 
 
-class TestMesh3DContract(AdapterContract, *CAPABILITY_CONTRACTS.values()):
+class TestMesh3DContract(AdapterContract, AdapterContextContract, *CAPABILITY_CONTRACTS.values()):
     adapter_name: ClassVar[str] = "mesh3d"
     adapter_options: ClassVar[dict[str, Any]] = FAST
 
@@ -35,11 +35,11 @@ def test_mesh3d_declares_what_it_implements() -> None:
     import atoken
 
     entry = atoken.default_components().adapters.get("mesh3d")
-    assert entry.capabilities == {"bind", "comparison_suffix", "sample_assets"}
+    assert entry.capabilities == {"comparison_suffix", "sample_assets"}
     assert not entry.has("stream_sink") and not entry.has("example")
 
 
-@pytest.mark.parametrize("capability", ["bind", "sample_assets"])
+@pytest.mark.parametrize("capability", ["sample_assets"])
 def test_declared_capability_contracts_run_for_mesh3d(capability) -> None:
     contract = CAPABILITY_CONTRACTS[capability]()
     contract.adapter_name = "mesh3d"

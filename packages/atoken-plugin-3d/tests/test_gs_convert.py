@@ -135,7 +135,7 @@ def test_unreadable_inputs(tmp_path):
 
 def test_loader_refuses_foreign_directories(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"format": "atoken"}))
-    with pytest.raises(CheckpointError, match="not a atoken-plugin-3d"):
+    with pytest.raises(CheckpointError, match="not an atoken-plugin-3d"):
         load_gaussian_decoder(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_gaussian_decoder(tmp_path / "missing")

@@ -12,13 +12,17 @@ Inputs (`Mesh3DAdapter.load` -> `Asset3D`):
 - a **voxel file** (``.safetensors`` with ``feats [N, 768]`` in [0, 1] and ``coords [N, 3]``,
   `atoken_plugin_3d.voxel_file`): tokens directly, no reference views (no metrics).
 
-Tokens (`to_tokens`): the voxelization of `atoken_plugin_3d.voxelize` (64³ grid, 16 x 16 RGB
-patch per occupied voxel), features ``2 f - 1`` in channels ``0..767`` and zero after (frames 1-3
-of a 4-frame patch), coords ``(t, x, y, z)`` int32 with ``t = 1`` as in the release.
+Tokens (`to_tokens`): the voxelization of `atoken_plugin_3d.voxelize` (64³ grid, one RGB patch
+of the model's token geometry per occupied voxel: AToken's 16 x 16 x 3 = 768 values), features
+``2 f - 1`` in the first frame of the token (channels ``0..767``) and zero after (frames 1-3 of
+a 4-frame patch), coords ``(t, x, y, z)`` int32 with ``t = 1`` as in the release. The geometry
+comes from the adapter's `AdapterContext`; a model whose patches are not square RGB is refused
+when the adapter is built.
 
-Decoding (`from_tokens`): the first 768 channels of the decoded rows go through the Gaussian
-decoder (`atoken_plugin_3d.gaussian_decoder`) -> `Gaussians` (32 per voxel), found from the
-``gaussian_decoder`` option, else ``<model directory>/gaussian_decoder/`` (``bind``), else an
+Decoding (`from_tokens`): the first frame of the decoded rows goes through the Gaussian decoder
+(`atoken_plugin_3d.gaussian_decoder`) -> `Gaussians` (32 per voxel), found from the
+``gaussian_decoder`` option, else the model's ``gaussian_decoder`` companion (the
+``gaussian_decoder/`` folder of its pretrained directory, handed over in the context), else an
 untrained decoder (logged once: the output is then meaningless). Reconstructions are written as
 3D Gaussian Splatting ``.ply`` files (normalised asset space) and compared with the held-out
 views rendered from the Gaussians (``side_by_side.png``: ground truth above, reconstruction
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from atoken.plugin import InputError, PatchTokens, atomic_write_bytes
+from atoken.plugin import AdapterContext, InputError, PatchTokens, atomic_write_bytes
 from torch import Tensor
 
 from atoken_plugin_3d.asset import (
@@ -64,10 +68,9 @@ logger = logging.getLogger("atoken_plugin_3d.adapter")
 
 #: voxels per side of the AToken 3D grid
 RESOLUTION = 64
-#: channels of one voxel's RGB patch (16 x 16 x 3), the first frame of a 3072-value token
-VOXEL_CHANNELS = 768
-TOKEN_CHANNELS = 3072
-#: name of the Gaussian decoder directory inside a model directory
+#: colour channels of a voxel's patch (the geometry's channels must match)
+CHANNELS = 3
+#: the companion name (and folder inside a model directory) of the Gaussian decoder
 DECODER_DIR = "gaussian_decoder"
 
 _WARNED: set[str] = set()
@@ -89,28 +92,29 @@ class Mesh3DAdapter:
     extensions = MESH_EXTENSIONS + VOXEL_EXTENSIONS + NERF_EXTENSIONS
     output_suffix = ".ply"
     #: optional capabilities (`atoken.core.capabilities`), verified when first built
-    capabilities = frozenset({"bind", "comparison_suffix", "sample_assets"})
+    capabilities = frozenset({"comparison_suffix", "sample_assets"})
     comparison_suffix = ".png"
 
-    def __init__(self, options: Mesh3DOptions | None = None) -> None:
+    def __init__(
+        self, options: Mesh3DOptions | None = None, context: AdapterContext | None = None
+    ) -> None:
         self.options = options or Mesh3DOptions()
-        self.source_dir: Path | None = None
-        self.device = torch.device("cpu")
+        self.context = context = context or AdapterContext()
+        g = context.geometry.require(self.name, channels=CHANNELS)
+        if g.rows != g.cols:
+            raise InputError(
+                f"adapter 'mesh3d' cannot serve a model of patch geometry {g.describe()}; voxel"
+                " patches are square (rows = cols) RGB patches"
+            )
+        #: the model's token geometry: one voxel's patch is the first frame of a token
+        self.geometry = g
+        self.device = context.device
         self._decoder: GaussianDecoder | None = None
         self._decoder_from: str | None = None
         self._rendered: tuple[object, tuple, Tensor] | None = None
         self._lpips: Any = None
 
     # ------------------------------------------------------------------ model
-    def bind(self, model: Any) -> None:
-        """Use the tokenizer's device and look for ``<model.source_dir>/gaussian_decoder``."""
-        self.device = getattr(model, "device", self.device)
-        source = getattr(model, "source_dir", None)
-        source = Path(source) if source is not None else None
-        if source != self.source_dir:
-            self.source_dir = source
-            self._decoder, self._decoder_from = None, None
-
     def decoder_location(self) -> Path | None:
         """The Gaussian decoder directory to load, or None (an untrained decoder is used)."""
         if self.options.gaussian_decoder is not None:
@@ -121,12 +125,7 @@ class Mesh3DAdapter:
                     " (config.json + model.safetensors, written by `atoken convert-gs`)"
                 )
             return path
-        if (
-            self.source_dir is not None
-            and (self.source_dir / DECODER_DIR / "config.json").is_file()
-        ):
-            return self.source_dir / DECODER_DIR
-        return None
+        return self.context.companion(DECODER_DIR)
 
     def resolution(self) -> int:
         """Voxel grid side: the option, else the decoder directory's, else 64 (the release)."""
@@ -134,16 +133,13 @@ class Mesh3DAdapter:
             return self.options.resolution
         where = self.decoder_location()
         if where is not None:
-            from atoken.plugin import read_json
+            from atoken_plugin_3d.convert import read_decoder_config
 
-            doc = read_json(where / "config.json", what="Gaussian decoder config")
-            res = doc.get("config", {}).get("resolution") if isinstance(doc, Mapping) else None
-            if isinstance(res, int) and res > 1:
-                return res
+            return read_decoder_config(where).resolution
         return RESOLUTION
 
     def gaussian_decoder(self) -> GaussianDecoder:
-        """The Gaussian decoder (loaded once per location), on the bound model's device."""
+        """The Gaussian decoder (loaded once per location), on the model's device."""
         from atoken_plugin_3d.convert import load_gaussian_decoder
         from atoken_plugin_3d.gaussian_decoder import GaussianDecoder
 
@@ -157,7 +153,8 @@ class Mesh3DAdapter:
                     _WARNED.add(key)
                     logger.warning(
                         "mesh3d: no trained Gaussian decoder (set -O gaussian_decoder=DIR or put"
-                        " one in <model dir>/%s); using an untrained one, so the Gaussians and"
+                        " one in <model dir>/%s, reconstruct with --model DIR); using an"
+                        " untrained one, so the Gaussians and"
                         " their metrics are meaningless until it is trained",
                         DECODER_DIR,
                     )
@@ -210,29 +207,37 @@ class Mesh3DAdapter:
 
     # ------------------------------------------------------------------ tokens
     def to_tokens(self, sample: Asset3D, *, train: bool = False, generator=None) -> PatchTokens:
-        """Voxelize -> tokens ``[N, 3072]`` (``2 f - 1`` then zeros) at ``(t, x, y, z)`` int32."""
+        """Voxelize -> tokens ``[N, token_dim]`` (``2 f - 1`` then zeros) at ``(t, x, y, z)``."""
         if not isinstance(sample, Asset3D):
             got = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
             raise InputError(
                 f"mesh3d: a sample is what Mesh3DAdapter.load returns (Asset3D), got {got}"
             )
         o = self.options
+        g = self.geometry
         res = self.resolution()
-        key = (o.voxel_mode, o.t, res)
+        key = (o.voxel_mode, o.t, res, g.patch)
         if key in sample.cache:
             return sample.cache[key]
         if sample.voxels is not None:
             feats01, coords = sample.voxels
-        elif ("voxels", o.voxel_mode, res) in sample.cache:
-            feats01, coords = sample.cache[("voxels", o.voxel_mode, res)]
+        elif ("voxels", o.voxel_mode, res, g.rows) in sample.cache:
+            feats01, coords = sample.cache[("voxels", o.voxel_mode, res, g.rows)]
         else:
             from atoken_plugin_3d.voxelize import voxelize
 
-            feats01, coords = voxelize(sample.views, resolution=res, mode=o.voxel_mode)
-            sample.cache[("voxels", o.voxel_mode, res)] = (feats01, coords)
+            feats01, coords = voxelize(
+                sample.views, resolution=res, mode=o.voxel_mode, patch=g.rows
+            )
+            sample.cache[("voxels", o.voxel_mode, res, g.rows)] = (feats01, coords)
         n = feats01.shape[0]
-        feats = torch.zeros(n, TOKEN_CHANNELS)
-        feats[:, :VOXEL_CHANNELS] = 2.0 * feats01.float() - 1.0
+        if feats01.shape[1] != g.frame_dim:
+            raise InputError(
+                f"mesh3d: voxel features have {feats01.shape[1]} values per voxel, this model's"
+                f" patch frame holds {g.frame_dim} ({g.describe()})"
+            )
+        feats = torch.zeros(n, g.token_dim)
+        feats[:, : g.frame_dim] = 2.0 * feats01.float() - 1.0
         t = torch.full((n, 1), o.t, dtype=torch.int32)
         norm = sample.normalization
         meta = {
@@ -253,15 +258,20 @@ class Mesh3DAdapter:
     def from_tokens(self, tokens: PatchTokens) -> DecodedGaussians:
         """Decoded rows ``[N, >=768]`` at ``(t, x, y, z)`` -> Gaussians (32 per voxel)."""
         feats, coords = tokens.feats, tokens.coords
-        if feats.shape[1] < VOXEL_CHANNELS:
+        dim = self.geometry.frame_dim
+        if feats.shape[1] < dim:
             raise InputError(
-                f"mesh3d: decoded features must have at least {VOXEL_CHANNELS} channels, got"
-                f" {feats.shape[1]}"
+                f"mesh3d: decoded features must have at least {dim} channels, got {feats.shape[1]}"
             )
         if len(coords) == 0:
             raise InputError("mesh3d: no voxels to decode")
         xyz = coords[:, 1:].long()
         decoder = self.gaussian_decoder()
+        if decoder.config.latent_channels != dim:
+            raise InputError(
+                f"mesh3d: the Gaussian decoder reads {decoder.config.latent_channels} channels"
+                f" per voxel, this model's patch frame holds {dim} ({self.geometry.describe()})"
+            )
         res = decoder.config.resolution
         if int(xyz.min()) < 0 or int(xyz.max()) >= res:
             raise InputError(
@@ -271,7 +281,7 @@ class Mesh3DAdapter:
             )
         bxyz = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).to(self.device)  # [N, 4]
         with torch.no_grad():
-            (g,) = decoder.decode(feats[:, :VOXEL_CHANNELS].float().to(self.device), bxyz)
+            (g,) = decoder.decode(feats[:, :dim].float().to(self.device), bxyz)
         return DecodedGaussians(**{f.name: getattr(g, f.name) for f in fields(g)})
 
     def target(self, sample: Asset3D, meta: Mapping[str, Any]) -> Views | None:
@@ -350,6 +360,8 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_adapter(options: Mesh3DOptions | None = None) -> Mesh3DAdapter:
+def build_adapter(
+    options: Mesh3DOptions | None = None, context: AdapterContext | None = None
+) -> Mesh3DAdapter:
     """Registry factory of ``mesh3d``."""
-    return Mesh3DAdapter(options)
+    return Mesh3DAdapter(options, context)

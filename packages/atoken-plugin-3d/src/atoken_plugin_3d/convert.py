@@ -1,12 +1,14 @@
 """Convert the official ``3d_decode_gs`` checkpoint into a plugin directory, and load it back.
 
-The directory holds ``config.json`` (format marker, `GaussianDecoderConfig` values, provenance)
-and ``model.safetensors`` (the decoder's state dict, keys as in the release). Both are written
-atomically. The checkpoint is read weights-only through `atoken.convert.official`; its keys and
-shapes are checked against the network built (on the meta device) from the configuration, and
-every missing, unexpected or mis-shaped key is listed in one error. `save_gaussian_decoder` writes
-the same layout for a decoder built or trained here (``trained_by`` instead of
-``converted_from``), so `load_gaussian_decoder` reads both.
+The directory is a pretrained directory (`atoken.plugin.PretrainedMixin`, format
+`GAUSSIAN_DECODER_FORMAT`): ``config.json`` (format marker, `GaussianDecoderConfig` values,
+provenance) and ``model.safetensors`` (the decoder's state dict, keys as in the release), written
+together. The checkpoint is read weights-only through `atoken.plugin.read_official_state`; its
+keys and shapes are checked against the network built (on the meta device) from the
+configuration, and every missing, unexpected or mis-shaped key is listed in one error.
+`save_gaussian_decoder` writes the same layout for a decoder built or trained here
+(``trained_by`` instead of ``converted_from``), so `load_gaussian_decoder` reads both; on loading,
+the weights file's header is checked against the config before anything is allocated.
 
 The release wraps the decoder in a training subclass that also owns torchmetrics members
 (LPIPS-VGG, MS-SSIM, PSNR); their keys, if a checkpoint holds them, are loss networks, not part
@@ -21,23 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from atoken.plugin import (
+from atoken.plugin import (  # CONFIG_NAME, WEIGHTS_NAME: re-exported (the directory's files)
+    CONFIG_NAME,
+    WEIGHTS_NAME,  # noqa: F401
     CheckpointError,
-    atomic_write_json,
     check_state_layout,
-    load_tensors,
+    read_document,
     read_json,
     read_official_state,
-    save_tensors,
+    write_pretrained,
 )
 from torch import Tensor
 
-from atoken_plugin_3d.gaussian_decoder import GaussianDecoder, GaussianDecoderConfig
+from atoken_plugin_3d.gaussian_decoder import (
+    GAUSSIAN_DECODER_FORMAT,
+    GaussianDecoder,
+    GaussianDecoderConfig,
+)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT = "atoken-plugin-3d/gaussian-decoder"
-FORMAT_VERSION = 1
+FORMAT = GAUSSIAN_DECODER_FORMAT.name
+FORMAT_VERSION = GAUSSIAN_DECODER_FORMAT.version
 #: submodules of the release's training subclass that are not part of the decoder
 TRAINING_ONLY_PREFIXES = ("lpips_loss.", "ssim_loss.", "get_psnr.", "renderer.")
 
@@ -76,7 +81,9 @@ def resolve_config(
         else config
     )
     if doc.get("format") == FORMAT:
-        return GaussianDecoderConfig.from_dict(doc["config"])
+        where = str(config) if not isinstance(config, Mapping) else "Gaussian decoder config"
+        data = GAUSSIAN_DECODER_FORMAT.check(dict(doc), where)["config"]
+        return GaussianDecoder.config_from_pretrained(data, where)
     try:
         return GaussianDecoderConfig.from_official(official_constructor_args(doc))
     except (TypeError, ValueError) as exc:
@@ -119,22 +126,16 @@ def convert_gaussian_decoder(
     check_state(state, cfg, what=str(checkpoint))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    out = Path(out_dir)
-    # save_tensors creates the folder (and removes it again when the write fails)
-    save_tensors(out / WEIGHTS_NAME, state, metadata={"format": FORMAT})
-    atomic_write_json(
-        out / CONFIG_NAME,
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": cfg.to_dict(),
-            "converted_from": {
-                "checkpoint": Path(checkpoint).name,
-                "dropped_training_keys": len(dropped),
-            },
-        },
+    provenance = {
+        "converted_from": {
+            "checkpoint": Path(checkpoint).name,
+            "dropped_training_keys": len(dropped),
+        }
+    }
+    # the weights are written as read: no network is built for them
+    return write_pretrained(
+        out_dir, GAUSSIAN_DECODER_FORMAT, cfg.to_dict(), state, provenance=provenance
     )
-    return out
 
 
 def save_gaussian_decoder(
@@ -145,26 +146,22 @@ def save_gaussian_decoder(
 ) -> Path:
     """Write ``decoder`` as a plugin directory (``config.json`` + ``model.safetensors``).
 
-    Each file is written atomically (weights first, so a complete ``config.json`` always has its
-    weights beside it). `load_gaussian_decoder` reads it back with strict key matching.
+    The files land together (`GaussianDecoder.save_pretrained`); `load_gaussian_decoder` reads
+    them back with strict key matching.
 
     Args:
         decoder: the decoder (any device / dtype; saved as stored).
         out_dir: directory to create or overwrite.
         info: JSON-able provenance recorded under ``trained_by`` (e.g. step, run folder).
     """
-    out = Path(out_dir)
-    # save_tensors creates the folder (and removes it again when the write fails)
-    save_tensors(out / WEIGHTS_NAME, decoder.state_dict(), metadata={"format": FORMAT})
-    doc: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": decoder.config.to_dict(),
-    }
-    if info is not None:
-        doc["trained_by"] = dict(info)
-    atomic_write_json(out / CONFIG_NAME, doc)
-    return out
+    provenance = {"trained_by": dict(info)} if info is not None else None
+    return decoder.save_pretrained(out_dir, provenance=provenance)
+
+
+def read_decoder_config(directory: str | os.PathLike[str]) -> GaussianDecoderConfig:
+    """The validated config of a Gaussian decoder directory (``config.json`` only, size checked)."""
+    doc = read_document(directory, GAUSSIAN_DECODER_FORMAT)
+    return GaussianDecoder.config_from_pretrained(doc["config"], str(Path(directory) / CONFIG_NAME))
 
 
 def load_gaussian_decoder(
@@ -174,26 +171,14 @@ def load_gaussian_decoder(
     dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> GaussianDecoder:
-    """Build the decoder from a converted directory (strict key matching), in eval mode.
+    """Build the decoder from a converted or saved directory (strict key matching), in eval mode.
 
     ``overrides`` replace config fields (e.g. ``attn_softcap=None``, ``attn_backend="sdpa"``).
+    The weights file's header is checked against the config before the network is built.
     """
-    directory = Path(directory)
-    doc = read_json(directory / CONFIG_NAME, what="Gaussian decoder config")
-    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME} is not a {FORMAT} config (format={doc.get('format')!r})"
-            if isinstance(doc, Mapping)
-            else f"{directory / CONFIG_NAME} is not a JSON object"
-        )
-    try:
-        cfg = GaussianDecoderConfig.from_dict({**doc["config"], **overrides})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: unusable config ({exc})") from None
-    state = load_tensors(directory / WEIGHTS_NAME, what="Gaussian decoder weights")
-    check_state(state, cfg, what=str(directory / WEIGHTS_NAME))
-    model = GaussianDecoder(cfg)
-    model.load_state_dict(state, strict=True)
+    model = GaussianDecoder.from_pretrained(
+        directory, map_location=None, config_overrides=overrides
+    )
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoken.plugin import Components, InputError, default_components
+from atoken.plugin import Components, InputError, adapter_for, default_components
 
 from atoken_plugin_3d.adapter import MESH_EXTENSIONS
 
@@ -64,7 +64,8 @@ def reconstruction_metrics_3d(
     """Mean PSNR / SSIM (/ LPIPS) of ``model`` over the 3D assets under ``root``.
 
     Args:
-        model: the tokenizer (its ``source_dir`` may hold ``gaussian_decoder/``).
+        model: the tokenizer (its ``gaussian_decoder`` companion, if its directory carries one,
+            decodes the Gaussians; the adapter is built for it).
         root: a directory searched recursively (`find_assets`).
         options: ``mesh3d`` adapter options (views, size, heldout_views, gaussian_decoder, ...).
         limit: evaluate only the first ``limit`` assets.
@@ -78,7 +79,7 @@ def reconstruction_metrics_3d(
     from atoken.plugin import progress_bar, reconstruct_sample
 
     comps = components or default_components()
-    adapter = comps.adapters.build("mesh3d", options or None)
+    adapter = adapter_for(root, "mesh3d", options or None, comps, model=model)
     assets = find_assets(root)[:limit]
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []

@@ -40,7 +40,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from atoken.plugin import Mlp, RMSNorm, varlen_attention
+from atoken.plugin import (
+    CheckpointError,
+    Mlp,
+    PretrainedFormat,
+    PretrainedMixin,
+    RMSNorm,
+    varlen_attention,
+)
 from torch import Tensor, nn
 
 from atoken_plugin_3d.gaussians import (
@@ -365,14 +372,28 @@ class GaussianDecoderBlock(nn.Module):
 # --------------------------------------------------------------------------- decoder
 
 
-class GaussianDecoder(nn.Module):
+#: the Gaussian decoder's pretrained directory (``converted_from``: the release checkpoint
+#: `atoken_plugin_3d.convert` read; ``trained_by``: provenance of a decoder trained here)
+GAUSSIAN_DECODER_FORMAT = PretrainedFormat(
+    "atoken-plugin-3d/gaussian-decoder",
+    1,
+    "config",
+    keys=("converted_from", "trained_by"),
+    what="Gaussian decoder",
+)
+
+
+class GaussianDecoder(PretrainedMixin, nn.Module):
     """Voxel features -> packed per-voxel Gaussian parameters (and `Gaussians` via `decode`).
 
     State-dict keys equal those of the release's ``SLatGaussianDecoder``: ``offset_perturbation``,
     ``input_layer.weight``, ``blocks.N.{norm1,norm2}.weight``,
     ``blocks.N.attn.{to_qkv,to_out}.weight``, ``blocks.N.mlp.mlp.{0,2}.weight``,
-    ``out_layer.{weight,bias}``.
+    ``out_layer.{weight,bias}``. Saved and loaded as a pretrained directory
+    (``save_pretrained`` / ``from_pretrained``, format `GAUSSIAN_DECODER_FORMAT`).
     """
+
+    pretrained_format = GAUSSIAN_DECODER_FORMAT
 
     def __init__(self, config: GaussianDecoderConfig | None = None) -> None:
         super().__init__()
@@ -422,3 +443,18 @@ class GaussianDecoder(nn.Module):
     def decode(self, feats: Tensor, coords: Tensor) -> list[Gaussians]:
         """`forward` then `to_representation` (what the release's ``forward`` returns)."""
         return self.to_representation(self.forward(feats, coords), coords)
+
+    # ------------------------------------------------------------------ pretrained directory
+    def pretrained_config(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    @classmethod
+    def config_from_pretrained(cls, data: Mapping[str, Any], where: str) -> GaussianDecoderConfig:
+        try:
+            return GaussianDecoderConfig.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: unusable config ({exc})") from None
+
+    @classmethod
+    def build_pretrained(cls, config: GaussianDecoderConfig) -> GaussianDecoder:
+        return cls(config)

@@ -42,8 +42,9 @@ class Mesh3DOptions(Strict):
             ``configs/3d-gs.toml``) needs its own grid.
         t: time coordinate of every 3D token (the release uses 1; the paper says 0).
         gaussian_decoder: directory of a Gaussian decoder (``config.json`` +
-            ``model.safetensors``, see `atoken_plugin_3d.convert`); default:
-            ``<model dir>/gaussian_decoder``, else an untrained decoder (with a warning).
+            ``model.safetensors``, see `atoken_plugin_3d.convert`); default: the model's
+            ``gaussian_decoder`` companion (``<model dir>/gaussian_decoder``), else an untrained
+            decoder (with a warning).
         renderer: Gaussian renderer backend (``gsplat`` needs CUDA and the gsplat package).
         lpips: also report LPIPS over the held-out views (VGG weights found offline; skipped
             with a log line when they are missing).
