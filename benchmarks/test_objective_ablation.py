@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline
+from atoken.plugins.image.samples import SampleImagesSource
 from atoken.train.config import LossSpec, load_train_config
-from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

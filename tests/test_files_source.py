@@ -13,10 +13,11 @@ import torch
 
 from atoken.core.config import ConfigError
 from atoken.core.errors import InputError
+from atoken.core.files_source import FilesSource, list_files
 from atoken.core.tokens import PatchTokens
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.plugins.image.data import ImageFolderSource
 from atoken.train.config import DataSource, StageConfig
-from atoken.train.data import FilesSource, ImageFolderSource, list_files
 from atoken.train.data.build import build_stream
 
 SKIMAGE_DATA = Path(pytest.importorskip("skimage").__file__).parent / "data"

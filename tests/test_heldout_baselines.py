@@ -10,7 +10,7 @@ from atoken.core.errors import InputError
 from atoken.eval.baselines import PatchPCA, bicubic
 from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
 from atoken.eval.metrics import image_quality
-from atoken.train.data.sample_images import SampleImagesSource
+from atoken.plugins.image.samples import SampleImagesSource
 from atoken.train.pca_init import pca_init
 
 

@@ -50,11 +50,7 @@ D6 = "issue 13 Deliver 6 (one trainer: the 3D package's second trainer retires)"
 KNOWN: dict[tuple[str, str], str] = {
     # the SDK's lazy re-export of the official-checkpoint reader
     ("atoken.plugin", "atoken.convert.official"): D5,
-    # train -> the image plugin's I/O and the text plugin's private helpers
-    ("atoken.train.data.folder", "atoken.plugins.image.io"): D1,
-    ("atoken.train.data.pack", "atoken.plugins.image.io"): D1,
-    ("atoken.train.data.sample_images", "atoken.plugins.image.io"): D1,
-    ("atoken.train.data.webdataset", "atoken.plugins.image.io"): D1,
+    # train -> the text plugin's private helpers
     ("atoken.train.semantic", "atoken.plugins.text._hf"): D1,
     # atoken-plugin-3d: the second trainer uses trainer internals and the LPIPS loss
     ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.checkpoint"): D6,

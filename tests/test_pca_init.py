@@ -7,8 +7,8 @@ import torch
 
 import atoken
 from atoken.pipeline import reconstruct_sample
+from atoken.plugins.image.samples import sample_photos
 from atoken.train.pca_init import PCAInitError, fit_patch_pca, pca_init
-from atoken.train.samples import sample_photos
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,12 @@ import torch
 from atoken import ConfigError
 from atoken.core.errors import InputError
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
+from atoken.plugins.video.data import (
+    ClipCrop,
+    ClipSampling,
+    VideoFolderSource,
+    VideoWebDatasetSource,
+)
 from atoken.plugins.video.writer import write_mp4
 from atoken.testing import BagOfWordsPlugin
 from atoken.train.config import load_train_config, validate_train_config
@@ -22,12 +28,6 @@ from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.build import task_adapter
 from atoken.train.data.dataset import EpochDataset
 from atoken.train.data.stream import TrainStream
-from atoken.train.data.video import (
-    ClipCrop,
-    ClipSampling,
-    VideoFolderSource,
-    VideoWebDatasetSource,
-)
 
 FRAMES = 24  # frames per generated clip
 LEVEL0, STEP = 16, 8  # frame i is flat gray at 8-bit level LEVEL0 + STEP * i

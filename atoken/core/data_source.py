@@ -1,10 +1,11 @@
 """A training data source as a plugin registers it: its options model and how to build it.
 
-A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset``, ``files``, or one a
-plugin adds). Sources are registered through ``atoken_register_data_sources``: a source that
-serves any modality (it reads through the task's adapter, e.g. ``files``) is registered under
-its plain name; a source for one modality's data is registered as ``<modality>.<name>``
-(``image.folder``, ``video.samples``) and wins over the plain one for tasks of that modality.
+A ``[[data]]`` entry (or a run's ``[eval]`` section) names a source (``samples``, ``folder``,
+``webdataset``, ``files``, or one a plugin adds). Sources are registered through
+``atoken_register_data_sources``: a source that serves any modality (it reads through the task's
+adapter, e.g. ``files``) is registered under its plain name; a source for one modality's data is
+registered as ``<modality>.<name>`` by that modality's plugin (``image.folder``,
+``video.samples``) and wins over the plain one for tasks of that modality.
 `find_data_source` does that lookup; the entry's options model validates the entry's
 ``options`` (phase two of the config check, after the ``[[data]]`` structure itself).
 
@@ -31,11 +32,15 @@ class DataSourceRequest:
             through it, `DataSourceSpec.needs_adapter` False).
         max_tokens: the batch budget (None: unchecked); sources whose samples the stream cannot
             downscale skip samples over it.
+        split: which split of a source's built-in data: ``train`` for training, or the held-out
+            split a run's ``[eval]`` names (``tune``, its alias ``heldout``, or ``final``);
+            sources without built-in splits ignore it.
     """
 
     path: str
     adapter: Any = None
     max_tokens: int | None = None
+    split: str = "train"
 
 
 @dataclass(frozen=True, slots=True)

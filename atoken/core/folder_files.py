@@ -1,12 +1,13 @@
-"""`ImageFolderSource`: every image file under a directory, in a fixed (sorted) order.
+"""The files of one kind under a folder, in a fixed (sorted) order, with WebDataset-safe keys.
 
-Files are found by suffix (`IMAGE_EXTENSIONS`, case-insensitive), recursively by default; hidden
-files and directories (names starting with ``.``) are ignored. The order is the sorted list of
-relative POSIX paths, so it does not depend on the file system. Each sample's key is its relative
-path without the suffix, made safe for WebDataset: dots in the file name become ``_`` (WebDataset
+Files are found by suffix (case-insensitive), recursively by default; hidden files and
+directories (names starting with ``.``) are ignored. The order is the sorted list of relative
+POSIX paths, so it does not depend on the file system. Each sample's key is its relative path
+without the suffix, made safe for WebDataset: dots in the file name become ``_`` (WebDataset
 splits a member name into key and extension at the first dot of the base name), and a key that
 an earlier file already took gets the suffix appended (``a/x.png`` -> ``a/x``, then ``a/x.jpg``
--> ``a/x_jpg``). `pack_folder` writes the same keys, so a folder and its shards agree.
+-> ``a/x_jpg``). Folder sources and the shards ``atoken data pack`` writes use the same keys, so
+a folder and its shards agree.
 
 References: WebDataset's tar layout (``{key}.{ext}`` members grouped by key),
 https://github.com/webdataset/webdataset (README, "The WebDataset Format").
@@ -18,11 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-from torch import Tensor
-
 from atoken.core.errors import InputError
-from atoken.core.sample_source import ImageSource
-from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image
 
 
 def sample_keys(relpaths: Sequence[str]) -> list[str]:
@@ -53,10 +50,9 @@ def sample_keys(relpaths: Sequence[str]) -> list[str]:
     return out
 
 
-def list_images(
-    root: Path, recursive: bool = True, extensions: Iterable[str] = IMAGE_EXTENSIONS
-) -> list[str]:
-    """Sorted relative POSIX paths of the image files under ``root`` (hidden entries skipped)."""
+def list_suffixed(root: Path, recursive: bool, extensions: Iterable[str]) -> list[str]:
+    """Sorted relative POSIX paths of the files under ``root`` whose lower-case suffix is in
+    ``extensions`` (hidden entries skipped)."""
     exts = {e.lower() for e in extensions}
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -87,7 +83,7 @@ class FolderFiles:
         if not root.is_dir():
             raise InputError(f"{what} folder '{root}' does not exist or is not a directory")
         exts = tuple(extensions)
-        self.relpaths = list_images(root, recursive, exts)
+        self.relpaths = list_suffixed(root, recursive, exts)
         if not self.relpaths:
             where = "under" if recursive else "directly in"
             raise InputError(
@@ -105,32 +101,3 @@ class FolderFiles:
     def path(self, index: int) -> Path:
         """The file of sample ``index``."""
         return self.root / self.relpaths[index]
-
-
-class ImageFolderSource(FolderFiles, ImageSource):
-    """Image files under ``root`` as ``(key, [H, W, 3] image)`` samples.
-
-    Unreadable files (corrupt, truncated, not really images, unreadable permissions, smaller
-    than 16 x 16) are skipped and counted in `skipped`; they never stop iteration.
-
-    Args:
-        root: the directory.
-        recursive: include subdirectories (default True).
-        extensions: suffixes to include (lower-case, with the dot).
-
-    Raises:
-        InputError: ``root`` is not a directory, or holds no file with an image suffix.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        recursive: bool = True,
-        extensions: Iterable[str] = IMAGE_EXTENSIONS,
-    ) -> None:
-        self.root = Path(root)
-        super().__init__(f"image folder '{self.root}'")
-        self._list_folder(self.root, recursive, extensions, "image")
-
-    def read(self, index: int) -> Tensor:
-        return read_image(self.path(index))  # [H, W, 3]

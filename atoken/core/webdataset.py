@@ -1,12 +1,13 @@
-"""`WebDatasetSource`: images from local WebDataset tar shards, random access by member offset.
+"""`TarShardSource`: samples from local WebDataset tar shards, random access by member offset.
 
 A WebDataset shard is a plain POSIX tar whose members ``{key}.{ext}`` are grouped by key, the
 members of one sample next to each other; the key is the member name up to the first dot of its
-base name (``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg``). Each sample here is the image
-member of one key (``jpg``, ``jpeg``, ``png``, ``webp``, ``bmp``, ``tif``, ``tiff``, first present
-in that order); a ``txt`` member of the key is its caption (`WebDatasetSource.caption`), other
-members (``json``, ``cls``...) are ignored, as are keys without an image. Subclasses read other
-members the same way (`atoken.train.data.video.VideoWebDatasetSource`: ``mp4`` clips).
+base name (``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg``). Each sample here is the data
+member of one key: the first of the subclass's `TarShardSource.member_exts` present; a ``txt``
+member of the key is its caption (`TarShardSource.caption`), other members (``json``,
+``cls``...) are ignored, as are keys without a data member. Modality plugins subclass it and
+decode the member's bytes (the image plugin's ``WebDatasetSource``, the video plugin's
+``VideoWebDatasetSource``).
 
 The shards are read with the standard library's ``tarfile`` rather than the ``webdataset``
 package: opening a shard reads only the member headers (an index of key, offset and size), after
@@ -14,9 +15,9 @@ which any sample is one seek and read. That gives what the training stream needs
 package's sequential pipelines make hard: a per-epoch shuffle over all samples, disjoint parts
 per rank and worker even with fewer shards than parts (the package refuses "fewer shards than
 workers"), exact resume at a sample position, and per-sample error handling with the same
-skip-and-count rule as image folders. Only local, uncompressed ``.tar`` files are supported.
+skip-and-count rule as folders. Only local, uncompressed ``.tar`` files are supported.
 
-A corrupt sample (bad image bytes, truncated data) is skipped and counted; a shard whose headers
+A corrupt sample (bad bytes, truncated data) is skipped and counted; a shard whose headers
 break off part-way keeps the samples indexed before the break (the break is counted as one skip);
 a shard that cannot be opened at all is skipped whole. A missing shard file is an error.
 
@@ -29,20 +30,13 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor
-
 from atoken.core.braces import expand_urls
 from atoken.core.errors import InputError
 from atoken.core.sample_source import ImageSource
-from atoken.plugins.image.io import read_image
-
-#: image member extensions, in order of preference when a key has several
-IMAGE_MEMBER_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 
 # key = everything up to the first dot of the base name; ext = the rest (WebDataset's rule)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -72,9 +66,7 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def index_shard(
-    path: Path, shard: int, exts: Sequence[str] = IMAGE_MEMBER_EXTS
-) -> tuple[list[TarMember], str | None]:
+def index_shard(path: Path, shard: int, exts: Sequence[str]) -> tuple[list[TarMember], str | None]:
     """The data members of one shard (first of ``exts`` present per key, with its ``txt``
     caption member if any), grouped by key, and why indexing stopped early (or None)."""
     samples: list[TarMember] = []
@@ -127,22 +119,24 @@ def index_shard(
     return samples, problem
 
 
-class WebDatasetSource(ImageSource):
-    """Images from local WebDataset shards as ``(key, [H, W, 3] image)`` samples.
+class TarShardSource(ImageSource):
+    """Samples from local WebDataset shards, one per key that has a data member.
 
-    Subclasses for other data set `member_exts` (the member extensions of one sample, in order
-    of preference) and `kind` (shown in errors); `caption` reads a key's ``txt`` member.
+    Subclasses set `member_exts` (the member extensions of one sample, in order of preference)
+    and `kind` (shown in errors), and implement ``read`` (decode `read_bytes`); `caption` reads
+    a key's ``txt`` member.
 
     Args:
         urls: a shard path, a brace pattern (``shards/train-{000000..000009}.tar``), a glob, or a
             list of those. Order is kept; samples are numbered shard by shard.
 
     Raises:
-        InputError: a shard file does not exist, a URL is remote, or no shard holds any image.
+        InputError: a shard file does not exist, a URL is remote, or no shard holds a data
+            member.
     """
 
-    member_exts: tuple[str, ...] = IMAGE_MEMBER_EXTS
-    kind = "image"
+    member_exts: tuple[str, ...] = ()
+    kind = "data"
 
     def __init__(self, urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
         patterns = [os.fspath(urls)] if isinstance(urls, str | os.PathLike) else urls
@@ -150,7 +144,7 @@ class WebDatasetSource(ImageSource):
         remote = [p for p in paths if "://" in p or p.startswith("pipe:")]
         if remote:
             raise InputError(
-                f"WebDatasetSource reads local .tar files only, got {remote[0]!r}; download the"
+                f"{type(self).__name__} reads local .tar files only, got {remote[0]!r}; download the"
                 " shards first"
             )
         self.paths = [Path(p) for p in paths]
@@ -214,16 +208,3 @@ class WebDatasetSource(ImageSource):
         data = self._read_range(index, m.caption_offset, m.caption_size, f"caption of '{m.key}'")
         text = data.decode("utf-8", errors="replace").strip()
         return text or None
-
-    def read(self, index: int) -> Tensor:
-        m = self.members[index]
-        data = self.read_bytes(index)
-        # read_image takes a path; a short-lived temp file keeps decoding identical to folders
-        with tempfile.NamedTemporaryFile(prefix="atoken-wds-", suffix=f".{m.ext}") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            try:
-                return read_image(tmp.name)  # [H, W, 3]
-            except InputError as exc:
-                where = f"{self.paths[m.shard].name}:{m.name}"
-                raise InputError(str(exc).replace(tmp.name, where)) from None

