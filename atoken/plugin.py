@@ -17,7 +17,10 @@ Registration:
 
 Component protocols and building blocks:
     `ModalityAdapter` (``to_tokens`` / ``from_tokens`` / ``target`` / ``metrics`` / ``load`` /
-    ``save``), `Quantizer` and `QuantizerOutput`, `AttentionBackend` and `varlen_attention`
+    ``save``), built by its factory as ``factory(options, context=AdapterContext)``: the
+    context of the model it serves (`TokenGeometry`: patch sides, channels, ``token_dim``; the
+    device; companion model folders such as ``gaussian_decoder``), `Quantizer` and
+    `QuantizerOutput`, `AttentionBackend` and `varlen_attention`
     (block-diagonal attention over packed samples), `Mlp`, `RMSNorm`, `MultiHeadRMSNorm`.
 
 Tokens:
@@ -46,6 +49,12 @@ Files (atomic: written beside the target, flushed, renamed; never pickle):
     `CheckpointError` listing the missing, unexpected and mis-shaped keys of a state dict), and
     `outputs_together` (a block whose writes land as one set: all of them, or none when it
     raises).
+
+Pretrained directories (``config.json`` + ``model.safetensors`` + optional ``README.md`` model
+card + companion subfolders; never pickle): `PretrainedMixin` (``save_pretrained`` /
+``from_pretrained`` for an ``nn.Module`` that declares a `PretrainedFormat`), `write_pretrained`
+(the same files from a state dict), `read_document` (a size-checked, key-checked config
+document), `CONFIG_NAME`, `WEIGHTS_NAME`.
 
 Budgets (checked before anything large is allocated; environment overrides):
     `max_pixels`, `max_tokens`, `max_model_bytes`, `human_bytes`.
@@ -85,11 +94,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from atoken import hookimpl
+from atoken.core.adapter_context import AdapterContext
 from atoken.core.attention import AttentionBackend, varlen_attention
 from atoken.core.budgets import human_bytes, max_model_bytes, max_pixels, max_tokens
 from atoken.core.config import ConfigError, Strict, format_validation_error
 from atoken.core.errors import AtokenError, InputError, ResourceError, describe_os_error
 from atoken.core.frame_metrics import FrameMetrics, frame_quality, per_frame_metrics
+from atoken.core.geometry import TokenGeometry
 from atoken.core.layers import Mlp, MultiHeadRMSNorm, RMSNorm
 from atoken.core.metrics import (
     METRIC_CONVENTION,
@@ -112,6 +123,14 @@ from atoken.core.patching import (
     unpatchify,
 )
 from atoken.core.plugins import Components, PluginError, default_components
+from atoken.core.pretrained import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PretrainedFormat,
+    PretrainedMixin,
+    read_document,
+    write_pretrained,
+)
 from atoken.core.progress import progress_bar
 from atoken.core.quantizer import Quantizer, QuantizerOutput
 from atoken.core.reconstruct import Reconstruction, adapter_for, reconstruct_sample
@@ -165,8 +184,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AXES",
+    "CONFIG_NAME",
     "COORD_LIMIT",
     "METRIC_CONVENTION",
+    "WEIGHTS_NAME",
+    "AdapterContext",
     "AtokenError",
     "AttentionBackend",
     "BoundRegistry",
@@ -184,6 +206,8 @@ __all__ = [
     "OutputPathError",
     "PatchTokens",
     "PluginError",
+    "PretrainedFormat",
+    "PretrainedMixin",
     "Provider",
     "Quantizer",
     "QuantizerOutput",
@@ -195,6 +219,7 @@ __all__ = [
     "SparseTokens",
     "Strict",
     "TaskSpec",
+    "TokenGeometry",
     "UnknownComponentError",
     "adapter_for",
     "atomic_write",
@@ -225,6 +250,7 @@ __all__ = [
     "progress_bar",
     "psnr",
     "read_json",
+    "read_document",
     "read_metadata",
     "read_official_state",
     "reconstruct_sample",
@@ -236,4 +262,5 @@ __all__ = [
     "to_unit_uint8",
     "unpatchify",
     "varlen_attention",
+    "write_pretrained",
 ]

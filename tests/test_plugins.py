@@ -91,7 +91,9 @@ def test_plugin_options_are_validated_by_their_model(register_plugin) -> None:
     class P:
         @hookimpl
         def atoken_register_adapters(self, registry):
-            registry.add("toy", lambda opts: SimpleNamespace(levels=opts.levels), options=Opts)
+            registry.add(
+                "toy", lambda opts, context: SimpleNamespace(levels=opts.levels), options=Opts
+            )
 
     comps = register_plugin(P(), name="toy-plugin")
     assert comps.adapters.build("toy", {"levels": 5}).levels == 5

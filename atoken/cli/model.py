@@ -107,7 +107,7 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
     # is checked frame by frame here and decoded again, a chunk at a time, when its turn comes
     loaded = []
     for path in inputs:
-        adapter = adapter_for(path, modality, opts)
+        adapter = adapter_for(path, modality, opts, model=tok)
         sample = open_sample(adapter, path)
         try:  # fail on a bad input before any output is written
             if has_capability(adapter, "to_token_chunks"):
@@ -185,8 +185,8 @@ def encode_cmd(input_path, output, model, modality, options) -> None:
     from atoken.pipeline import adapter_for, encode_to_file
 
     opts = _parse_options(options)
-    adapter = adapter_for(input_path, modality, opts)
     tok = load_model(model)
+    adapter = adapter_for(input_path, modality, opts, model=tok)
     info = encode_to_file(tok, model, adapter, input_path, output, adapter_options=opts)
     shapes = ", ".join(f"{k} {v}" for k, v in info.items() if k != "tokens")
     click.echo(f"{input_path}: {info['tokens']} tokens -> {output} ({shapes})")
@@ -290,7 +290,7 @@ def demo_cmd(model, out_dir, split) -> None:
     from atoken.core.serialization import atomic_write_json, outputs_together
     from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
     from atoken.pipeline import Reconstruction, write_reconstruction
-    from atoken.plugins.image.samples import SampleImagesSource
+    from atoken.train.data.sample_images import SampleImagesSource
     from atoken.train.plots import comparison_strip
 
     t0 = time.perf_counter()

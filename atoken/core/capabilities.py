@@ -41,13 +41,6 @@ class CapabilityError(AtokenError, TypeError):
 
 # --------------------------------------------------------------------------- protocols
 @runtime_checkable
-class Binds(Protocol):
-    """``bind(model)``: receives the tokenizer it will work with (device, companion models)."""
-
-    def bind(self, model: Any) -> None: ...
-
-
-@runtime_checkable
 class Opens(Protocol):
     """``open(path)``: a lazily read sample (e.g. a `VideoFile`), instead of ``load``."""
 
@@ -176,7 +169,6 @@ class Capability:
 CAPABILITIES: dict[str, Capability] = {
     c.name: c
     for c in (
-        Capability("bind", Binds, args=("model",)),
         Capability("open", Opens, args=("path",)),
         Capability("to_token_chunks", ChunksTokens, args=("sample", "frames")),
         Capability(

@@ -23,8 +23,10 @@ def atoken_register_adapters(registry: BoundRegistry) -> None:
     """Register modality adapters (image, video, 3D, ...).
 
     Called once per plugin when the plugin manager is built. Call ``registry.add(name, factory,
-    options=OptionsModel)`` once per adapter; ``factory(options)`` must return an object that
-    satisfies :class:`atoken.core.modality.ModalityAdapter`. Names are global across plugins;
+    options=OptionsModel)`` once per adapter; ``factory(options, context=AdapterContext)``
+    (the served model's token geometry, device and companions,
+    :class:`atoken.core.adapter_context.AdapterContext`) must return an object that satisfies
+    :class:`atoken.core.modality.ModalityAdapter`. Names are global across plugins;
     a clash is an error naming both providers. Not firstresult, not historic.
 
     :param registry: the adapter registry, bound to the calling plugin.

@@ -1,15 +1,16 @@
-"""Built-in video adapter: MP4/MOV/WebM/MKV/GIF in, 4x16x16 space-time patch tokens, MP4 out."""
+"""Built-in video adapter: MP4/MOV/WebM/MKV/GIF in, space-time patch tokens (the model's
+geometry, AToken's 4x16x16), MP4 out."""
 
 from __future__ import annotations
 
 from atoken import hookimpl
+from atoken.core.adapter_context import AdapterContext
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
-from atoken.plugins.video.data import atoken_register_data_sources as atoken_register_data_sources
 from atoken.plugins.video.tasks import atoken_register_tasks as atoken_register_tasks
 
 
-def _video(options: VideoOptions) -> VideoAdapter:
-    return VideoAdapter(options)
+def _video(options: VideoOptions, context: AdapterContext) -> VideoAdapter:
+    return VideoAdapter(options, context)
 
 
 @hookimpl
@@ -18,6 +19,6 @@ def atoken_register_adapters(registry) -> None:
         "video",
         _video,
         options=VideoOptions,
-        description="video clips; crop to multiples of 16, frames padded to a multiple of 4",
+        description="video clips; crop to multiples of the patch side, frames padded to whole"
+        " patches",
     )
-

@@ -18,10 +18,10 @@ from atoken import hookimpl
 from atoken_plugin_3d.options import Mesh3DOptions
 
 
-def _mesh3d(options: Mesh3DOptions):
+def _mesh3d(options: Mesh3DOptions, context=None):
     from atoken_plugin_3d.adapter import Mesh3DAdapter
 
-    return Mesh3DAdapter(options)
+    return Mesh3DAdapter(options, context)  # context: the served model's AdapterContext
 
 
 def _torch_renderer():
