@@ -240,3 +240,77 @@ def test_shipped_stage2_config_validates_with_the_paper_mix() -> None:
     assert mix == {"image_rec": 22.2, "video_und": 11.1, "video_rec": 66.7}
     assert stage.resolution("video") == (64, 96)
     assert config.semantic.section("video").text_model == "minilm"
+
+
+def _video_only(clip_dir, **eval_section) -> dict:
+    return {
+        "model": {"preset": "atoken-tiny"},
+        "data": [{"name": "folder", "task": "video_rec", "path": str(clip_dir)}],
+        "stages": [{"steps": 1, "min_res": 16, "max_res": 32, "tasks": {"video_rec": 1}}],
+        "eval": {"source": "folder", "path": str(clip_dir), "lpips": False, **eval_section},
+        "run": {"eval_images": 2},
+    }
+
+
+def test_held_out_data_is_the_eval_source_of_the_evaluated_tasks_modality(
+    clip_dir, tmp_path, tiny
+) -> None:
+    """A video-only run is judged on clips through the video adapter (not on images): the
+    ``folder`` source of the video plugin gives the centred clips; naming ``[eval] task`` picks
+    another modality's registration of the same source name."""
+    from types import SimpleNamespace
+
+    from atoken import default_components
+    from atoken.train.data.build import held_out_samples
+    from atoken.train.monitor import NAME, ROWS, Monitor
+
+    config = validate_train_config(_video_only(clip_dir))
+    held = held_out_samples(config, limit=2)
+    assert (held.task, held.modality, held.adapter.name) == ("video_rec", "video", "video")
+    assert [name for name, _ in held.samples] == ["a", "b"]
+    for _, clip in held.samples:
+        assert clip.shape == (16, 32, 48, 3)  # clip_frames' default of the video plugin
+        assert frame_ids(clip) == list(range(4, 20))  # centred: (24 - 16) // 2, no randomness
+    again = held_out_samples(config, limit=2)
+    assert all(
+        torch.equal(x, y) for (_, x), (_, y) in zip(held.samples, again.samples, strict=True)
+    )
+    as_images = validate_train_config(_video_only(clip_dir, task="image_rec"))
+    with pytest.raises(InputError, match="no image files .* under"):
+        held_out_samples(as_images)
+
+    trainer = SimpleNamespace(
+        config=config, components=default_components(), run_dir=tmp_path / "run"
+    )
+    monitor = Monitor(trainer, enabled=True, progress=False)
+    result = monitor.evaluate(tiny)
+    rows = result["summary"][ROWS]
+    assert [r[NAME] for r in rows] == ["a", "b"]
+    assert all(r["tokens"] == 4 * 2 * 3 and r["psnr"] > 0 for r in rows)  # 16 frames of 32x48
+    assert result["summary"]["psnr"] == pytest.approx(sum(r["psnr"] for r in rows) / 2)
+    monitor._draw_samples(result, 7)
+    written = sorted(p.name for p in (tmp_path / "run" / "samples" / "step-00000007").iterdir())
+    assert written == ["a.mp4", "b.mp4"]  # the video adapter's side-by-side clips, not a grid
+
+
+def test_pack_takes_the_adapter_whose_files_the_folder_holds(clip_dir, tmp_path) -> None:
+    from PIL import Image
+
+    from atoken.train.data import pack_folder
+    from atoken.train.data.pack import folder_adapter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for key in ("a", "b"):
+        (src / f"{key}.mp4").write_bytes((clip_dir / f"{key}.mp4").read_bytes())
+    (src / "bad.mp4").write_bytes(b"not a video at all")
+    assert folder_adapter(src).name == "video"
+    shards = pack_folder(src, tmp_path / "shards", 2)
+    assert (shards.samples, shards.skipped) == (2, 1) and "bad" in shards.skip_reasons[0]
+    source = VideoWebDatasetSource(shards.pattern, ClipSampling(clip_frames=5))
+    assert source.all_keys() == ["a", "b"]
+    assert torch.equal(source.read(1), VideoFolderSource(src, ClipSampling(clip_frames=5)).read(1))
+    Image.new("RGB", (32, 32), "red").save(src / "still.png")
+    with pytest.raises(InputError, match=r"several adapters \(image: 1, video: 3\).*--modality"):
+        folder_adapter(src)
+    assert folder_adapter(src, modality="image").name == "image"
