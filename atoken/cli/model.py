@@ -290,7 +290,7 @@ def demo_cmd(model, out_dir, split) -> None:
     from atoken.core.serialization import atomic_write_json, outputs_together
     from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
     from atoken.pipeline import Reconstruction, write_reconstruction
-    from atoken.train.data.sample_images import SampleImagesSource
+    from atoken.plugins.image.samples import SampleImagesSource
     from atoken.train.plots import comparison_strip
 
     t0 = time.perf_counter()
@@ -336,4 +336,3 @@ def demo_cmd(model, out_dir, split) -> None:
     for line in format_table(report):
         click.echo(line)
     click.echo(f"({len(images)} photos in {elapsed:.1f} s)")
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 from atoken import hookimpl
 from atoken.core.adapter_context import AdapterContext
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
+from atoken.plugins.image.data import atoken_register_data_sources as atoken_register_data_sources
 from atoken.plugins.image.tasks import atoken_register_tasks as atoken_register_tasks
 
 
