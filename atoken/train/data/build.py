@@ -9,11 +9,11 @@ its plugin). The modality is the adapter the task's registration names
 (`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
 `task_adapter`).
 
-``files`` (`atoken.train.data.files`) serves any modality: the files under ``path`` whose suffix
+``files`` (`atoken.core.files_source`) serves any modality: the files under ``path`` whose suffix
 the task's adapter claims, read by ``adapter.load`` (scene folders with ``transforms.json``
 count as one sample for adapters claiming ``.json``), captions from a sidecar ``NAME.txt``;
 options ``recursive`` (default true), ``cache`` (loaded samples kept in memory, default 8) and
-``adapter`` (options of the task's adapter, e.g. ``{ views = 8, size = 128 }`` for ``mesh3d``;
+``adapter`` (options of the task's adapter, e.g. a 3D plugin's ``{ views = 8, size = 128 }``;
 sources of one task must agree on them). For a modality whose plugin registers no sources of
 its own, ``samples`` is what the adapter offers through its optional ``sample_assets()``
 capability (same ``cache`` / ``adapter`` options), and ``folder`` / ``webdataset`` do not exist.
