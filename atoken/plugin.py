@@ -14,6 +14,11 @@ Registration:
     `UnknownComponentError`, `DuplicateComponentError` and `OptionsError` are what they raise.
     A training task is ``registry.add(name, TaskSpec(modality=...))`` in
     ``atoken_register_tasks`` (`UNDERSTANDING_OBJECTIVES` lists the objectives a task may name).
+    A task objective (the loss of a task's batches, built by atoken's trainer) is
+    ``registry.add(name, factory, options=OptionsModel)`` in ``atoken_register_objectives``:
+    ``factory(options, context=ObjectiveContext)`` returns an ``nn.Module``; its held-out
+    evaluation gets `HeldOutSample` entries and returns a `HeldOutReport`; `SharedHelpers` keeps
+    frozen helpers (a perceptual network) out of its checkpointed state.
 
 Component protocols and building blocks:
     `ModalityAdapter` (``to_tokens`` / ``from_tokens`` / ``target`` / ``metrics`` / ``load`` /
@@ -114,6 +119,7 @@ from atoken.core.metrics import (
     to_unit_uint8,
 )
 from atoken.core.modality import ModalityAdapter
+from atoken.core.objective import HeldOutReport, HeldOutSample, ObjectiveContext, SharedHelpers
 from atoken.core.option_pairs import parse_options
 from atoken.core.patching import (
     crop_box,
@@ -198,10 +204,13 @@ __all__ = [
     "DuplicateComponentError",
     "Entry",
     "FrameMetrics",
+    "HeldOutReport",
+    "HeldOutSample",
     "InputError",
     "Mlp",
     "ModalityAdapter",
     "MultiHeadRMSNorm",
+    "ObjectiveContext",
     "OptionsError",
     "OutputPathError",
     "PatchTokens",
@@ -216,6 +225,7 @@ __all__ = [
     "Reconstruction",
     "Registry",
     "ResourceError",
+    "SharedHelpers",
     "SparseTokens",
     "Strict",
     "TaskSpec",

@@ -44,7 +44,6 @@ DISTRIBUTIONS = {  # folder -> its own top-level package
 D1 = "issue 13 Deliver 1 (tasks and data sources move into their plugins)"
 D3_TRAIN = "issue 13 Deliver 3 (a plugin trains through a public entry: atoken / the command)"
 D5 = "issue 13 Deliver 5 (one pretrained-directory mixin reads official checkpoints too)"
-D6 = "issue 13 Deliver 6 (one trainer: the 3D package's second trainer retires)"
 
 #: (importing module, imported module) -> the issue-13 item that removes it.
 KNOWN: dict[tuple[str, str], str] = {
@@ -52,19 +51,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("atoken.plugin", "atoken.convert.official"): D5,
     # train -> the text plugin's private helpers
     ("atoken.train.semantic", "atoken.plugins.text._hf"): D1,
-    # atoken-plugin-3d: the second trainer uses trainer internals and the LPIPS loss
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.checkpoint"): D6,
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.pca_init"): D6,
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.plots"): D6,
-    ("packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py", "atoken.train.optim"): D6,
-    (
-        "packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py",
-        "atoken.plugins.losses.options",
-    ): D6,
-    (
-        "packages/atoken-plugin-3d/src/atoken_plugin_3d/train_gs.py",
-        "atoken.plugins.losses.perceptual",
-    ): D6,
     # the example's short training run
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.config"): D3_TRAIN,
     ("examples/atoken-plugin-grayscale/tests/test_grayscale.py", "atoken.train.trainer"): D3_TRAIN,

@@ -171,40 +171,18 @@ def test_repository_plugins_toml_is_valid() -> None:
     assert settings.autoload is True
 
 
-def test_train_hands_a_config_naming_a_trainer_to_that_plugin(
-    tmp_path, register_plugin, monkeypatch
-) -> None:
+def test_there_is_one_trainer_and_no_trainers_hook(tmp_path) -> None:
+    """A plugin trains through a task objective (tests/test_task_objective.py); a config naming
+    a plugin trainer (the retired ``trainers`` hook) is refused as an unknown key."""
     from click.testing import CliRunner
 
-    import atoken.core.plugins as plugins_mod
     from atoken.cli import cli
+    from atoken.core import hookspecs
 
-    calls: list[tuple] = []
-
-    class Recorder:
-        def fit(self, config_path, out_dir, *, resume, steps):
-            calls.append((config_path.name, out_dir.name, resume, steps))
-
-    class P:
-        @hookimpl
-        def atoken_register_trainers(self, registry):
-            registry.add("recorder", Recorder)
-
-    comps = register_plugin(P(), name="trainer-plugin")
-    assert "recorder" in comps.trainers
-    monkeypatch.setattr(plugins_mod, "default_components", lambda: comps)
+    assert not hasattr(hookspecs, "atoken_register_trainers")
+    assert not hasattr(hookspecs, "atoken_register_renderers")
     config = tmp_path / "custom.toml"
-    config.write_text('trainer = "recorder"\n[anything]\nits_own = "schema"\n')
-    result = CliRunner().invoke(
-        cli, ["train", str(config), "--out", str(tmp_path / "run"), "--resume", "--steps", "7"]
-    )
-    assert result.exit_code == 0, result.output
-    assert calls == [("custom.toml", "run", True, 7)]
-
-    config.write_text('trainer = "recordr"\n')
+    config.write_text('trainer = "recorder"\n[[stages]]\nsteps = 1\n')
     result = CliRunner().invoke(cli, ["train", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0
-    assert "no trainer named 'recordr' — did you mean 'recorder'?" in result.output
-    config.write_text("trainer = 3\n")
-    result = CliRunner().invoke(cli, ["train", str(config)])
-    assert result.exit_code != 0 and "'trainer' must be a trainer name" in result.output
+    assert "trainer: unknown key" in result.output

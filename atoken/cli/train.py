@@ -40,9 +40,9 @@ def train_cmd(
     """Train from a TOML config (one process, or many under torchrun).
 
     A run folder that already holds checkpoints needs --resume (continue) or --restart (set
-    the old run aside, start over); without either it is an error. A config with a top-level
-    ``trainer = "NAME"`` runs the trainer a plugin registered under that name (e.g.
-    ``gaussian-decoder`` from atoken-plugin-3d).
+    the old run aside, start over); without either it is an error. Every config runs atoken's
+    one trainer; a plugin's own training objective (e.g. atoken-plugin-3d's Gaussian decoder,
+    ``configs/3d-gs.toml``) is a task of it.
     """
     from atoken.core.errors import InputError
     from atoken.train.config import load_train_config, scale_steps
@@ -53,17 +53,6 @@ def train_cmd(
             "--resume and --restart exclude each other: --resume continues the run in the"
             " folder, --restart sets it aside and starts over; give one"
         )
-    plugin_trainer = _plugin_trainer_name(config)
-    if plugin_trainer is not None:
-        from atoken.core.plugins import default_components
-        from atoken.train.checkpoint import CheckpointManager
-
-        trainer = default_components().trainers.build(plugin_trainer)
-        run_dir = out_dir or Path("runs") / config.stem
-        if restart:
-            CheckpointManager(run_dir).restart("--restart")
-        trainer.fit(config, run_dir, resume=resume, steps=steps)
-        return
     cfg = load_train_config(config)
     if steps is not None:
         cfg = scale_steps(cfg, steps)
@@ -73,22 +62,6 @@ def train_cmd(
         click.echo(
             f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)"
         )
-
-
-def _plugin_trainer_name(config: Path) -> str | None:
-    """The top-level ``trainer`` of a TOML config, or None (atoken's own trainer)."""
-    import tomllib
-
-    from atoken.core.errors import InputError
-
-    try:
-        doc = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return None  # atoken's config loader reports it, naming the file
-    name = doc.get("trainer")
-    if name is not None and not isinstance(name, str):
-        raise InputError(f"{config}: 'trainer' must be a trainer name (string), got {name!r}")
-    return name
 
 
 def _mount_data_commands() -> None:

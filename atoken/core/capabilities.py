@@ -15,6 +15,9 @@ error at registration, never a silently disabled feature. Callers ask the regist
 (``entry.has("stream_sink")``) or `capabilities_of` (the same verified record), never
 ``getattr``.
 
+Registered task objectives (`atoken.core.objective`) declare theirs the same way, from the same
+table (``export_companions``, ``evaluate_held_out``), verified when the trainer builds them.
+
 References: PEP 544 runtime-checkable protocols; pluggy's hookimpl signature validation at
 registration.
 """
@@ -128,6 +131,22 @@ class EmbedPerFrame(Protocol):
     embed_per_frame: bool
 
 
+@runtime_checkable
+class ExportsCompanions(Protocol):
+    """``export_companions(directory)`` (task objectives, `atoken.core.objective`): write
+    companion model folders (e.g. ``gaussian_decoder/``) into a run's ``model/`` directory."""
+
+    def export_companions(self, directory: os.PathLike[str]) -> None: ...
+
+
+@runtime_checkable
+class EvaluatesHeldOut(Protocol):
+    """``evaluate_held_out(model, samples)`` (task objectives): held-out metrics and pictures
+    of the trained model on its task's samples, a `atoken.core.objective.HeldOutReport`."""
+
+    def evaluate_held_out(self, model: Any, samples: Any) -> Any: ...
+
+
 # --------------------------------------------------------------------------- the table
 def _is_suffix(v: Any) -> bool:
     return isinstance(v, str) and v.startswith(".") and v == v.lower()
@@ -209,6 +228,8 @@ CAPABILITIES: dict[str, Capability] = {
             value=lambda v: isinstance(v, bool),
             expected="True or False",
         ),
+        Capability("export_companions", ExportsCompanions, args=("directory",)),
+        Capability("evaluate_held_out", EvaluatesHeldOut, args=("model", "samples")),
     )
 }
 

@@ -115,29 +115,18 @@ def atoken_register_text_encoders(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_renderers(registry: BoundRegistry) -> None:
-    """Register renderers that turn a decoded representation (e.g. 3D Gaussians) into images.
+def atoken_register_objectives(registry: BoundRegistry) -> None:
+    """Register task objectives: the loss of a task's batches, in place of the stage's
+    reconstruction losses (see :mod:`atoken.core.objective`).
 
-    ``factory(options)`` returns an object with ``name: str``, ``available() -> bool`` and
-    ``render(...)``; the representation and the call signature belong to the plugin that
-    defines the representation (``atoken-plugin-3d`` documents its Gaussian renderers).
-    Availability (a CUDA device, an optional package) is checked when used, never at
-    registration. Called once per plugin. Not firstresult.
+    Call ``registry.add(name, factory, options=OptionsModel)``; ``factory(options, context)``
+    gets the config's ``[objectives.<name>]`` table validated against ``OptionsModel`` and an
+    :class:`atoken.core.objective.ObjectiveContext`, and returns an ``nn.Module`` whose
+    ``forward(out, batch)`` returns ``(total, terms)``. A task uses it by naming it in its
+    :class:`atoken.core.task.TaskSpec` (``task_objective``). Called once per plugin. Not
+    firstresult, not historic.
 
-    :param registry: the renderer registry, bound to the calling plugin.
-    """
-
-
-@hookspec
-def atoken_register_trainers(registry: BoundRegistry) -> None:
-    """Register training programs that ``atoken train`` runs for a config naming them.
-
-    A config file with a top-level ``trainer = "NAME"`` is handed whole to the trainer
-    registered as NAME: ``factory(options)`` returns an object with ``fit(config_path, out_dir,
-    *, resume: bool, steps: int | None)``; it validates the file itself (strictly). Configs
-    without ``trainer`` run atoken's tokenizer trainer. Called once per plugin.
-
-    :param registry: the trainer registry, bound to the calling plugin.
+    :param registry: the objective registry, bound to the calling plugin.
     """
 
 

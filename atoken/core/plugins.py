@@ -55,8 +55,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "data_source": "atoken_register_data_sources",
     "attention": "atoken_register_attention_backends",
     "text_encoder": "atoken_register_text_encoders",
-    "renderer": "atoken_register_renderers",
-    "trainer": "atoken_register_trainers",
+    "objective": "atoken_register_objectives",
     "command": "atoken_register_commands",
 }
 
@@ -244,12 +243,8 @@ class Components:
         return self.registries["text_encoder"]
 
     @property
-    def renderers(self) -> Registry[Any]:
-        return self.registries["renderer"]
-
-    @property
-    def trainers(self) -> Registry[Any]:
-        return self.registries["trainer"]
+    def objectives(self) -> Registry[Any]:
+        return self.registries["objective"]
 
     @property
     def commands(self) -> Registry[Any]:

@@ -3,7 +3,10 @@
 The plugin that owns a modality registers its tasks through ``atoken_register_tasks`` (the image
 plugin registers ``image_rec`` and ``image_und``, the video plugin ``video_rec`` and
 ``video_und``, a third-party modality its own); the trainer reads everything that differs per
-task from the registered `TaskSpec`, so it never branches on a modality name.
+task from the registered `TaskSpec`, so it never branches on a modality name. A task may name a
+registered task objective (``atoken_register_objectives``, `atoken.core.objective`) that replaces
+the stage's reconstruction losses on its batches, e.g. ``3d_gs`` of atoken-plugin-3d (the
+Gaussian decoder's render loss).
 
 References: task table after AToken (arXiv 2509.14476), "Curriculum and optimisation".
 """
@@ -34,6 +37,13 @@ class TaskSpec:
         resolution: prefix of the stage keys bounding this task's resolution
             (``video`` -> ``video_min_res`` / ``video_max_res``, falling back to ``min_res`` /
             ``max_res``); None: ``min_res`` / ``max_res``.
+        task_objective: a registered task objective (``atoken_register_objectives``) that
+            computes the loss of this reconstruction task's batches instead of the stage's
+            reconstruction losses; its options are the config's ``[objectives.<name>]`` table.
+        samples: the stream keeps each loaded sample (what the adapter's ``load`` returned) on
+            its tokens as ``meta["sample"]``, for a task objective that needs more than the
+            tokens (e.g. the posed views a 3D asset was rendered from). An in-memory reference,
+            never written anywhere.
     """
 
     modality: str
@@ -42,6 +52,8 @@ class TaskSpec:
     section: str | None = None
     captions: bool = False
     resolution: str | None = None
+    task_objective: str | None = None
+    samples: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in ("reconstruction", "understanding"):
@@ -59,4 +71,11 @@ class TaskSpec:
         if self.understanding == "caption_contrast" and not (self.section and self.captions):
             raise ValueError(
                 "a caption_contrast task names its [semantic.<section>] and has captions = True"
+            )
+        if self.task_objective is not None and (
+            self.objective != "reconstruction" or not self.task_objective.strip()
+        ):
+            raise ValueError(
+                "task_objective names a registered objective (atoken_register_objectives) of a"
+                f" reconstruction task, got {self.task_objective!r} on a {self.objective} task"
             )

@@ -10,6 +10,9 @@ A run folder looks like this::
                                   with ``Tokenizer.from_pretrained`` (raw weights)
           ema.safetensors         EMA weights, same names as model.safetensors (if an EMA is kept)
           optimizer.safetensors   per-parameter optimizer state as ``state.{index}.{name}``
+          objectives.safetensors  the task objectives' weights (`atoken.core.objective`) as
+                                  ``{objective}.{name}``, and objectives_ema.safetensors their
+                                  EMA (only when the run trains a task objective)
           state.json              step, scheduler, data position, RNG, extra, EMA counter,
                                   optimizer hyper-parameters, size + sha256 of every file, and
                                   its own sha256 (``state_sha256``)
@@ -19,6 +22,8 @@ A run folder looks like this::
         config.json               weights if an EMA is kept, else the raw weights; it is what
         model.safetensors         ``atoken reconstruct --model RUN/model`` and ``atoken eval``
         source.json               take (source.json says which step and which weights)
+        gaussian_decoder/         companions a task objective exports (EMA weights), e.g.
+                                  atoken-plugin-3d's Gaussian decoder
       discarded-20261202T061500Z/ what a run set aside instead of deleting: checkpoints newer
                                   than the one it resumed from, an earlier run on --restart
 
@@ -44,7 +49,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +97,12 @@ from atoken.train.state_codec import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: the task objectives' weights (raw, EMA) in a checkpoint, keyed ``{objective}.{name}``
+OBJECTIVES_FILE = "objectives.safetensors"
+OBJECTIVES_EMA_FILE = "objectives_ema.safetensors"
+#: ``name -> (module, its EMA or None)``: the task objectives a checkpoint holds
+Objectives = Mapping[str, tuple[nn.Module, ModelEma | None]]
 
 #: what `CheckpointManager.restart` moves aside: everything a run writes into its folder
 RUN_OUTPUTS = (
@@ -184,6 +195,7 @@ def load(
     scheduler: Any | None = None,
     restore_rng: bool = True,
     verify: bool = True,
+    objectives: Objectives | None = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint into the given objects (in place).
 
@@ -198,6 +210,8 @@ def load(
         restore_rng: also restore torch, CUDA, ``random`` and numpy RNG states, so the run
             continues with the same random draws.
         verify: check sizes and sha256 of every file first (`verify_checkpoint`).
+        objectives: task objectives (and their EMAs) receiving their saved weights, strictly:
+            the checkpoint must hold exactly these objectives (``{}``: none); None: not checked.
 
     Returns:
         ``{"path", "step", "data_state", "extra"}``: where it came from, the step that was
@@ -213,6 +227,8 @@ def load(
     load_state_dict_checked(module, load_tensors(source, what="checkpoint weights"), source=source)
     if ema is not None:
         _load_ema(path, doc, ema, module)
+    if objectives is not None:
+        _load_objectives(path, doc, objectives)
     if optimizer is not None:
         _load_optimizer(path, doc, optimizer)
     if scheduler is not None:
@@ -237,6 +253,28 @@ def _load_ema(path: Path, doc: Mapping[str, Any], ema: ModelEma, module: nn.Modu
         return
     weights = load_tensors(path / EMA_FILE, what="checkpoint EMA weights")
     ema.load_state_dict(weights, num_updates=doc["ema"]["num_updates"])
+
+
+def _load_objectives(path: Path, doc: Mapping[str, Any], objectives: Objectives) -> None:
+    saved = doc.get("objectives") or {}
+    if not saved and not objectives:
+        return
+    if sorted(saved) != sorted(objectives):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds the task objectives {sorted(saved) or 'none'}, this"
+            f" run trains {sorted(objectives)}; resume it with the config it was trained with"
+        )
+    raw = load_tensors(path / OBJECTIVES_FILE, what="checkpoint objective weights")
+    emas = None
+    if any(ema is not None for _, ema in objectives.values()):
+        emas = load_tensors(path / OBJECTIVES_EMA_FILE, what="checkpoint objective EMA weights")
+    for name, (module, ema) in objectives.items():
+        prefix = f"{name}."
+        own = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
+        load_state_dict_checked(module, own, source=f"{path / OBJECTIVES_FILE} [{name}]")
+        if ema is not None:
+            shadow = {k.removeprefix(prefix): v for k, v in emas.items() if k.startswith(prefix)}
+            ema.load_state_dict(shadow, num_updates=saved[name].get("ema_num_updates"))
 
 
 def _load_optimizer(path: Path, doc: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
@@ -274,12 +312,15 @@ def export_model_dir(
     ema: ModelEma | None = None,
     *,
     step: int | None = None,
+    companions: Sequence[Callable[[Path], None]] = (),
 ) -> Path:
     """(Re)write ``run_dir/model`` as a ``from_pretrained`` directory, replacing it atomically.
 
     It holds the EMA weights if ``ema`` is given, else ``model``'s own. A `Tokenizer` is written
     with ``save_pretrained`` (``config.json`` + ``model.safetensors``); any other module gets
     ``model.safetensors`` only. ``source.json`` records the step and which weights these are.
+    Each of ``companions`` is called with the new directory before it replaces the old one, to
+    write its companion folders (a task objective's ``export_companions``).
 
     Returns:
         The ``run_dir/model`` path.
@@ -294,6 +335,8 @@ def export_model_dir(
         target.save_pretrained(tmp)
     else:
         _write_tensors(tmp / MODEL_FILE, target.state_dict())
+    for write in companions:
+        write(tmp)
     source = {"step": step, "weights": "ema" if ema is not None else "model"}
     if ema is not None:
         source |= {"ema_decay": ema.decay, "ema_num_updates": ema.num_updates}
@@ -391,6 +434,8 @@ class CheckpointManager:
         data_state: Any = None,
         extra: Any = None,
         export: bool = True,
+        objectives: Objectives | None = None,
+        companions: Sequence[Callable[[Path], None]] = (),
     ) -> Path:
         """Write the checkpoint of the completed ``step``, prune, and refresh ``run_dir/model``.
 
@@ -407,6 +452,8 @@ class CheckpointManager:
             data_state: JSON-encodable data position (e.g. the loader's ``state_dict()``).
             extra: any other JSON-encodable state (curriculum stage, best metric, ...).
             export: also rewrite ``run_dir/model`` (`export_model_dir`).
+            objectives: the run's task objectives and their EMAs (their weights are saved).
+            companions: writers of the model directory's companion folders (`export_model_dir`).
 
         Returns:
             The new ``checkpoints/step-XXXXXXXX`` directory.
@@ -427,6 +474,7 @@ class CheckpointManager:
                 scheduler=scheduler,
                 data_state=data_state,
                 extra=extra,
+                objectives=objectives,
             )
             fsync_dir(tmp)
             verify_checkpoint(tmp, check_hashes=False)  # sizes and headers, before any pruning
@@ -439,7 +487,7 @@ class CheckpointManager:
             raise
         self._prune(step)
         if export:
-            export_model_dir(self.run_dir, model, ema, step=step)
+            export_model_dir(self.run_dir, model, ema, step=step, companions=companions)
         return final
 
     def _prune(self, step: int) -> None:
@@ -550,6 +598,7 @@ class CheckpointManager:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any | None = None,
         restore_rng: bool = True,
+        objectives: Objectives | None = None,
     ) -> dict[str, Any] | None:
         """Load the newest intact checkpoint into the given objects.
 
@@ -577,6 +626,7 @@ class CheckpointManager:
             scheduler=scheduler,
             restore_rng=restore_rng,
             verify=False,  # resume_point() has just verified it
+            objectives=objectives,
         )
         self.set_aside_newer(path)
         logger.info("resuming from %s (step %d)", path, state["step"])
@@ -602,6 +652,7 @@ def _write_checkpoint(
     scheduler: Any | None,
     data_state: Any,
     extra: Any,
+    objectives: Objectives | None = None,
 ) -> None:
     """Write every file of one checkpoint into ``directory``; ``state.json`` last."""
     from atoken import __version__
@@ -633,6 +684,17 @@ def _write_checkpoint(
     if ema is not None:
         files[EMA_FILE] = _write_tensors(directory / EMA_FILE, ema.state_dict(), metadata)
         doc["ema"] = {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates}
+    if objectives:
+        raw = {f"{n}.{k}": v for n, (m, _) in objectives.items() for k, v in m.state_dict().items()}
+        files[OBJECTIVES_FILE] = _write_tensors(directory / OBJECTIVES_FILE, raw)
+        emas = {n: e for n, (_, e) in objectives.items() if e is not None}
+        if emas:
+            shadow = {f"{n}.{k}": v for n, e in emas.items() for k, v in e.state_dict().items()}
+            files[OBJECTIVES_EMA_FILE] = _write_tensors(directory / OBJECTIVES_EMA_FILE, shadow)
+        doc["objectives"] = {
+            n: {"ema_num_updates": e.num_updates if e is not None else None}
+            for n, (_, e) in objectives.items()
+        }
     if optimizer is not None:
         tensors, doc["optimizer"] = optimizer_state_to_tensors(optimizer)
         files[OPTIMIZER_FILE] = _write_tensors(directory / OPTIMIZER_FILE, tensors)

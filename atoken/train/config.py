@@ -449,6 +449,9 @@ class TrainConfig(Strict):
     kl_weight: float = Field(default=1e-8, ge=0)
     rec_weight: float = Field(default=0.2, ge=0)
     semantic: SemanticConfig | None = None
+    #: ``[objectives.<name>]``: options of the registered task objectives the tasks name
+    #: (`atoken.core.objective`), validated against each objective's options model in phase two
+    objectives: dict[str, dict[str, Any]] = {}
     limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
@@ -602,6 +605,7 @@ def check_tasks(
                 f"{where}: [semantic.{name}] is the section of no registered task; sections of"
                 f" the registered caption_contrast tasks: {known}"
             )
+    _check_objectives(config, comps, specs, where)
     for task in sorted({t for s in config.stages for t in s.tasks}):
         spec = specs[task]
         users = [s.name for s in config.stages if task in s.tasks]
@@ -631,6 +635,59 @@ def check_tasks(
                 raise ConfigError(
                     f"{where}: [semantic.{name}] needs text_model (or [semantic] text_model)"
                 )
+
+
+def task_objectives(
+    config: TrainConfig, components: Components | None = None
+) -> dict[str, list[str]]:
+    """Registered task objective name -> the tasks of the config's stages that use it (sorted)."""
+    out: dict[str, list[str]] = {}
+    for task in sorted({t for s in config.stages for t in s.tasks}):
+        name = task_spec(task, components).task_objective
+        if name is not None:
+            out.setdefault(name, []).append(task)
+    return out
+
+
+def objective_options(name: str, config: TrainConfig, components: Components) -> Any:
+    """``[objectives.<name>]`` validated against the options model objective ``name`` registered.
+
+    Raises:
+        ConfigError: no plugin registers ``name``, or its options do not validate.
+    """
+    from atoken.core.registry import OptionsError, UnknownComponentError
+
+    try:
+        entry = components.objectives.get(name)
+    except UnknownComponentError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return entry.validate_options(config.objectives.get(name))
+    except OptionsError as exc:
+        raise ConfigError(f"[objectives.{name}]: {exc}") from None
+
+
+def _check_objectives(
+    config: TrainConfig, comps: Components, specs: dict[str, TaskSpec], where: str
+) -> None:
+    """Phase two of ``[objectives.<name>]``: each task objective a task names is registered and
+    its table validates; a table no task of the config uses is an error (a typo must not pass)."""
+    used: dict[str, str] = {}
+    for task, spec in specs.items():
+        if spec.task_objective is not None:
+            used.setdefault(spec.task_objective, task)
+    for name, task in sorted(used.items()):
+        try:
+            objective_options(name, config, comps)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: task {task!r} trains objective {name!r}: {exc}") from None
+    unused = sorted(set(config.objectives) - set(used))
+    if unused:
+        known = ", ".join(f"{n} ({t})" for n, t in sorted(used.items())) or "none"
+        raise ConfigError(
+            f"{where}: [objectives.{unused[0]}] is the objective of no task in this config;"
+            f" objectives its tasks train: {known}"
+        )
 
 
 def scale_steps(config: TrainConfig, total: int) -> TrainConfig:

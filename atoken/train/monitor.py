@@ -250,10 +250,12 @@ class Monitor:
 
     def on_sample(self, step: int) -> None:
         """Reconstruct the held-out data with the EMA model; write pictures and eval metrics."""
-        if not self.held_out():
-            self.draw_curve()
-            return
-        result = self.evaluate(self.trainer.ema.module.eval())
+        result = self.trainer.held_out_report()  # a task objective's own evaluation, if any
+        if result is None:
+            if not self.held_out():
+                self.draw_curve()
+                return
+            result = self.evaluate(self.trainer.ema.module.eval())
         summary = {"step": step, **result["summary"]}
         self.evals.append(summary)
         self._draw_samples(result, step)
@@ -262,7 +264,7 @@ class Monitor:
         self.draw_curve()
         msg = (
             f"step {step}: held-out {_quality(summary)}"
-            f" ({len(summary[ROWS])} images: {self._eval_name()})"
+            f" ({len(summary[ROWS])} images: {summary.get('data', self._eval_name())})"
         )
         if self._progress is not None:
             self._progress.console.print(msg)

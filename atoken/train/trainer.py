@@ -3,14 +3,18 @@
 One step: for each micro-batch (gradient accumulation), pack a token-budget batch of the task
 picked round-robin by the stage's task weights, run encode → quantize → decode, compute the
 stage's objective as the task's registration (`atoken.core.task.TaskSpec`) says: the
-reconstruction losses on reconstruction tasks of any modality, on understanding tasks the
-registered objective (``distill``: KL distillation from the SigLIP2 teacher, as ``image_und``;
-``caption_contrast``: the caption sigmoid loss, as ``video_und`` / ``3d_und``; see
+reconstruction losses on reconstruction tasks of any modality, or the registered task objective
+the task names (``task_objective``, `atoken.core.objective`: e.g. atoken-plugin-3d's
+``gaussian_render``, which trains the Gaussian decoder on rendered views); on understanding tasks
+the understanding objective (``distill``: KL distillation from the SigLIP2 teacher, as
+``image_und``; ``caption_contrast``: the caption sigmoid loss, as ``video_und`` / ``3d_und``; see
 `atoken.train.semantic`), backpropagate; then clip, step AdamW and the schedule, update the
 EMA, log. The trainer names no modality: everything that differs per task comes from its spec.
 Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
-Checkpoints (model, EMA, optimizer, scheduler, data position, RNG) are written atomically every
-``checkpoint_every`` steps together with a ``from_pretrained`` directory of the EMA weights.
+Checkpoints (model, EMA, task objectives and their EMAs, optimizer, scheduler, data position,
+RNG) are written atomically every ``checkpoint_every`` steps together with a ``from_pretrained``
+directory of the EMA weights (and the companions a task objective exports, e.g.
+``model/gaussian_decoder/``).
 
 References: AToken (arXiv 2509.14476), "Curriculum and optimisation"; round-robin task sampling
 with gradient accumulation as described there.
@@ -35,7 +39,7 @@ from atoken.core.tokenizer import Tokenizer, build_tokenizer
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.train.config import StageConfig, TrainConfig, check_tasks, task_spec
 from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
-from atoken.train.objective import ReconstructionObjective
+from atoken.train.objective import ObjectiveResult, ReconstructionObjective
 from atoken.train.optim import build_optimizer, build_scheduler, set_trainable, unknown_prefixes
 
 logger = logging.getLogger(__name__)
@@ -141,7 +145,13 @@ class Trainer:
             self._initialise()
         self.semantic = self._build_semantic()
         self.contrastive = self._build_contrastive()
+        self.task_objectives = self._build_task_objectives()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
+        self.objective_emas = {
+            name: ModelEma(module, decay=config.ema.decay, warmup=config.ema.warmup)
+            for name, module in self.task_objectives.items()
+        }
+        self._held_out_samples: dict[str, list[Any]] = {}
         unknown = unknown_prefixes(self.model, config.optimizer)
         if unknown:
             from atoken.core.config import ConfigError
@@ -253,14 +263,76 @@ class Trainer:
             ).to(self.dist.device)
         return out
 
+    def _build_task_objectives(self) -> dict[str, nn.Module]:
+        """The registered task objectives the stages' tasks name (`atoken.core.objective`), each
+        built once with its ``[objectives.<name>]`` options; capabilities verified here."""
+        from atoken.core.capabilities import declared_capabilities
+        from atoken.core.objective import ObjectiveContext
+        from atoken.train.config import objective_options, task_objectives
+
+        out: dict[str, nn.Module] = {}
+        for name, tasks in task_objectives(self.config, self.components).items():
+            context = ObjectiveContext(
+                name=name,
+                tasks=tuple(tasks),
+                model_config=self.model.config,
+                width=int(self.model.encoder.width),
+                components=self.components,
+                device=self.dist.device,
+                seed=self.config.run.seed,
+            )
+            options = objective_options(name, self.config, self.components)
+            module = self.components.objectives.build(name, options, context=context)
+            if not isinstance(module, nn.Module):
+                from atoken.core.config import ConfigError
+
+                raise ConfigError(
+                    f"objective {name!r} ({self.components.objectives.get(name).provider}) built"
+                    f" a {type(module).__name__}; a task objective is an nn.Module"
+                )
+            declared_capabilities(type(module))
+            out[name] = module.to(self.dist.device)
+        return out
+
+    def _objective_params(self) -> list[nn.Parameter]:
+        """Trainable parameters of the task objectives (clipped and synchronised with the
+        model's)."""
+        return [p for m in self.task_objectives.values() for p in m.parameters() if p.requires_grad]
+
     def _add_objective_params(self) -> None:
-        """Learnable loss parameters (SigLIP scale and bias) join AdamW, without weight decay."""
+        """Learnable loss parameters (SigLIP scale and bias) join AdamW, without weight decay;
+        each task objective's trainable parameters form their own group, ``objective.<name>``."""
         params = [p for m in self.contrastive.values() for p in m.parameters() if p.requires_grad]
+        lr = self.config.optimizer.lr
         if params:
-            lr = self.config.optimizer.lr
             self.optimizer.add_param_group(
                 {"params": params, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "name": "loss"}
             )
+        for name, module in self.task_objectives.items():
+            own = [p for p in module.parameters() if p.requires_grad]
+            if own:
+                self.optimizer.add_param_group(
+                    {
+                        "params": own,
+                        "lr": lr,
+                        "base_lr": lr,
+                        "weight_decay": 0.0,
+                        "name": f"objective.{name}",
+                    }
+                )
+
+    def _objective_checkpoint(self) -> dict[str, tuple[nn.Module, Any]]:
+        return {n: (m, self.objective_emas[n]) for n, m in self.task_objectives.items()}
+
+    def _companion_writers(self) -> list[Any]:
+        """``export_companions`` of the task objectives' EMA copies that declare it."""
+        from atoken.core.capabilities import has_capability
+
+        return [
+            ema.module.export_companions
+            for ema in self.objective_emas.values()
+            if has_capability(ema.module, "export_companions")
+        ]
 
     def _objective_state(self) -> dict[str, Any]:
         return {
@@ -293,7 +365,12 @@ class Trainer:
         from atoken.train.checkpoint import load
 
         state = load(
-            path, model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler
+            path,
+            model=self.model,
+            ema=self.ema,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            objectives=self._objective_checkpoint(),
         )
         self.step = int(state["step"])
         self._data_state = state.get("data_state") or {}
@@ -394,10 +471,31 @@ class Trainer:
                 result = self.objective(
                     out, tokens, reconstruct=False, semantic=self._semantic_loss(task, out, batch)
                 )
+            elif spec.task_objective is not None:
+                result = self._task_objective_loss(spec.task_objective, out, tokens, batch)
             else:
                 result = self.objective(out, tokens, modality=spec.modality)
         (result.total * scale).backward()
         return result.terms, tokens.num_tokens
+
+    def _task_objective_loss(
+        self, name: str, out, tokens: SparseTokens, batch: list[PatchTokens]
+    ) -> ObjectiveResult:
+        """The registered task objective's ``(total, terms)`` plus the quantizer's KL term."""
+        from atoken.core.config import ConfigError
+        from atoken.train.objective import RESERVED_TERMS
+
+        base = self.objective(out, tokens, reconstruct=False)  # the KL term alone
+        total, terms = self.task_objectives[name](out, batch)
+        clash = sorted(set(terms) & set(RESERVED_TERMS))
+        if clash:
+            raise ConfigError(
+                f"objective {name!r} logs {clash}, the trainer's own terms {list(RESERVED_TERMS)};"
+                " the objective must use other names"
+            )
+        total = base.total + total.float()
+        terms = {**terms, "kl": base.terms["kl"], "loss": float(total.detach())}
+        return ObjectiveResult(total, terms)
 
     def _semantic_loss(self, task: str, out, batch: list[PatchTokens]) -> torch.Tensor:
         """The task's registered understanding objective: ``distill`` (the SigLIP2 teacher) or
@@ -441,12 +539,15 @@ class Trainer:
         self._sync_gradients()
         if self.config.optimizer.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
+            params += [p for p in self._objective_params() if p.grad is not None]
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip))
             terms_sum["grad_norm"] = gnorm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.ema.update(self.model, step=self.step)
+        for name, ema in self.objective_emas.items():
+            ema.update(self.task_objectives[name], step=self.step)
         self.step += 1
         dt = time.perf_counter() - t0
         terms_sum = all_reduce_mean(terms_sum, self.dist)
@@ -468,6 +569,7 @@ class Trainer:
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for m in self.contrastive.values() for p in m.parameters() if p.requires_grad]
+        params += self._objective_params()
         for p in params:  # every rank must send the same layout, used or not
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -499,8 +601,52 @@ class Trainer:
                 "objective": self._objective_state(),
                 "config": json.loads(self.config.model_dump_json()),
             },
+            objectives=self._objective_checkpoint(),
+            companions=self._companion_writers(),
         )
         return path
+
+    # ---------------------------------------------------------------- held-out evaluation
+    def held_out_report(self) -> dict[str, Any] | None:
+        """The held-out evaluation a task objective declares (``evaluate_held_out``), run on
+        the EMA weights: ``{"summary", "pairs"}`` as `Monitor.evaluate` gives them, or None
+        when no task objective of this run declares one (the monitor then evaluates ``[eval]``).
+
+        The samples are the first ``run.eval_images`` of the objective's first task's
+        ``[[data]]`` sources (in their own order), tokenized by that task's adapter.
+        """
+        from atoken.core.capabilities import has_capability
+
+        for name, ema in self.objective_emas.items():
+            if not has_capability(ema.module, "evaluate_held_out"):
+                continue
+            samples = self._held_out_samples.get(name)
+            if samples is None:
+                samples = self._held_out_samples[name] = self._objective_samples(name)
+            report = ema.module.evaluate_held_out(self.ema.module.eval(), samples)
+            summary = dict(report.summary)
+            summary.update(data=report.data, convention=dict(report.convention), images=report.rows)
+            return {"summary": summary, "pairs": report.pairs}
+        return None
+
+    def _objective_samples(self, name: str) -> list[Any]:
+        from atoken.core.objective import HeldOutSample
+        from atoken.train.config import task_objectives
+        from atoken.train.data.build import adapter_options, build_source
+
+        task = task_objectives(self.config, self.components)[name][0]
+        specs = [s for s in self.config.data if s.task == task]
+        stage = next(s for s in self.config.stages if task in s.tasks)
+        adapter = self.components.adapters.build(
+            self._spec(task).modality, adapter_options(specs, stage, self.components)
+        )
+        out: list[HeldOutSample] = []
+        for spec in specs:
+            for key, sample in build_source(spec, adapter, components=self.components):
+                if len(out) >= self.config.run.eval_images:
+                    return out
+                out.append(HeldOutSample(str(key), sample, adapter.to_tokens(sample)))
+        return out
 
     def fit(self) -> TrainResult:
         from atoken.train.monitor import Monitor

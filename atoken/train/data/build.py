@@ -247,6 +247,7 @@ def build_stream(
         world_size=world_size,
         augment=augments.pop(),
         captions=task_spec(task, components).captions,
+        samples=task_spec(task, components).samples,
     )
     if state:
         stream.load_state_dict(state)

@@ -57,6 +57,8 @@ class TrainStream:
         augment: crop applied before tokenizing (None: whole images, adapter crops only); for
             clips a `ClipCrop` (one box for all frames).
         captions: attach each sample's caption to its tokens' meta (``*_und`` tasks with text).
+        samples: keep each loaded sample on its tokens (``meta["sample"]``) for a task objective
+            that needs it (`atoken.core.task.TaskSpec.samples`); a reference, no RNG is drawn.
 
     Raises:
         InputError: rank outside the world, or this rank's part of the source is empty.
@@ -72,6 +74,7 @@ class TrainStream:
         world_size: int = 1,
         augment: RandomScaleCrop | None = RandomScaleCrop(),
         captions: bool = False,
+        samples: bool = False,
     ) -> None:
         self.source = source
         self.adapter = adapter
@@ -81,6 +84,7 @@ class TrainStream:
         self.rank, self.world_size = rank, world_size
         self.augment = augment
         self.captions = captions
+        self.samples = samples
         self.epoch = 0
         self.position = 0
         self._waiting: list[tuple[int, int, PatchTokens]] = []  # (epoch, position, tokens)
@@ -158,6 +162,8 @@ class TrainStream:
                     " a .txt member of the same key in a shard)"
                 )
             tokens = tokens.replace(meta={**tokens.meta, "caption": caption})
+        if self.samples:
+            tokens = tokens.replace(meta={**tokens.meta, "sample": sample})
         return tokens
 
     def _pull(self) -> tuple[int, int, PatchTokens]:

@@ -56,31 +56,30 @@ def test_registration_does_not_import_the_model_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
-        "['atoken_plugin_3d.cli', 'atoken_plugin_3d.options', 'atoken_plugin_3d.plugin']"
+        "['atoken_plugin_3d.cli', 'atoken_plugin_3d.gs_options', 'atoken_plugin_3d.options',"
+        " 'atoken_plugin_3d.plugin']"
     )
 
 
-def test_adapter_renderers_and_trainer_are_registered() -> None:
+def test_adapter_tasks_and_objective_are_registered() -> None:
     import atoken
 
     comps = atoken.collect_components(atoken.build_plugin_manager())
     for kind, name in [
         ("adapters", "mesh3d"),
-        ("renderers", "gaussians-torch"),
-        ("renderers", "gaussians-gsplat"),
-        ("trainers", "gaussian-decoder"),
+        ("tasks", "3d_gs"),
+        ("objectives", "gaussian_render"),
     ]:
         entry = getattr(comps, kind).get(name)
         assert str(entry.provider).startswith(DIST), (kind, name)
     adapter = comps.adapters.build("mesh3d", {"views": 4})
     assert adapter.name == "mesh3d" and adapter.options.views == 4
     assert {".ply", ".obj", ".glb", ".stl"} <= set(adapter.extensions)
-    torch_renderer = comps.renderers.build("gaussians-torch")
-    assert torch_renderer.name == "gaussians-torch" and torch_renderer.available()
-    assert comps.renderers.build("gaussians-gsplat").name == "gaussians-gsplat"
+    spec = comps.tasks.get("3d_gs").obj
+    assert (spec.modality, spec.task_objective, spec.samples) == ("mesh3d", "gaussian_render", True)
 
 
-def test_plugins_json_lists_adapter_and_renderers() -> None:
+def test_plugins_json_lists_adapter_task_and_objective() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "atoken", "plugins", "--json"],
         capture_output=True,
@@ -90,9 +89,8 @@ def test_plugins_json_lists_adapter_and_renderers() -> None:
     ours = {(r["kind"], r["name"]) for r in json.loads(out) if r["provider"] == DIST}
     assert {
         ("adapter", "mesh3d"),
-        ("renderer", "gaussians-torch"),
-        ("renderer", "gaussians-gsplat"),
-        ("trainer", "gaussian-decoder"),
+        ("task", "3d_gs"),
+        ("objective", "gaussian_render"),
         ("command", "convert-gs"),
     } <= ours
 

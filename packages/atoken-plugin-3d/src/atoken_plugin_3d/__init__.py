@@ -5,7 +5,8 @@ files, NeRF-synthetic folders and voxel files into AToken voxel tokens and decod
 3D Gaussians through the release's Gaussian decoder (`atoken_plugin_3d.gaussian_decoder`);
 `atoken_plugin_3d.render_gaussians` renders them, `atoken_plugin_3d.ply` writes them, and
 `atoken_plugin_3d.convert` converts the official ``3d_decode_gs`` checkpoint. The entry point
-`atoken_plugin_3d.plugin` registers the adapter, the renderers, the trainer and the commands.
+`atoken_plugin_3d.plugin` registers the adapter, its tasks, the ``gaussian_render`` training
+objective and the commands.
 """
 
 from __future__ import annotations

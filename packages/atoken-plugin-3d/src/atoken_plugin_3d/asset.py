@@ -80,7 +80,7 @@ def load_asset(
     """Read a mesh file, a NeRF folder (or its ``transforms*.json``), a voxel file (checked
     against ``voxel_resolution()``) or ``builtin:NAME``."""
     if isinstance(path, str) and path.startswith(BUILTIN):
-        from atoken_plugin_3d.train_gs_data import builtin_mesh
+        from atoken_plugin_3d.builtin_assets import builtin_mesh
 
         return render_asset(builtin_mesh(path[len(BUILTIN) :], o.fill), o, path)
     p = Path(path)

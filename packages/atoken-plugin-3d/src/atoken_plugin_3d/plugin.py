@@ -2,8 +2,9 @@
 
 - adapter ``mesh3d``: mesh files, NeRF-synthetic folders and voxel files -> voxel tokens ->
   3D Gaussians (`atoken_plugin_3d.adapter`);
-- renderers ``gaussians-torch`` (pure PyTorch, CPU or GPU) and ``gaussians-gsplat`` (CUDA);
-- trainer ``gaussian-decoder`` (``atoken train configs/3d-gs.toml``);
+- tasks ``3d_rec`` and ``3d_und``, and ``3d_gs`` (train the Gaussian decoder on rendered views);
+- task objective ``gaussian_render`` (the loss of ``3d_gs`` batches, run by atoken's trainer:
+  ``atoken train configs/3d-gs.toml``; `atoken_plugin_3d.gs_objective`);
 - commands ``convert-gs`` (the official Gaussian decoder checkpoint) and ``eval-3d``
   (reconstruction metrics over a folder of meshes / NeRF folders).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from atoken import hookimpl
 
+from atoken_plugin_3d.gs_options import GaussianRenderOptions
 from atoken_plugin_3d.options import Mesh3DOptions
 
 
@@ -24,22 +26,10 @@ def _mesh3d(options: Mesh3DOptions, context=None):
     return Mesh3DAdapter(options, context)  # context: the served model's AdapterContext
 
 
-def _torch_renderer():
-    from atoken_plugin_3d.render_gaussians import TorchRenderer
+def _gaussian_render(options: GaussianRenderOptions, context):
+    from atoken_plugin_3d.gs_objective import GaussianRenderObjective
 
-    return TorchRenderer()
-
-
-def _gsplat_renderer():
-    from atoken_plugin_3d.render_gaussians import GsplatRenderer
-
-    return GsplatRenderer()
-
-
-def _gaussian_decoder_trainer():
-    from atoken_plugin_3d.train_gs import GaussianDecoderTrainer
-
-    return GaussianDecoderTrainer()
+    return GaussianRenderObjective(options, context)
 
 
 @hookimpl
@@ -71,28 +61,21 @@ def atoken_register_tasks(registry) -> None:
         ),
         description="3D understanding: asset/caption sigmoid contrast ([semantic.mesh3d])",
     )
-
-
-@hookimpl
-def atoken_register_renderers(registry) -> None:
     registry.add(
-        "gaussians-torch",
-        _torch_renderer,
-        description="3D Gaussian splatting in pure PyTorch (CPU or GPU, differentiable)",
-    )
-    registry.add(
-        "gaussians-gsplat",
-        _gsplat_renderer,
-        description="3D Gaussian splatting with gsplat (CUDA only)",
+        "3d_gs",
+        TaskSpec(modality="mesh3d", task_objective="gaussian_render", samples=True),
+        description="3D Gaussian decoder: rendered views vs the asset's views"
+        " ([objectives.gaussian_render])",
     )
 
 
 @hookimpl
-def atoken_register_trainers(registry) -> None:
+def atoken_register_objectives(registry) -> None:
     registry.add(
-        "gaussian-decoder",
-        _gaussian_decoder_trainer,
-        description="train the 3D Gaussian decoder (L1 + 0.2 LPIPS + 0.2 (1 - SSIM))",
+        "gaussian_render",
+        _gaussian_render,
+        options=GaussianRenderOptions,
+        description="Gaussian decoder on rendered views: L1 + 0.2 LPIPS + 0.2 (1 - SSIM)",
     )
 
 
