@@ -255,32 +255,3 @@ def load_lpips(device: torch.device | str = "cpu") -> tuple[LPIPSFn | None, str 
         return model.distance(pred.to(dev), target.to(dev)).float().cpu()  # [b]
 
     return distance, None
-
-
-_MOVED_TO_FRAME_METRICS = frozenset(
-    {
-        "CHUNK_PIXELS",
-        "HIGHER_IS_BETTER",
-        "LPIPS_SIZE",
-        "SSIM_BAND_PIXELS",
-        "TAIL_PERCENT",
-        "FrameMetrics",
-        "VideoMetricsSummary",
-        "describe",
-        "frame_quality",
-        "json_safe",
-        "per_frame_metrics",
-    }
-)
-
-
-def __getattr__(name: str):
-    """Forward the per-frame video names (moved to `atoken.core.frame_metrics`) lazily.
-
-    A top-level import would be a cycle (``frame_metrics`` imports this module).
-    """
-    if name in _MOVED_TO_FRAME_METRICS:
-        from atoken.core import frame_metrics
-
-        return getattr(frame_metrics, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
