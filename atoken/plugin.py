@@ -77,7 +77,7 @@ file, or the one named), `reconstruct_sample(model, adapter, sample)` -> `Recons
 (reference, reconstruction, tokens, the adapter's metrics, timings); `progress_bar(enabled)` (a
 transient bar on a terminal's stderr, else a null context).
 
-Converting official checkpoints (loaded on first use): `read_official_state`.
+Reading official checkpoints weights-only (never unpickling objects): `read_official_state`.
 
 Example::
 
@@ -94,9 +94,6 @@ Contract tests for a plugin's components are in `atoken.testing` (a test-time im
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 from atoken import hookimpl
 from atoken.core.adapter_context import AdapterContext
@@ -165,28 +162,7 @@ from atoken.core.serialization import (
 )
 from atoken.core.task import UNDERSTANDING_OBJECTIVES, TaskSpec
 from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, collate
-
-# Names whose modules are heavy or sit outside core: imported on first attribute access.
-_LAZY = {
-    "read_official_state": "atoken.convert.official",
-}
-
-if TYPE_CHECKING:
-    from atoken.convert.official import read_official_state
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'atoken.plugin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+from atoken.core.torch_checkpoint import read_official_state
 
 __all__ = [
     "AXES",

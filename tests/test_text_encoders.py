@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from atoken import CheckpointError, InputError, OptionsError
-from atoken.plugins.text._hf import MissingDependencyError
+from atoken.core.hf import MissingDependencyError
 
 pytest.importorskip("transformers")
 
@@ -181,7 +181,7 @@ def test_text_embeddings_are_not_normalised_by_siglip2(siglip) -> None:
 
 
 def test_a_broken_lazy_import_in_transformers_is_explained() -> None:
-    from atoken.plugins.text._hf import hf_class
+    from atoken.core.hf import hf_class
 
     class Broken:
         __version__ = "9.9"

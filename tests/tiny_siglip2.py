@@ -94,7 +94,7 @@ def make_tiny_siglip2(
             with torch.no_grad():
                 model.logit_scale.fill_(logit_scale if logit_scale is not None else 0.0)
                 model.logit_bias.fill_(logit_bias if logit_bias is not None else 0.0)
-    from atoken.plugins.text._hf import quiet_transformers
+    from atoken.core.hf import quiet_transformers
 
     with quiet_transformers():  # transformers logs a check of its own default text config here
         model.save_pretrained(directory)

@@ -24,13 +24,12 @@ from atoken.core.config import ModelConfig, TemporalConfig, TransformerConfig
 from atoken.core.errors import AtokenError
 from atoken.core.model_dir import CONFIG_NAME, WEIGHTS_NAME, config_document
 from atoken.core.serialization import (
-    CheckpointError,
     atomic_write_json,
     check_state_layout,
-    load_tensors,
     save_tensors,
 )
 from atoken.core.tokenizer import build_tokenizer
+from atoken.core.torch_checkpoint import read_official_state
 
 #: the release's architecture configs (resolved constructor arguments), by the names users know
 _SO400M = {
@@ -77,7 +76,6 @@ _FIXED = {
     "out_channels": 3072,
     "patch_size": [4, 16, 16],
 }
-_CONTAINER_KEYS = ("state_dict", "model", "module", "ema", "model_ema", "ema_state_dict")
 
 
 class ConversionError(AtokenError, ValueError):
@@ -247,39 +245,6 @@ def resolve_official_config(config: str | os.PathLike[str]) -> tuple[dict[str, A
     raise ConversionError(
         f"{name} holds no AToken arch_cfg (expected keys such as latent_channels)"
     )
-
-
-def read_official_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Tensors of an official checkpoint (``.safetensors`` or ``.pt``), never unpickling objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"official checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        state: Any = load_tensors(path, what="official checkpoint")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # noqa: BLE001 - pickle errors have many types
-            raise CheckpointError(
-                f"cannot read {str(path)!r} as a weights-only torch checkpoint ({type(exc).__name__}:"
-                f" {str(exc).splitlines()[0] if str(exc) else ''}); atoken never unpickles"
-                " arbitrary objects — convert it to safetensors where you trust it"
-            ) from None
-    for _ in range(3):  # unwrap {"state_dict": {...}} and similar containers
-        if isinstance(state, Mapping) and not all(isinstance(v, Tensor) for v in state.values()):
-            inner = [k for k in _CONTAINER_KEYS if isinstance(state.get(k), Mapping)]
-            if not inner:
-                break
-            state = state[inner[0]]
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path} holds no state dict of tensors")
-    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    if len(tensors) != len(state):
-        others = sorted(k for k, v in state.items() if not isinstance(v, Tensor))[:5]
-        raise CheckpointError(f"{path}: entries that are not tensors: {others}")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
-    return tensors
 
 
 def convert_official(

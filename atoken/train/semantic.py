@@ -66,7 +66,7 @@ def load_teacher(directory: str | Path) -> nn.Module:
             f"semantic.teacher: {str(path)!r} holds a {model_type!r} model; the teacher must be"
             f" SigLIP2 (model_type {' or '.join(TEACHER_TYPES)})"
         )
-    from atoken.plugins.text._hf import hf_class, import_transformers, quiet_transformers
+    from atoken.core.hf import hf_class, import_transformers, quiet_transformers
 
     transformers = import_transformers("siglip2")  # applies the torchvision shim first
     vision_model = hf_class(transformers, "Siglip2VisionModel", "siglip2")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import Tensor
 
-from atoken.plugins.text._hf import (
+from atoken.core.hf import (
     MissingDependencyError,
     check_texts,
     device_of,

@@ -20,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import Tensor
 
 from atoken.core.errors import InputError
-from atoken.core.serialization import CheckpointError
-from atoken.plugins.text._hf import (
+from atoken.core.hf import (
     check_texts,
     device_of,
     hf_class,
@@ -30,6 +29,7 @@ from atoken.plugins.text._hf import (
     quiet_transformers,
     require_tokenizer_files,
 )
+from atoken.core.serialization import CheckpointError
 
 MODEL_TYPES = ("siglip2", "siglip2_text_model")
 

@@ -56,8 +56,7 @@ def test_short_training_run_from_the_plugins_config_learns(tmp_path) -> None:
 
     import numpy as np
 
-    from atoken.train.config import load_train_config, scale_steps
-    from atoken.train.trainer import Trainer
+    from atoken.train import Trainer, load_train_config, scale_steps
 
     config = load_train_config(Path(__file__).parents[1] / "train.toml")
     config = scale_steps(config, min(config.total_steps, 24))

@@ -1,6 +1,6 @@
 """The 3D tasks in atoken's curriculum (stage 3): ``3d_rec`` / ``3d_und`` batches of voxel tokens
 from a folder of meshes (atoken's ``files`` source through the ``mesh3d`` adapter), mixed with
-image reconstruction by `atoken.train.trainer.Trainer`.
+image reconstruction by `atoken.train.Trainer`.
 
 Small settings keep it to seconds: generated primitives at ``fill = 0.2`` (about 80-160 voxel
 tokens each), 4 input views of 48², one held-out view, the tiny model, L1 only, a bag-of-words
@@ -20,8 +20,7 @@ import torch
 import trimesh
 from atoken import build_plugin_manager, collect_components
 from atoken.testing import BagOfWordsPlugin
-from atoken.train.config import validate_train_config
-from atoken.train.trainer import Trainer
+from atoken.train import Trainer, validate_train_config
 
 ADAPTER = {"views": 4, "size": 48, "heldout_views": 1, "fill": 0.2, "lpips": False}
 SHAPES = {

@@ -1,4 +1,5 @@
-"""Shared plumbing of the Hugging Face text towers: imports, quiet loading, file checks.
+"""Hugging Face plumbing shared by the text towers and the SigLIP2 teacher: imports, quiet loading,
+file checks.
 
 transformers is imported only inside these functions, so registering the text encoders (and
 ``atoken plugins``) never imports it.
