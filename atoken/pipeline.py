@@ -12,7 +12,7 @@ Optional adapter capabilities (declared, `atoken.core.capabilities`; asked with
 ``has_capability``, never ``getattr``):
 
 - ``metric_convention``: how ``metrics`` are computed (written into metrics.json as
-  ``convention``; images and video: `atoken.eval.metrics.METRIC_CONVENTION`).
+  ``convention``; images and video: `atoken.core.metrics.METRIC_CONVENTION`).
 - ``metric_lower_is_better``: names of ``metrics`` keys where lower is better (image: LPIPS);
   ``metric_info_keys``: keys that are plain facts, not quality (video: frames).
 - ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
@@ -42,6 +42,7 @@ import torch
 
 from atoken import latents_file
 from atoken.core.capabilities import has_capability
+from atoken.core.execution import STREAM_GROUP_TOKENS
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.reconstruct import (  # adapter_for: the CLI (atoken.cli.model) takes it from here
@@ -50,7 +51,7 @@ from atoken.core.reconstruct import (  # adapter_for: the CLI (atoken.cli.model)
     reconstruct_sample,
 )
 from atoken.core.serialization import atomic_write_json, outputs_together, save_tensors
-from atoken.core.tokenizer import STREAM_GROUP_TOKENS, Latents, Tokenizer
+from atoken.core.tokenizer import Latents, Tokenizer
 from atoken.core.tokens import PatchTokens, collate
 from atoken.latents_file import LATENTS_FORMAT, LATENTS_VERSION
 

@@ -354,18 +354,3 @@ def test_video_is_registered_by_suffix(components) -> None:
     for suffix in (".mp4", ".MOV", ".webm", ".mkv", ".gif"):
         assert adapter_for(f"x{suffix}", components=components).name == "video"
     assert "video" in atoken.default_components().adapters.names()
-
-
-def test_reading_and_writing_names_are_still_importable_from_io() -> None:
-    """io.py re-exports what moved to reader.py/writer.py: the same objects, not copies."""
-    from atoken.plugins.video import io, reader, writer
-    from atoken.plugins.video.io import Mp4Writer, VideoFile  # the pre-split import path
-
-    assert VideoFile is reader.VideoFile and Mp4Writer is writer.Mp4Writer
-    for name in ("read_video", "VIDEO_EXTENSIONS", "MAX_FRAMES"):
-        assert getattr(io, name) is getattr(reader, name), name
-    for name in ("write_mp4", "LOOKAHEAD_PIXELS"):
-        assert getattr(io, name) is getattr(writer, name), name
-    assert set(io.__all__) <= set(dir(io))
-    with pytest.raises(AttributeError, match="no attribute 'read_image'"):
-        io.read_image  # noqa: B018 - only the moved names are forwarded

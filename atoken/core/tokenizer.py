@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from atoken.core.attention import AttentionBackend, resolve_backend
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
-from atoken.core.execution import STREAM_GROUP_TOKENS, ExecutionPlan  # noqa: F401 (re-exported)
+from atoken.core.execution import STREAM_GROUP_TOKENS, ExecutionPlan
 from atoken.core.model_dir import TOKENIZER_FORMAT, _shipped_or_path, model_config_from
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import get_preset

@@ -5,14 +5,10 @@ Clips are float32 ``[T, H, W, 3]`` in [-1, 1], 8-bit values mapped as ``x / 255 
 (`from_tchw` from the torchvision layout, `to_uint8` back to 8-bit levels, `_even` padding for
 ``yuv420p``), `side_by_side`, the lazy PyAV import and the one-line error helpers. Reading lives
 in :mod:`atoken.plugins.video.reader` (`read_video`, `VideoFile`), MP4 writing in
-:mod:`atoken.plugins.video.writer` (`Mp4Writer`, `write_mp4`); their public names are also
-importable from here (``from atoken.plugins.video.io import read_video`` keeps working), loaded
-on first use because both modules import this one.
+:mod:`atoken.plugins.video.writer` (`Mp4Writer`, `write_mp4`); both import this module.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import torch
@@ -127,29 +123,3 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 8) -> torch
     canvas[:, :h1, :w1] = left.detach().float()
     canvas[:, :h2, w1 + gap :] = right.detach().to(canvas.device, torch.float32)
     return canvas  # [T, H, W, 3]
-
-
-# Public names of the reading and writing modules, importable from here as before the split.
-_MOVED = {
-    "VIDEO_EXTENSIONS": "reader",
-    "MAX_FRAMES": "reader",
-    "read_video": "reader",
-    "VideoFile": "reader",
-    "LOOKAHEAD_PIXELS": "writer",
-    "Mp4Writer": "writer",
-    "write_mp4": "writer",
-}
-
-__all__ = ["DEFAULT_FPS", "from_tchw", "side_by_side", "to_uint8", *_MOVED]
-
-
-def __getattr__(name: str):
-    """The moved public names, imported on first use (reader/writer import this module)."""
-    if name in _MOVED:
-        module = importlib.import_module(f"atoken.plugins.video.{_MOVED[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_MOVED})
