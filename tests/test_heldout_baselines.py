@@ -7,9 +7,9 @@ import torch
 
 import atoken
 from atoken.core.errors import InputError
+from atoken.core.metrics import image_quality
 from atoken.eval.baselines import PatchPCA, bicubic
 from atoken.eval.heldout import compare_on_held_out, fit_pca_baseline, format_table
-from atoken.eval.metrics import image_quality
 from atoken.plugins.image.samples import SampleImagesSource
 from atoken.train.pca_init import pca_init
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from atoken.core.errors import InputError
-from atoken.eval.metrics import psnr, ssim
+from atoken.core.metrics import psnr, ssim
 from atoken.plugins.image.io import read_image
 
 skimage = pytest.importorskip("skimage")
@@ -201,7 +201,7 @@ def _uint8(x: torch.Tensor) -> np.ndarray:
 def test_image_quality_is_the_fields_psnr_and_ssim_on_uint8(photos64, name: str) -> None:
     """`image_quality` (what every metrics.json reports) equals scikit-image on the uint8 images,
     for a reconstruction that is not on the 8-bit grid and leaves [-1, 1]."""
-    from atoken.eval.metrics import image_quality
+    from atoken.core.metrics import image_quality
 
     ref = torch.from_numpy(photos64[name]).float()
     rec = torch.from_numpy(degrade(photos64[name], "both", seed=3)).float() * 1.05

@@ -25,12 +25,11 @@ from atoken.core.frame_metrics import (
     json_safe,
     per_frame_metrics,
 )
-from atoken.core.metrics import load_lpips
+from atoken.core.metrics import image_quality, load_lpips, psnr, ssim
 from atoken.eval import understanding as und
 from atoken.eval.clip_tokens import FrameTokens
 from atoken.eval.fvd import FeatureStats, FVDAccumulator, clip_windows, frechet_distance
 from atoken.eval.i3d import I3D, I3DUnavailable, load_i3d
-from atoken.eval.metrics import image_quality, psnr, ssim
 from atoken.eval.reconstruction import reconstruction_metrics
 from atoken.plugins.image.adapter import ImageAdapter, ImageOptions
 from atoken.plugins.video.adapter import VideoAdapter

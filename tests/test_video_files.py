@@ -24,7 +24,7 @@ import atoken.plugins.video.stream as stream
 from atoken import InputError, build_tokenizer
 from atoken.cli import cli
 from atoken.core import frame_metrics as core_metrics
-from atoken.eval.metrics import image_quality
+from atoken.core.metrics import image_quality
 from atoken.pipeline import encode_sample, open_sample, reconstruct_to_dir
 from atoken.plugins.video import reader, writer
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions

@@ -32,7 +32,7 @@ import torch
 import atoken.train.pca_init as pca_module
 from atoken import build_tokenizer
 from atoken.core.config import TemporalConfig
-from atoken.eval.metrics import psnr
+from atoken.core.metrics import psnr
 from atoken.plugins.video.adapter import VideoAdapter
 
 av = pytest.importorskip("av")

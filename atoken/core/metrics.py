@@ -2,7 +2,7 @@
 LPIPS and the shared LPIPS loader. Per-frame video metrics live in `atoken.core.frame_metrics`.
 
 They live in core so that every room reaches them: plugins through `atoken.plugin`, evaluation
-through `atoken.eval.metrics` (which re-exports these names).
+and training from here.
 
 Images are channels last, ``[H, W, C]`` or batches ``[B, H, W, C]``, as returned by
 :func:`atoken.plugins.image.io.read_image`; the default ``data_range=2.0`` matches its [-1, 1]

@@ -2,7 +2,7 @@
 
 Used by `atoken demo` and by the time-to-quality benchmark: the same crops go through the model,
 a 48-component patch PCA fitted on training photos (`PatchPCA`) and bicubic x4, and PSNR, SSIM
-and LPIPS are computed as `atoken.eval.metrics.METRIC_CONVENTION` says.
+and LPIPS are computed as `atoken.core.metrics.METRIC_CONVENTION` says.
 
 References: TRAINING_NOTES.md (the two baselines at 48 values per patch).
 """

@@ -12,7 +12,7 @@ clip, its reconstruction and its per-frame values:
   weights are found locally (`atoken.eval.i3d`); otherwise rFVD is reported as unavailable
   with the reason and where the weights may go.
 
-PSNR and SSIM are computed on the uint8 levels in [0, 1] (`atoken.eval.metrics.METRIC_CONVENTION`,
+PSNR and SSIM are computed on the uint8 levels in [0, 1] (`atoken.core.metrics.METRIC_CONVENTION`,
 recorded in the result as ``convention``). LPIPS uses the VGG network of the ``lpips`` loss with
 ImageNet weights found offline: images at the compared (cropped) resolution, video frames on
 224 x 224 resizes (a 720p frame at native size costs seconds on a CPU). rFID needs Inception weights, which atoken never downloads; it is reported
@@ -33,12 +33,11 @@ import torch
 from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.frame_metrics import VideoMetricsSummary, per_frame_metrics
-from atoken.core.metrics import LPIPSFn, load_lpips
+from atoken.core.metrics import METRIC_CONVENTION, LPIPSFn, load_lpips
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer
 from atoken.eval.fvd import FVDAccumulator, VideoFeatureExtractor
-from atoken.eval.metrics import METRIC_CONVENTION
 
 INCEPTION_HINT = (
     "rFID needs the FID Inception weights (pt_inception-2015-12-05-6726825d.pth) in"

@@ -331,7 +331,7 @@ class EvalConfig(Strict):
     """``[eval]``: the held-out images a run is judged on while it trains.
 
     Every ``run.sample_every`` steps the EMA model reconstructs the first ``run.eval_images``
-    of them (sorted by key); PSNR, SSIM and LPIPS (as `atoken.eval.metrics.METRIC_CONVENTION`
+    of them (sorted by key); PSNR, SSIM and LPIPS (as `atoken.core.metrics.METRIC_CONVENTION`
     says) go to ``eval.jsonl``, the pictures to ``samples/``, the curves to ``loss_curve.png``.
 
     Attributes:

@@ -95,7 +95,7 @@ class ImageAdapter:
         write_png(side_by_side(reference, reconstruction), path)
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
-        """PSNR, SSIM (and LPIPS) on the uint8 levels, as `atoken.eval.metrics.METRIC_CONVENTION`
+        """PSNR, SSIM (and LPIPS) on the uint8 levels, as `atoken.core.metrics.METRIC_CONVENTION`
         says: PSNR and SSIM in [0, 1], LPIPS (option ``lpips``) at the compared resolution."""
         ref, rec = reference.float().cpu(), reconstruction.float().cpu()
         out = image_quality(ref, rec)
