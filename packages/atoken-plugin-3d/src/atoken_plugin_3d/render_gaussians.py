@@ -526,66 +526,6 @@ def render_views(
     )
 
 
-class _Renderer:
-    """A registry-facing renderer: ``name``, ``available()`` and ``render(gaussians, camera)``.
-
-    ``options`` may be any object with a ``tile`` attribute (a pydantic model); otherwise the
-    ``tile`` keyword or the class default is used.
-    """
-
-    name = ""
-    backend = ""
-    default_tile = 16
-
-    def __init__(self, options: object | None = None, *, tile: int | None = None) -> None:
-        tile = tile if tile is not None else self.default_tile
-        self.tile = int(getattr(options, "tile", tile))
-
-    def available(self) -> bool:
-        return self.backend in available_backends()
-
-    def render(
-        self,
-        gaussians: Gaussians,
-        camera: Camera,
-        *,
-        background: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    ) -> Rendered:
-        return render(
-            gaussians, camera, background=background, backend=self.backend, tile=self.tile
-        )
-
-    def render_views(
-        self,
-        gaussians: Gaussians,
-        cameras: Sequence[Camera],
-        *,
-        background: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    ) -> Tensor:
-        return render_views(
-            gaussians, cameras, background=background, backend=self.backend, tile=self.tile
-        )
-
-
-class TorchRenderer(_Renderer):
-    """Pure-PyTorch tiled rasterizer (CPU or any device); always available.
-
-    Uses 8-pixel tiles: decoded assets hold many sub-pixel Gaussians, and smaller tiles evaluate
-    fewer pixels per Gaussian (2.5-3x faster than 16 on the CPU for the bunny's 417k Gaussians).
-    """
-
-    name = "gaussians-torch"
-    backend = "torch"
-    default_tile = 8
-
-
-class GsplatRenderer(_Renderer):
-    """gsplat's CUDA rasterizer; available with the gsplat package and a CUDA device."""
-
-    name = "gaussians-gsplat"
-    backend = "gsplat"
-
-
 def psnr(a: Tensor, b: Tensor) -> float:
     """PSNR in dB of two images in ``[0, 1]``."""
     mse = float(torch.mean((a.detach().float() - b.detach().float()) ** 2))
