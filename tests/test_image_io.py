@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from atoken.core.errors import InputError
+from atoken.core.pictures import side_by_side, to_uint8
 from atoken.plugins.image import io as image_io
-from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, to_uint8, write_png
+from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, write_png
 
 SKIMAGE_DATA = Path(pytest.importorskip("skimage").__file__).parent / "data"
 RNG_SEED = 1234

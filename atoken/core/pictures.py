@@ -1,7 +1,7 @@
 """Pictures as tensors, for any room: 8-bit levels (`to_uint8`) and side-by-side canvases.
 
-Moved down from the image plugin's I/O (which re-exports them) so that training plots and
-other modalities' code can compose pictures without importing a plugin.
+They live in core (not in the image plugin's I/O) so that training plots and other
+modalities' code can compose pictures without importing a plugin.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
+from atoken.core.pictures import side_by_side
 from atoken.core.tokens import PatchTokens, all_finite
-from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, side_by_side, write_png
+from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, write_png
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atoken.core import budgets
 from atoken.core.errors import InputError
-from atoken.core.pictures import side_by_side as side_by_side  # (moved to core; re-exported)
-from atoken.core.pictures import to_uint8 as to_uint8
+from atoken.core.pictures import to_uint8
 from atoken.core.serialization import atomic_write
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
