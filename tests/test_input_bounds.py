@@ -27,7 +27,7 @@ import atoken
 from atoken.cli import cli
 from atoken.core import budgets
 from atoken.core.errors import InputError
-from atoken.core.model_dir import CONFIG_NAME, WEIGHTS_NAME
+from atoken.core.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from atoken.core.serialization import CheckpointError
 from atoken.core.tokenizer import Tokenizer
 from atoken.plugins.image.io import READ_BYTES_PER_PIXEL, read_image

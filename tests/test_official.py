@@ -25,8 +25,8 @@ from torch import Tensor
 
 from atoken import PatchTokens, build_tokenizer, collate
 from atoken.convert.official import model_config_from_official
-from atoken.core.model_dir import load_state_dict_checked
 from atoken.core.posembed import LearnedPositionEmbedding2D
+from atoken.core.pretrained import load_state_dict_checked
 from atoken.core.rope import Rope4D, rope_frequencies
 from atoken.plugins.image.adapter import ImageAdapter
 from tests.official_set import (

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import atoken
 from atoken import ModelConfig, PatchTokens, TransformerConfig, build_tokenizer, collate
 from atoken.core.config import ConfigError, TemporalConfig
-from atoken.core.model_dir import load_state_dict_checked
+from atoken.core.pretrained import load_state_dict_checked
 from atoken.core.rope import Rope4D
 from atoken.core.temporal import plan_tiles
 from tests.official_set import (

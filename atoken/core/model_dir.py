@@ -19,14 +19,7 @@ from typing import TYPE_CHECKING, Any
 from atoken.core.config import ConfigError, ModelConfig, validate_model_config
 from atoken.core.plugins import Components
 from atoken.core.presets import PRESETS
-from atoken.core.pretrained import (  # noqa: F401 (re-exported: the tokenizer's directory)
-    CONFIG_NAME,
-    MAX_CONFIG_BYTES,
-    WEIGHTS_NAME,
-    PretrainedFormat,
-    load_state_dict_checked,
-    read_document,
-)
+from atoken.core.pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedFormat, read_document
 from atoken.core.registry import UnknownComponentError
 from atoken.core.serialization import CheckpointError
 

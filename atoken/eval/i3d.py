@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atoken.core.errors import AtokenError
-from atoken.core.model_dir import load_state_dict_checked
+from atoken.core.pretrained import load_state_dict_checked
 from atoken.core.serialization import CheckpointError, load_tensors
 
 I3D_ENV = "ATOKEN_I3D"

@@ -56,7 +56,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from atoken.core.model_dir import CONFIG_NAME, config_document, load_state_dict_checked
+from atoken.core.model_dir import config_document
+from atoken.core.pretrained import CONFIG_NAME, load_state_dict_checked
 from atoken.core.serialization import (
     CheckpointError,
     clean_stale_temporaries,

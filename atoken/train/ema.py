@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from atoken.core.model_dir import load_state_dict_checked
+from atoken.core.pretrained import load_state_dict_checked
 
 
 class ModelEma:
