@@ -4,11 +4,18 @@ A clip ``[T, H, W, C]`` (T, H, W multiples of the patch) becomes rows of
 ``pt * ph * pw * C`` values flattened in (frame, row-in-patch, col-in-patch, channel) order, at
 coords ``(t, x, y, 0)`` with x the patch row and y the patch column, ordered by t, x, y. Any
 modality made of pixel frames (images, video) uses these; unpatchify is a pure reshape/scatter.
+Before patching, such a modality fits its frames to the patch grid: `resize_crop_layout` decides
+the resize (`resize_target_within_budget`) and the crop (`crop_box`) once per sample and records
+them in the sample's meta; `resize_and_crop` applies that record to every frame.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from atoken.core.errors import InputError
@@ -130,3 +137,80 @@ def crop_box(
     else:
         top, left = (h - ch) // 2, (w - cw) // 2
     return top, left, ch, cw
+
+
+class ResizeLimits(Protocol):
+    """The size limits `resize_crop_layout` reads (an image or video adapter's options).
+
+    Attributes:
+        min_res: a shorter side below this is scaled up (`resize_target`).
+        max_res: a longer side above this is scaled down (None: no limit).
+        max_pixels: pixel budget for an upscale (`atoken.core.budgets.max_pixels`).
+    """
+
+    min_res: int
+    max_res: int | None
+    max_pixels: int | None
+
+
+def resize_crop_layout(
+    h: int,
+    w: int,
+    limits: ResizeLimits,
+    multiple: int | tuple[int, int],
+    *,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+    what: str = "image",
+) -> dict[str, Any]:
+    """Where an ``h x w`` frame is resized and cropped to, as the meta keys that record it.
+
+    Args:
+        h: frame height in pixels.
+        w: frame width in pixels.
+        limits: ``min_res`` / ``max_res`` / ``max_pixels``; an upscale is checked against the
+            pixel budget before anything of that size is allocated.
+        multiple: the crop's sides are multiples of this (one side for both, or ``(rows, cols)``).
+        train: random crop position (else centred).
+        generator: random source for the training crop.
+        what: the noun an over-budget error names ("image", "frame").
+
+    Returns:
+        ``{"height": h, "width": w, "resize": [rh, rw] or None, "crop": [top, left, ch, cw]}``.
+
+    Raises:
+        InputError: the upscale would be over the pixel budget.
+    """
+    o = limits
+    resize = resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, what)
+    rh, rw = resize if resize is not None else (h, w)
+    crop = crop_box(rh, rw, multiple=multiple, train=train, generator=generator)
+    return {
+        "height": h,
+        "width": w,
+        "resize": list(resize) if resize else None,
+        "crop": list(crop),
+    }
+
+
+def resize_and_crop(pixels: Tensor, resize: Sequence[int] | None, crop: Sequence[int]) -> Tensor:
+    """Apply a `resize_crop_layout` record to channels-last frames ``[..., H, W, C]``.
+
+    The resize (when ``resize`` is not None) is bilinear and antialiased, computed in float32 and
+    returned in ``pixels``' dtype; every leading index (frames of a clip) gets the same resize
+    and crop. Without a resize the result is a view of ``pixels``.
+
+    Returns:
+        ``[..., ch, cw, C]`` for ``crop = (top, left, ch, cw)``.
+    """
+    x = pixels
+    if resize is not None:
+        rh, rw = resize
+        *lead, h, w, c = x.shape
+        flat = x.reshape(-1, h, w, c).permute(0, 3, 1, 2).float()  # [B, C, H, W]
+        flat = F.interpolate(
+            flat, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True
+        )  # [B, C, rh, rw]
+        x = flat.permute(0, 2, 3, 1).reshape(*lead, rh, rw, c).to(pixels.dtype)  # [..., rh, rw, C]
+    top, left, ch, cw = crop
+    return x[..., top : top + ch, left : left + cw, :]  # [..., ch, cw, C]

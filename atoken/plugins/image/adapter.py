@@ -26,7 +26,7 @@ from torch import Tensor
 from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.metrics import METRIC_CONVENTION, image_lpips, image_quality
-from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
+from atoken.core.patching import patchify, resize_and_crop, resize_crop_layout, unpatchify
 from atoken.core.pictures import side_by_side
 from atoken.core.tokens import PatchTokens, all_finite
 from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, write_png
@@ -133,45 +133,22 @@ class ImageAdapter:
         if not all_finite(sample):
             raise InputError("image contains NaN or Inf values")
 
-    def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        o = self.options  # an upscale (min_res) is checked against the budget before it is made
-        return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "image")
-
-    def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
+    def _layout(self, h: int, w: int, train: bool, generator) -> dict[str, Any]:
         g = self.geometry
-        return crop_box(h, w, multiple=(g.rows, g.cols), train=train, generator=generator)
+        return resize_crop_layout(
+            h, w, self.options, (g.rows, g.cols), train=train, generator=generator, what="image"
+        )
 
     def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
         """Apply the resize and crop recorded in ``meta``; ``[h, w, 3]``."""
-        x = sample
-        if meta.get("resize") is not None:
-            rh, rw = meta["resize"]
-            x = (
-                F.interpolate(
-                    x.permute(2, 0, 1)[None].float(),
-                    size=(rh, rw),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )[0]
-                .permute(1, 2, 0)
-                .to(sample.dtype)
-            )  # [rh, rw, 3]
-        top, left, ch, cw = meta["crop"]
-        return x[top : top + ch, left : left + cw]
+        return resize_and_crop(sample, meta.get("resize"), meta["crop"])
 
     def to_tokens(self, sample: Tensor, *, train: bool = False, generator=None) -> PatchTokens:
         """``[H, W, 3]`` -> tokens ``[rows*cols, token_dim]`` at ``(0, row, col, 0)``."""
         self._check(sample)
         h, w = sample.shape[:2]
-        resize = self._resize_target(h, w)
-        rh, rw = resize if resize is not None else (h, w)
-        crop = self._crop_box(rh, rw, train, generator)
         meta = {
-            "height": h,
-            "width": w,
-            "resize": list(resize) if resize else None,
-            "crop": list(crop),
+            **self._layout(h, w, train, generator),
             "valid_frames": 1,  # frames 1..3 of every patch are zero padding
         }
         img = self.prepare(sample, meta)  # [ch, cw, 3]

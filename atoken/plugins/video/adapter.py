@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
@@ -43,7 +42,7 @@ from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.frame_metrics import per_frame_metrics
 from atoken.core.metrics import METRIC_CONVENTION
-from atoken.core.patching import crop_box, patchify, resize_target_within_budget, unpatchify
+from atoken.core.patching import patchify, resize_and_crop, resize_crop_layout, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
 from atoken.plugins.video.io import DEFAULT_FPS, from_tchw, side_by_side
 from atoken.plugins.video.reader import MAX_FRAMES, VIDEO_EXTENSIONS, VideoFile, read_video
@@ -304,32 +303,15 @@ class VideoAdapter:
             return {"frames": kept, "pad": 0, "dropped": t - kept, "frame_mode": "release"}
         return {"frames": t, "pad": -t % nf}
 
-    def _resize_target(self, h: int, w: int) -> tuple[int, int] | None:
-        o = self.options  # an upscale (min_res) is checked against the budget before it is made
-        return resize_target_within_budget(h, w, o.min_res, o.max_res, o.max_pixels, "frame")
-
-    def _crop_box(self, h: int, w: int, train: bool, generator) -> tuple[int, int, int, int]:
+    def _layout(self, h: int, w: int, train: bool, generator) -> dict[str, Any]:
         g = self.geometry
-        return crop_box(h, w, multiple=(g.rows, g.cols), train=train, generator=generator)
+        return resize_crop_layout(
+            h, w, self.options, (g.rows, g.cols), train=train, generator=generator, what="frame"
+        )
 
     def prepare(self, sample: Tensor, meta: Mapping[str, Any]) -> Tensor:
         """Apply the resize and crop recorded in ``meta`` to every frame; ``[T, h, w, 3]``."""
-        x = sample
-        if meta.get("resize") is not None:
-            rh, rw = meta["resize"]
-            x = (
-                F.interpolate(
-                    x.permute(0, 3, 1, 2).float(),
-                    size=(rh, rw),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )
-                .permute(0, 2, 3, 1)
-                .to(sample.dtype)
-            )  # [T, rh, rw, 3]
-        top, left, ch, cw = meta["crop"]
-        return x[:, top : top + ch, left : left + cw]
+        return resize_and_crop(sample, meta.get("resize"), meta["crop"])
 
     def to_tokens(
         self, sample: Tensor | VideoFile, *, train: bool = False, generator=None
@@ -340,16 +322,7 @@ class VideoAdapter:
         """
         self._check(sample)
         t, h, w = sample.shape[:3]
-        resize = self._resize_target(h, w)
-        rh, rw = resize if resize is not None else (h, w)
-        crop = self._crop_box(rh, rw, train, generator)
-        meta: dict[str, Any] = {
-            **self._frame_meta(t),
-            "height": h,
-            "width": w,
-            "resize": list(resize) if resize else None,
-            "crop": list(crop),
-        }
+        meta: dict[str, Any] = {**self._frame_meta(t), **self._layout(h, w, train, generator)}
         fps = self.fps_of(sample)
         if fps is not None:
             meta["fps"] = fps
@@ -377,15 +350,7 @@ class VideoAdapter:
             )
         self._check(sample)
         t, h, w = sample.shape[:3]
-        resize = self._resize_target(h, w)
-        rh, rw = resize if resize is not None else (h, w)
-        meta: dict[str, Any] = {
-            **self._frame_meta(t),
-            "height": h,
-            "width": w,
-            "resize": list(resize) if resize else None,
-            "crop": list(self._crop_box(rh, rw, False, None)),
-        }
+        meta: dict[str, Any] = {**self._frame_meta(t), **self._layout(h, w, False, None)}
         fps = self.fps_of(sample)
         if fps is not None:
             meta["fps"] = fps
