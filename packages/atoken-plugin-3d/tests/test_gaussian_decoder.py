@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -30,29 +29,15 @@ from atoken_plugin_3d.gaussians import (
     to_representation,
 )
 
-FIXTURES = Path(
-    os.environ.get(
-        "ATOKEN_OFFICIAL_FIXTURES",
-        Path(__file__).resolve().parents[4] / "shared" / "reference" / "official",
-    )
-)
 RAW_ATOL = 1e-5
 ATTRS = ("_xyz", "_features_dc", "_scaling", "_rotation", "_opacity")
 ACTIVATED = ("xyz", "scaling", "rotation", "opacity")
 
 
-def need(*names: str) -> list[Path]:
-    paths = [FIXTURES / n for n in names]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"official fixtures absent from {FIXTURES}: {missing}")
-    return paths
-
-
 # ------------------------------------------------------------------------------------ fixture
 @pytest.fixture(scope="module")
-def official():
-    gs, vox, weights, cfg = need(
+def official(official_files):
+    gs, vox, weights, cfg = official_files(
         "fixture-gs.safetensors", "fixture-3d.safetensors", "tiny-gs.safetensors", "tiny-gs.json"
     )
     fx = load_file(str(gs))
@@ -292,8 +277,8 @@ def read_key_table(path: Path) -> list[tuple[str, list[int], str]]:
     return rows
 
 
-def test_full_size_keys_equal_the_release_schema():
-    (keys,) = need("keys-3d_decode_gs.tsv")
+def test_full_size_keys_equal_the_release_schema(official_files):
+    (keys,) = official_files("keys-3d_decode_gs.tsv")
     with torch.device("meta"):
         state = GaussianDecoder(GaussianDecoderConfig()).state_dict()
     got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
@@ -301,8 +286,8 @@ def test_full_size_keys_equal_the_release_schema():
     assert sum(math.prod(s) for _, s, _ in got) == 85_887_520
 
 
-def test_release_config_file_gives_the_default_config():
-    (cfg_path,) = need("config-3d_decode_gs.json")
+def test_release_config_file_gives_the_default_config(official_files):
+    (cfg_path,) = official_files("config-3d_decode_gs.json")
     from atoken_plugin_3d.convert import official_constructor_args
 
     doc = json.loads(cfg_path.read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from atoken_plugin_3d.convert import (
 )
 from atoken_plugin_3d.gaussian_decoder import GaussianDecoder, GaussianDecoderConfig
 
-FIXTURES = Path(
-    os.environ.get(
-        "ATOKEN_OFFICIAL_FIXTURES",
-        Path(__file__).resolve().parents[4] / "shared" / "reference" / "official",
-    )
-)
 SMALL = {
     "resolution": 64,
     "model_channels": 16,
@@ -158,21 +151,14 @@ def test_check_state_accepts_the_release_schema_on_meta():
     check_state(state, GaussianDecoderConfig())
 
 
-def test_tiny_release_weights_convert_and_reproduce_the_fixture(tmp_path):
-    names = [
-        "tiny-gs.safetensors",
-        "tiny-gs.json",
-        "fixture-gs.safetensors",
-        "fixture-3d.safetensors",
-    ]
-    if not all((FIXTURES / n).is_file() for n in names):
-        pytest.skip(f"official fixtures absent from {FIXTURES}")
-    out = convert_gaussian_decoder(
-        FIXTURES / "tiny-gs.safetensors", tmp_path / "tiny", config=FIXTURES / "tiny-gs.json"
+def test_tiny_release_weights_convert_and_reproduce_the_fixture(tmp_path, official_files):
+    weights, cfg, gs, vox = official_files(
+        "tiny-gs.safetensors", "tiny-gs.json", "fixture-gs.safetensors", "fixture-3d.safetensors"
     )
+    out = convert_gaussian_decoder(weights, tmp_path / "tiny", config=cfg)
     model = load_gaussian_decoder(out)
-    fx = load_file(str(FIXTURES / "fixture-gs.safetensors"))
-    feats = load_file(str(FIXTURES / "fixture-3d.safetensors"))["vox.dec_mean"][:, :768]
+    fx = load_file(str(gs))
+    feats = load_file(str(vox))["vox.dec_mean"][:, :768]
     with torch.no_grad():
         raw = model(feats, fx["gs.in_coords"])
     assert (raw - fx["gs.raw_out"]).abs().max() <= 1e-5

@@ -311,20 +311,10 @@ def test_voxel_file_missing_or_foreign(tmp_path: Path) -> None:
         load_voxel_file(tmp_path / "y.safetensors")
 
 
-def test_official_fixture_voxels_are_valid_input() -> None:
-    import os
-
+def test_official_fixture_voxels_are_valid_input(official_files) -> None:
     from atoken.plugin import load_tensors
 
-    root = Path(
-        os.environ.get(
-            "ATOKEN_OFFICIAL_FIXTURES",
-            Path(__file__).parents[4] / "shared" / "reference" / "official",
-        )
-    )
-    path = root / "fixture-3d.safetensors"
-    if not path.is_file():
-        pytest.skip(f"official fixtures not found at {root}")
+    (path,) = official_files("fixture-3d.safetensors")
     data = load_tensors(path)
     feats, coords = check_voxels(data["vox.feats_01"], data["vox.coords_xyz"])
     assert torch.equal(coords, data["vox.coords_xyz"])  # already in our (lexicographic) order
