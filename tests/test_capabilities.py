@@ -137,3 +137,45 @@ def test_builtin_entries_match_what_their_adapters_implement() -> None:
     }
     sample = ImageAdapter().example(torch.Generator().manual_seed(0))
     assert sample.shape == (40, 56, 3)
+
+
+def test_errors_name_the_kind_being_verified() -> None:
+    from torch import nn
+
+    from atoken.core.registry import Kind
+
+    class Objective(nn.Module):
+        capabilities = frozenset({"export_companion"})  # typo of export_companions
+
+        def export_companions(self, directory):
+            pass
+
+    with pytest.raises(CapabilityError) as info:
+        declared_capabilities(Objective, kind="objective")
+    msg = str(info.value)
+    assert msg.startswith(f"objective class {__name__}.")
+    assert "'export_companion' is not a known capability (did you mean 'export_companions'?)" in msg
+
+    class Held(nn.Module):
+        capabilities = frozenset({"evaluate_held_out"})
+
+        def evaluate_held_out(self, model):  # samples missing
+            return None
+
+        def forward(self, out, batch):
+            return out
+
+    objectives = Kind(
+        "objective", "atoken_register_objectives", nn.Module, "task objectives", capabilities=True
+    ).registry()
+    with pytest.raises(CapabilityError, match=r"^objective class .*Held: declares"):
+        objectives.add("held", Held, provider="tests")  # a class: verified at registration
+
+    def lazy(context):  # no options model: called with the context only
+        return Held()
+
+    objectives.add("lazy", lazy, provider="tests")  # known when built
+    with pytest.raises(CapabilityError, match=r"^objective class .*Held: declares"):
+        objectives.build("lazy", context=None)
+    with pytest.raises(CapabilityError, match=r"^adapter class "):
+        _registry().add("toy", type("Typo", (_Base,), {"capabilities": frozenset({"opn"})}))

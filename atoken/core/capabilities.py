@@ -1,4 +1,5 @@
-"""Optional adapter capabilities: small declared protocols, verified once, queried by name.
+"""Optional capabilities of adapters (and task objectives): small declared protocols, verified
+once, queried by name.
 
 Beyond the `atoken.core.modality.ModalityAdapter` protocol an adapter may offer optional
 capabilities (streamed decoding, chunked encoding, lazy reading, examples for contract tests,
@@ -16,7 +17,8 @@ error at registration, never a silently disabled feature. Callers ask the regist
 ``getattr``.
 
 Registered task objectives (`atoken.core.objective`) declare theirs the same way, from the same
-table (``export_companions``, ``evaluate_held_out``), verified when the trainer builds them.
+table (``export_companions``, ``evaluate_held_out``), verified when their registry builds them;
+errors name the kind being verified (``adapter class ...``, ``objective class ...``).
 
 References: PEP 544 runtime-checkable protocols; pluggy's hookimpl signature validation at
 registration.
@@ -38,8 +40,8 @@ from atoken.core.tokens import PatchTokens
 
 
 class CapabilityError(AtokenError, TypeError):
-    """An adapter's capability declaration does not hold (unknown name, missing or mismatched
-    member, or a capability implemented but not declared)."""
+    """A capability declaration (an adapter's, a task objective's) does not hold (unknown name,
+    missing or mismatched member, or a capability implemented but not declared)."""
 
 
 # --------------------------------------------------------------------------- protocols
@@ -281,8 +283,12 @@ def _provides(cls: type, name: str) -> bool:
     return True
 
 
-def declared_capabilities(cls: type) -> frozenset[str]:
+def declared_capabilities(cls: type, *, kind: str = "adapter") -> frozenset[str]:
     """Verify ``cls``'s ``capabilities`` declaration once and return it.
+
+    Args:
+        cls: the class declaring them.
+        kind: the registry kind ``cls`` serves (``adapter``, ``objective``), named in errors.
 
     Raises:
         CapabilityError: an unknown capability name (with a suggestion), a declared capability
@@ -298,7 +304,8 @@ def declared_capabilities(cls: type) -> frozenset[str]:
         raw = ()
     if isinstance(raw, str) or not isinstance(raw, tuple | list | set | frozenset):
         raise CapabilityError(
-            f"{_where(cls)}.capabilities must be a frozenset of capability names, got {raw!r}"
+            f"{kind} class {_where(cls)}: capabilities must be a frozenset of capability names,"
+            f" got {raw!r}"
         )
     declared = frozenset(raw)
     problems = []
@@ -321,19 +328,20 @@ def declared_capabilities(cls: type) -> frozenset[str]:
         )
     if problems:
         raise CapabilityError(
-            f"adapter class {_where(cls)}: " + "; ".join(problems) + f". Known capabilities:"
+            f"{kind} class {_where(cls)}: " + "; ".join(problems) + f". Known capabilities:"
             f" {', '.join(sorted(CAPABILITIES))}"
         )
     _VERIFIED[cls] = declared
     return declared
 
 
-def capabilities_of(adapter: Any) -> frozenset[str]:
-    """The verified capabilities of an adapter instance (its class's declaration).
+def capabilities_of(adapter: Any, *, kind: str = "adapter") -> frozenset[str]:
+    """The verified capabilities of an adapter (or task objective) instance: its class's
+    declaration, ``kind`` naming what it is in errors.
 
     An attribute capability defined as a property is checked on this instance.
     """
-    declared = declared_capabilities(type(adapter))
+    declared = declared_capabilities(type(adapter), kind=kind)
     for name in declared:
         cap = CAPABILITIES[name]
         if cap.value is not None and isinstance(
@@ -342,18 +350,19 @@ def capabilities_of(adapter: Any) -> frozenset[str]:
             value = getattr(adapter, name)
             if not cap.value(value):
                 raise CapabilityError(
-                    f"adapter {_where(type(adapter))}.{name} is {value!r}, expected {cap.expected}"
+                    f"{kind} {_where(type(adapter))}.{name} is {value!r}, expected {cap.expected}"
                 )
     return declared
 
 
-def has_capability(adapter: Any, name: str) -> bool:
-    """Whether ``adapter`` declares (verified) capability ``name``; unknown names are an error."""
+def has_capability(adapter: Any, name: str, *, kind: str = "adapter") -> bool:
+    """Whether ``adapter`` (or a task objective, ``kind="objective"``) declares (verified)
+    capability ``name``; unknown names are an error."""
     if name not in CAPABILITIES:
         raise CapabilityError(
             f"no capability named {name!r}; known: {', '.join(sorted(CAPABILITIES))}"
         )
-    return name in capabilities_of(adapter)
+    return name in capabilities_of(adapter, kind=kind)
 
 
 class DeclaresCapabilities(Protocol):

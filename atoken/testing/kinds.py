@@ -1,6 +1,6 @@
 """Contract mixins per component kind beyond adapters and quantizers: attention backends,
-heads, reconstruction losses and text encoders (semantic losses and renderers are not covered
-yet).
+heads, reconstruction losses and text encoders (semantic losses and task objectives are not
+covered yet).
 
 Subclass one and name the registered component (``backend_name`` / ``head_name`` /
 ``loss_name`` / ``text_encoder_name``); atoken's
