@@ -279,6 +279,7 @@ def test_parse_options_refuses_a_pair_without_key(pair: str) -> None:
 
 
 def test_cli_and_sdk_share_one_option_parser() -> None:
-    from atoken.cli._group import _parse_options
+    from atoken.cli import model, understanding
 
-    assert _parse_options is parse_options is atoken.plugin.parse_options
+    assert model.parse_options is understanding.parse_options is parse_options
+    assert parse_options is atoken.plugin.parse_options

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from atoken.cli import model, train, understanding  # noqa: F401  (register the commands)
 from atoken.cli._group import AtokenGroup, cli, err_console
-from atoken.cli._group import _parse_options as _parse_options  # the old atoken.cli names
-from atoken.cli._group import _progress as _progress
 from atoken.cli.understanding import EVAL_TASKS
 
 __all__ = ["EVAL_TASKS", "AtokenGroup", "cli", "err_console", "main"]

@@ -21,7 +21,6 @@ from atoken.core.errors import (
     describe_os_error,
     is_allocator_failure,
 )
-from atoken.core.option_pairs import parse_options as _parse_options  # noqa: F401 (shared by commands)
 from atoken.core.plugins import default_components
 
 err_console = Console(stderr=True)

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from atoken.cli._group import (
     InputPath,
-    _parse_options,
     _progress,
     cli,
     err_console,
@@ -24,6 +23,7 @@ from atoken.cli._group import (
 )
 from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
+from atoken.core.option_pairs import parse_options
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
 from atoken.core.tokenizer import describe
@@ -99,7 +99,7 @@ def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
     """Encode and decode each INPUT; write reconstruction, side-by-side view and metrics.json."""
     from atoken.pipeline import adapter_for, open_sample, reconstruct_to_dir
 
-    opts = _parse_options(options)
+    opts = parse_options(options)
     tok = load_model(model)
     # the one execution plan every encode/decode below runs (the name is checked before any work)
     plan = tok.plan(backend=backend)
@@ -184,7 +184,7 @@ def encode_cmd(input_path, output, model, modality, options) -> None:
     """Encode INPUT into a latents file (continuous codes or FSQ indices + what decoding needs)."""
     from atoken.pipeline import adapter_for, encode_to_file
 
-    opts = _parse_options(options)
+    opts = parse_options(options)
     tok = load_model(model)
     adapter = adapter_for(input_path, modality, opts, model=tok)
     info = encode_to_file(tok, model, adapter, input_path, output, adapter_options=opts)

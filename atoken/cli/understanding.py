@@ -12,8 +12,9 @@ from typing import Any
 
 import click
 
-from atoken.cli._group import InputPath, _parse_options, cli, load_model, model_option
+from atoken.cli._group import InputPath, cli, load_model, model_option
 from atoken.core.errors import InputError
+from atoken.core.option_pairs import parse_options
 
 
 def _understanding_model(model: str, device: str | None):
@@ -31,7 +32,7 @@ def _text_tower(text_model, text_options, tok, device):
 
     return load_text_encoder(
         text_model,
-        _parse_options(text_options),
+        parse_options(text_options),
         expected_dim=require_head(tok),
         device=device,
     )
@@ -94,7 +95,7 @@ def embed_cmd(
         tok,
         inputs,
         modality=modality,
-        options=_parse_options(options),
+        options=parse_options(options),
         batch_size=batch_size,
         normalize=not no_normalize,
         progress=True,
@@ -212,10 +213,8 @@ def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
 
 def _adapter_options(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``ADAPTER.KEY=VALUE`` pairs -> ``{adapter: {key: value}}`` (values parsed as JSON)."""
-    from atoken.cli._group import _parse_options
-
     out: dict[str, dict[str, Any]] = {}
-    for key, value in _parse_options(pairs).items():
+    for key, value in parse_options(pairs).items():
         adapter, dot, name = key.partition(".")
         if not dot or not adapter or not name:
             raise click.BadParameter(
