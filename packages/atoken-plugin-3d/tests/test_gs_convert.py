@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from atoken.plugin import CheckpointError
+from atoken.plugin import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from safetensors.torch import load_file, save_file
 
 from atoken_plugin_3d.convert import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     check_state,
     convert_gaussian_decoder,
     load_gaussian_decoder,

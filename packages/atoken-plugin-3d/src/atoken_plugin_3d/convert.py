@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from atoken.plugin import (  # CONFIG_NAME, WEIGHTS_NAME: re-exported (the directory's files)
+from atoken.plugin import (
     CONFIG_NAME,
-    WEIGHTS_NAME,  # noqa: F401
     CheckpointError,
     check_state_layout,
     read_document,
