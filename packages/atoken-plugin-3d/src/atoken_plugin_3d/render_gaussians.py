@@ -113,11 +113,6 @@ def sh0_to_rgb(features_dc: Tensor) -> Tensor:
     return (0.5 + SH_C0 * features_dc.reshape(features_dc.shape[0], 3)).clamp(min=0.0)
 
 
-def rgb_to_sh0(rgb: Tensor) -> Tensor:
-    """``[P, 3]`` colours -> ``[P, 1, 3]`` SH degree-0 coefficients (inverse of `sh0_to_rgb`)."""
-    return ((rgb - 0.5) / SH_C0).reshape(rgb.shape[0], 1, 3)
-
-
 def quat_to_rotmat(quats: Tensor) -> Tensor:
     """``[P, 4]`` quaternions ``(w, x, y, z)`` (normalised here) -> ``[P, 3, 3]`` rotations."""
     q = quats / quats.norm(dim=-1, keepdim=True).clamp(min=1e-12)
