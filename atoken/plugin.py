@@ -13,7 +13,11 @@ Registration:
     `Entry` and `Provider` are what `Components` (``default_components()``) holds;
     `UnknownComponentError`, `DuplicateComponentError` and `OptionsError` are what they raise.
     A training task is ``registry.add(name, TaskSpec(modality=...))`` in
-    ``atoken_register_tasks`` (`UNDERSTANDING_OBJECTIVES` lists the objectives a task may name).
+    ``atoken_register_tasks``; an understanding task names a registered understanding objective
+    (``registry.add(name, UnderstandingSpec(build=...))`` in
+    ``atoken_register_understanding_objectives``: ``build(section, context=UnderstandingContext)``
+    returns an object with ``loss(embedding, batch) -> Tensor``; atoken registers ``distill``
+    and ``caption_contrast``).
     A task objective (the loss of a task's batches, built by atoken's trainer) is
     ``registry.add(name, factory, options=OptionsModel)`` in ``atoken_register_objectives``:
     ``factory(options, context=ObjectiveContext)`` returns an ``nn.Module``; its held-out
@@ -116,7 +120,15 @@ from atoken.core.metrics import (
     to_unit_uint8,
 )
 from atoken.core.modality import ModalityAdapter
-from atoken.core.objective import HeldOutReport, HeldOutSample, ObjectiveContext, SharedHelpers
+from atoken.core.objective import (
+    HeldOutReport,
+    HeldOutSample,
+    ObjectiveContext,
+    SharedHelpers,
+    UnderstandingContext,
+    UnderstandingObjective,
+    UnderstandingSpec,
+)
 from atoken.core.option_pairs import parse_options
 from atoken.core.patching import (
     crop_box,
@@ -160,7 +172,7 @@ from atoken.core.serialization import (
     read_metadata,
     save_tensors,
 )
-from atoken.core.task import UNDERSTANDING_OBJECTIVES, TaskSpec
+from atoken.core.task import TaskSpec
 from atoken.core.tokens import AXES, COORD_LIMIT, PatchTokens, SparseTokens, collate
 from atoken.core.torch_checkpoint import read_official_state
 
@@ -196,7 +208,6 @@ __all__ = [
     "Provider",
     "Quantizer",
     "QuantizerOutput",
-    "UNDERSTANDING_OBJECTIVES",
     "RMSNorm",
     "Reconstruction",
     "Registry",
@@ -206,6 +217,9 @@ __all__ = [
     "Strict",
     "TaskSpec",
     "TokenGeometry",
+    "UnderstandingContext",
+    "UnderstandingObjective",
+    "UnderstandingSpec",
     "UnknownComponentError",
     "adapter_for",
     "atomic_write",

@@ -131,6 +131,21 @@ def atoken_register_objectives(registry: BoundRegistry) -> None:
 
 
 @hookspec
+def atoken_register_understanding_objectives(registry: BoundRegistry) -> None:
+    """Register understanding objectives: the semantic loss an understanding task trains the
+    pooling head with (see :class:`atoken.core.objective.UnderstandingSpec`).
+
+    Add an ``UnderstandingSpec`` (no options: the objective reads the config's ``[semantic]`` or
+    ``[semantic.<section>]`` table); ``build(section, context)`` returns an object with
+    ``loss(embedding, batch) -> Tensor``. A task uses it by naming it in its
+    :class:`atoken.core.task.TaskSpec` (``understanding``); atoken registers ``distill`` and
+    ``caption_contrast``. Called once per plugin. Not firstresult, not historic.
+
+    :param registry: the understanding-objective registry, bound to the calling plugin.
+    """
+
+
+@hookspec
 def atoken_register_commands(registry: BoundRegistry) -> None:
     """Register extra ``atoken`` sub-commands.
 

@@ -20,6 +20,15 @@ capabilities are, `atoken.core.capabilities`):
 - ``evaluate_held_out(model, samples)``: the held-out evaluation the monitor runs every
   ``run.sample_every`` steps instead of the ``[eval]`` images, returning a `HeldOutReport`.
 
+Understanding tasks (``TaskSpec.objective == "understanding"``) train the pooling head with a
+registered understanding objective instead (``atoken_register_understanding_objectives``,
+`UnderstandingSpec`): atoken registers ``distill`` (the SigLIP2 teacher, ``[semantic]``) and
+``caption_contrast`` (captions against a text tower, ``[semantic.<section>]``) from
+`atoken.train.semantic`; a plugin registers its own the same way. Their contract differs from a
+task objective's (``loss(embedding, batch) -> Tensor`` built from a config table, one instance per
+table, learnable parameters in the ``loss`` group, state checkpointed by section), so they are a
+kind of their own.
+
 Frozen helpers an objective uses (a perceptual network, say) should not be children of the
 module: they would be checkpointed and averaged. `SharedHelpers` holds them outside the module
 tree (shared, not copied, by the EMA copy).
@@ -30,7 +39,7 @@ scripts); AToken (arXiv 2509.14476) 3D objective as the first registered one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -129,3 +138,72 @@ class SharedHelpers:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedHelpers:
         return self
+
+
+# ====================================================================== understanding objectives
+@dataclass(frozen=True)
+class UnderstandingContext:
+    """What the trainer tells an understanding objective's ``build``.
+
+    Attributes:
+        name: the objective's registry name (``distill``, ``caption_contrast``, a plugin's own).
+        section: the ``[semantic.<section>]`` table it was built from, or None for ``[semantic]``.
+        tasks: the tasks of the run that use this instance (the first one names it in messages).
+        semantic: the whole ``[semantic]`` table (`atoken.train.config.SemanticConfig`), e.g.
+            for a section's fallback ``text_model``.
+        width: the encoder width (the pooled embedding's size).
+        components: the plugin registries (text towers, losses, adapters).
+        device: where training runs.
+        seed: the run seed (seed initialisations with it for reproducible runs).
+    """
+
+    name: str
+    section: str | None
+    tasks: tuple[str, ...]
+    semantic: Any
+    width: int
+    components: Components
+    device: torch.device
+    seed: int
+
+
+@runtime_checkable
+class UnderstandingObjective(Protocol):
+    """The semantic loss of an understanding task: ``loss(embedding [B, D], batch) -> scalar``.
+
+    ``embedding`` is the pooled head output of the batch's forward pass, ``batch`` its
+    per-sample tokens (``meta["caption"]`` where the task declares ``captions``). The trainer
+    weights the result by ``[semantic] weight`` (the logged ``sem`` term). When the object is an
+    ``nn.Module``, its trainable parameters join AdamW in the ``loss`` group (no weight decay)
+    and its ``state_dict()`` is checkpointed, keyed by its section.
+    """
+
+    def loss(self, embedding: Tensor, batch: Sequence[PatchTokens]) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class UnderstandingSpec:
+    """An understanding objective as a plugin registers it
+    (``atoken_register_understanding_objectives``).
+
+    A task names it in `atoken.core.task.TaskSpec` (``understanding``); the trainer builds one
+    instance per config section its tasks read: ``[semantic.<section>]`` for a task that names
+    a ``section``, ``[semantic]`` otherwise.
+
+    Attributes:
+        build: ``build(section, context)`` -> an `UnderstandingObjective`; ``section`` is the
+            table (a ``ContrastiveConfig`` for ``[semantic.<section>]``, the ``SemanticConfig``
+            for ``[semantic]``), ``context`` an `UnderstandingContext`.
+        check: phase two of config validation: ``check(section, semantic, name)`` returns what
+            the config lacks, in words (``a [semantic] section (teacher = ...)``), or None;
+            ``section`` is the table the task reads (None when absent), ``semantic`` the whole
+            ``[semantic]`` table (None when absent), ``name`` the section name (None for
+            ``[semantic]``).
+        sections: tasks using it name their ``[semantic.<section>]`` table.
+        captions: tasks using it declare ``captions`` (their samples carry one).
+    """
+
+    build: Callable[[Any, UnderstandingContext], UnderstandingObjective]
+    check: Callable[[Any, Any, str | None], str | None] | None = None
+    sections: bool = False
+    captions: bool = False

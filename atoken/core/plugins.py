@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.text",
     "atoken.plugins.losses",
     "atoken.train.data.sources",  # the modality-free data sources (files, adapter samples)
+    "atoken.train.semantic",  # the understanding objectives (distill, caption_contrast)
 )
 #: registry kind -> hook that fills it
 REGISTRY_HOOKS: dict[str, str] = {
@@ -56,6 +57,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "attention": "atoken_register_attention_backends",
     "text_encoder": "atoken_register_text_encoders",
     "objective": "atoken_register_objectives",
+    "understanding_objective": "atoken_register_understanding_objectives",
     "command": "atoken_register_commands",
 }
 
@@ -245,6 +247,10 @@ class Components:
     @property
     def objectives(self) -> Registry[Any]:
         return self.registries["objective"]
+
+    @property
+    def understanding_objectives(self) -> Registry[Any]:
+        return self.registries["understanding_objective"]
 
     @property
     def commands(self) -> Registry[Any]:

@@ -6,7 +6,8 @@ plugin registers ``image_rec`` and ``image_und``, the video plugin ``video_rec``
 task from the registered `TaskSpec`, so it never branches on a modality name. A task may name a
 registered task objective (``atoken_register_objectives``, `atoken.core.objective`) that replaces
 the stage's reconstruction losses on its batches, e.g. ``3d_gs`` of atoken-plugin-3d (the
-Gaussian decoder's render loss).
+Gaussian decoder's render loss); an understanding task names its registered understanding
+objective (``atoken_register_understanding_objectives``).
 
 References: task table after AToken (arXiv 2509.14476), "Curriculum and optimisation".
 """
@@ -15,9 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-#: the understanding objectives the trainer knows how to build (see `atoken.train.semantic`)
-UNDERSTANDING_OBJECTIVES = ("distill", "caption_contrast")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +26,15 @@ class TaskSpec:
         modality: the registered adapter that reads, tokenizes and decodes the task's samples.
         objective: ``reconstruction`` (the stage's reconstruction losses) or ``understanding``
             (the semantic objective named by ``understanding``).
-        understanding: for understanding tasks, ``distill`` (KL distillation from the frozen
-            SigLIP2 teacher, the ``[semantic]`` section) or ``caption_contrast`` (pooled
-            embeddings against caption embeddings, the ``[semantic.<section>]`` section).
-        section: the ``[semantic.<section>]`` table of a ``caption_contrast`` task.
+        understanding: for understanding tasks, a registered understanding objective
+            (``atoken_register_understanding_objectives``,
+            `atoken.core.objective.UnderstandingSpec`):
+            atoken's ``distill`` (KL distillation from the frozen SigLIP2 teacher, the
+            ``[semantic]`` section) or ``caption_contrast`` (pooled embeddings against caption
+            embeddings, the ``[semantic.<section>]`` section), or a plugin's own; phase two of
+            config validation refuses a name no plugin registers.
+        section: the ``[semantic.<section>]`` table the task's understanding objective reads
+            (None: the ``[semantic]`` table itself).
         captions: samples carry a caption (read from the data: ``.txt`` sidecars, ``txt``
             members, built-in captions).
         resolution: prefix of the stage keys bounding this task's resolution
@@ -61,17 +64,16 @@ class TaskSpec:
                 f"task objective must be 'reconstruction' or 'understanding', got"
                 f" {self.objective!r}"
             )
-        if self.objective == "understanding" and self.understanding not in UNDERSTANDING_OBJECTIVES:
+        if self.objective == "understanding" and not (
+            isinstance(self.understanding, str) and self.understanding.strip()
+        ):
             raise ValueError(
-                f"an understanding task names its objective: understanding ="
-                f" {' or '.join(map(repr, UNDERSTANDING_OBJECTIVES))}, got {self.understanding!r}"
+                "an understanding task names its registered understanding objective"
+                " (atoken_register_understanding_objectives, e.g. 'distill'), got"
+                f" {self.understanding!r}"
             )
         if self.objective == "reconstruction" and self.understanding is not None:
             raise ValueError("a reconstruction task takes no understanding objective")
-        if self.understanding == "caption_contrast" and not (self.section and self.captions):
-            raise ValueError(
-                "a caption_contrast task names its [semantic.<section>] and has captions = True"
-            )
         if self.task_objective is not None and (
             self.objective != "reconstruction" or not self.task_objective.strip()
         ):

@@ -603,38 +603,70 @@ def check_tasks(
             known = ", ".join(f"{k} ({v})" for k, v in sorted(owners.items())) or "none"
             raise ConfigError(
                 f"{where}: [semantic.{name}] is the section of no registered task; sections of"
-                f" the registered caption_contrast tasks: {known}"
+                f" the registered understanding tasks: {known}"
             )
     _check_objectives(config, comps, specs, where)
-    for task in sorted({t for s in config.stages for t in s.tasks}):
+    _check_understanding(config, comps, specs, where)
+
+
+def understanding_registry(components: Components | None):
+    """The understanding-objective registry of ``components``
+    (``atoken_register_understanding_objectives``); stand-ins that are not `Components` and None
+    use the installed plugins'."""
+    from atoken.core.plugins import Components, default_components
+
+    comps = components if isinstance(components, Components) else default_components()
+    return comps["understanding_objective"]
+
+
+def semantic_section(config: TrainConfig, spec: TaskSpec) -> Any:
+    """The table an understanding task's objective reads: ``[semantic.<section>]`` when its
+    registration names a section, else ``[semantic]`` (None when absent)."""
+    sem = config.semantic
+    if spec.section is None or sem is None:
+        return sem
+    return sem.section(spec.section)
+
+
+def _check_understanding(
+    config: TrainConfig, comps: Components, specs: dict[str, TaskSpec], where: str
+) -> None:
+    """Every understanding task names a registered understanding objective, and the stages'
+    ones have the ``[semantic]`` / ``[semantic.<section>]`` table it needs."""
+    from atoken.core.registry import UnknownComponentError
+
+    registry = understanding_registry(comps)
+    mixed = {t for s in config.stages for t in s.tasks}
+    for task in sorted(specs):
         spec = specs[task]
-        users = [s.name for s in config.stages if task in s.tasks]
-        if spec.understanding == "distill":
-            if sem is None:
-                raise ConfigError(
-                    f"{where}: stage(s) {users} mix task {task!r}, which needs a [semantic]"
-                    " section (teacher = SigLIP2 directory, text_model, prompts)"
-                )
-            missing = [k for k in ("teacher", "text_model", "prompts") if getattr(sem, k) is None]
-            if missing:
-                raise ConfigError(
-                    f"{where}: stage(s) {users} mix task {task!r}, which needs [semantic]"
-                    f" {', '.join(missing)} (teacher = SigLIP2 directory, text_model, prompts)"
-                )
-        elif spec.understanding == "caption_contrast":
-            name = spec.section or ""
-            section = sem.section(name) if sem is not None else None
-            if section is None:
-                raise ConfigError(
-                    f"{where}: stage(s) {users} mix task {task!r}, which needs a"
-                    f" [semantic.{name}] section (text_model = a registered text tower such as"
-                    " 'minilm', loss = 'siglip_sigmoid'); captions come from a .txt next to"
-                    " each sample"
-                )
-            if section.text_model is None and sem.text_model is None:
-                raise ConfigError(
-                    f"{where}: [semantic.{name}] needs text_model (or [semantic] text_model)"
-                )
+        if spec.objective != "understanding":
+            continue
+        try:
+            entry = registry.get(spec.understanding)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{where}: task {task!r}: {exc}") from None
+        objective = entry.obj
+        lacks = [
+            what
+            for what, needed, has in (
+                ("section (its [semantic.<section>] table)", objective.sections, spec.section),
+                ("captions = True", objective.captions, spec.captions),
+            )
+            if needed and not has
+        ]
+        if lacks:
+            provider = _task_registry(comps).get(task).provider
+            raise ConfigError(
+                f"{where}: task {task!r} ({provider}) trains understanding objective"
+                f" {spec.understanding!r} ({entry.provider}), which needs the task's registration"
+                f" to declare {' and '.join(lacks)}"
+            )
+        if task not in mixed or objective.check is None:
+            continue
+        problem = objective.check(semantic_section(config, spec), config.semantic, spec.section)
+        if problem:
+            users = [s.name for s in config.stages if task in s.tasks]
+            raise ConfigError(f"{where}: stage(s) {users} mix task {task!r}, which needs {problem}")
 
 
 def task_objectives(

@@ -14,6 +14,11 @@ processor's rescale-then-normalise (mean = std = 0.5) output, so no further mapp
 `CaptionContrast` is the video / 3D objective (``video_und``, ``3d_und``): the SigLIP sigmoid loss
 between pooled embeddings and the frozen text tower's embeddings of each sample's caption.
 
+Both are registered understanding objectives (``atoken_register_understanding_objectives``; this
+module is a built-in plugin as `atoken.train.data.sources` is): ``distill`` builds a
+`SemanticDistiller` from ``[semantic]``, ``caption_contrast`` a `CaptionContrast` per
+``[semantic.<section>]``.
+
 References: AToken (arXiv 2509.14476), "Losses" (semantic loss for images: KL to the SigLIP2
 teacher's image-text similarity distribution, temperature 2, same frozen text encoder);
 M. Tschannen et al., "SigLIP 2" (arXiv 2502.14786) for the NaFlex input layout; X. Zhai et al.,
@@ -32,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atoken import hookimpl
 from atoken.core.config import ConfigError
+from atoken.core.objective import UnderstandingContext, UnderstandingSpec
 from atoken.core.tokens import PatchTokens
 
 if TYPE_CHECKING:
@@ -380,3 +387,69 @@ class CaptionContrast(nn.Module):
             captions.append(str(caption))
         texts = self.text_embeddings(captions).to(student.device)
         return self.loss_fn(student.float(), texts)
+
+
+# ====================================================================== registrations
+def _check_distill(section, semantic, name: str | None) -> str | None:
+    """What ``[semantic]`` lacks for ``distill`` (phase two), or None."""
+    if semantic is None:
+        return "a [semantic] section (teacher = SigLIP2 directory, text_model, prompts)"
+    missing = [k for k in ("teacher", "text_model", "prompts") if getattr(semantic, k) is None]
+    if missing:
+        return f"[semantic] {', '.join(missing)} (teacher = SigLIP2 directory, text_model, prompts)"
+    return None
+
+
+def _build_distill(section: SemanticConfig, context: UnderstandingContext) -> SemanticDistiller:
+    return SemanticDistiller.from_config(
+        section,
+        components=context.components,
+        student_dim=context.width,
+        device=context.device,
+        task=context.tasks[0],
+    )
+
+
+def _check_caption_contrast(section, semantic, name: str | None) -> str | None:
+    """What ``[semantic.<name>]`` lacks for ``caption_contrast`` (phase two), or None."""
+    if section is None:
+        return (
+            f"a [semantic.{name}] section (text_model = a registered text tower such as"
+            " 'minilm', loss = 'siglip_sigmoid'); captions come from a .txt next to each sample"
+        )
+    if section.text_model is None and semantic.text_model is None:
+        return f"[semantic.{name}] text_model (or [semantic] text_model)"
+    return None
+
+
+def _build_caption_contrast(section, context: UnderstandingContext) -> CaptionContrast:
+    semantic = context.semantic
+    return CaptionContrast.from_config(
+        section,
+        modality=context.section,
+        fallback_text_model=semantic.text_model if semantic is not None else None,
+        components=context.components,
+        student_dim=context.width,
+        seed=context.seed,
+    ).to(context.device)
+
+
+@hookimpl
+def atoken_register_understanding_objectives(registry) -> None:
+    """atoken's understanding objectives: ``distill`` (``image_und``) and ``caption_contrast``
+    (``video_und``, ``3d_und``)."""
+    registry.add(
+        "distill",
+        UnderstandingSpec(build=_build_distill, check=_check_distill),
+        description="KL distillation from a frozen SigLIP2 teacher ([semantic])",
+    )
+    registry.add(
+        "caption_contrast",
+        UnderstandingSpec(
+            build=_build_caption_contrast,
+            check=_check_caption_contrast,
+            sections=True,
+            captions=True,
+        ),
+        description="pooled embeddings against caption embeddings ([semantic.<section>])",
+    )

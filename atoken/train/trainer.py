@@ -6,8 +6,10 @@ stage's objective as the task's registration (`atoken.core.task.TaskSpec`) says:
 reconstruction losses on reconstruction tasks of any modality, or the registered task objective
 the task names (``task_objective``, `atoken.core.objective`: e.g. atoken-plugin-3d's
 ``gaussian_render``, which trains the Gaussian decoder on rendered views); on understanding tasks
-the understanding objective (``distill``: KL distillation from the SigLIP2 teacher, as
-``image_und``; ``caption_contrast``: the caption sigmoid loss, as ``video_und`` / ``3d_und``; see
+the registered understanding objective the task names
+(``atoken_register_understanding_objectives``, `atoken.core.objective.UnderstandingSpec`;
+atoken's ``distill``: KL distillation from the SigLIP2 teacher, as ``image_und``;
+``caption_contrast``: the caption sigmoid loss, as ``video_und`` / ``3d_und``; see
 `atoken.train.semantic`), backpropagate; then clip, step AdamW and the schedule, update the
 EMA, log. The trainer names no modality: everything that differs per task comes from its spec.
 Stages hand over automatically (resolution range, task mix, losses, quantizer, trainable groups).
@@ -143,8 +145,7 @@ class Trainer:
         resume_from = self._resume_point(resume=resume, restart=restart)
         if resume_from is None:  # the run's start applies whenever no checkpoint is loaded
             self._initialise()
-        self.semantic = self._build_semantic()
-        self.contrastive = self._build_contrastive()
+        self.understanding = self._build_understanding()
         self.task_objectives = self._build_task_objectives()
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
         self.objective_emas = {
@@ -206,62 +207,84 @@ class Trainer:
     def _tasks(self) -> list[str]:
         return sorted({t for s in self.config.stages for t in s.tasks})
 
-    def _build_semantic(self):
-        """The `SemanticDistiller` when a stage mixes a ``distill`` task (None otherwise)."""
-        users = [t for t in self._tasks() if self._spec(t).understanding == "distill"]
-        if self.config.semantic is None or not users:
-            return None
-        from atoken.core.config import ConfigError
-        from atoken.train.semantic import SemanticDistiller
-
-        if not self.model.has_head:
-            raise ConfigError(
-                f"task {users[0]!r} trains the understanding head, but this model has none"
-                " (config.head is None); use a preset with a head"
-            )
-        return SemanticDistiller.from_config(
-            self.config.semantic,
-            components=self.components,
-            student_dim=int(self.model.encoder.width),
-            device=self.dist.device,
-            task=users[0],
-        )
-
     def _check_tasks(self) -> None:
         """Phase two against this trainer's registries: every task of the config is registered,
         its adapter installed, its ``[semantic]`` section given (clear error otherwise)."""
         check_tasks(self.config, self.components)
 
-    def _build_contrastive(self) -> dict[str, nn.Module]:
-        """A `CaptionContrast` per ``[semantic.<section>]`` of the ``caption_contrast`` tasks a
-        stage mixes (keyed by section name, e.g. ``video``, ``mesh3d``)."""
+    def _build_understanding(self) -> dict[str | None, Any]:
+        """The understanding objectives the stages' tasks name (`atoken.core.objective.
+        UnderstandingSpec`), one per config table they read, keyed by section (None: the
+        ``[semantic]`` table itself); tasks reading the same table share it. Those of
+        ``[semantic]`` are built first, then the sections' in task order."""
         from atoken.core.config import ConfigError
-        from atoken.train.semantic import CaptionContrast
+        from atoken.core.objective import UnderstandingContext, UnderstandingObjective
+        from atoken.train.config import semantic_section, understanding_registry
 
-        out: dict[str, nn.Module] = {}
+        users: dict[str | None, list[str]] = {}
         for task in self._tasks():
             spec = self._spec(task)
-            if spec.understanding != "caption_contrast" or spec.section in out:
+            if spec.objective != "understanding":
                 continue
-            modality = spec.section or spec.modality
-            sem = self.config.semantic
-            section = sem.section(modality) if sem is not None else None
-            if section is None:  # the config validator already says this; kept for safety
-                raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
+            shared = users.setdefault(spec.section, [])
+            if shared and self._spec(shared[0]).understanding != spec.understanding:
+                raise ConfigError(
+                    f"tasks {shared[0]!r} and {task!r} read the same"
+                    f" [semantic{'.' + spec.section if spec.section else ''}] table but train"
+                    f" different understanding objectives ({self._spec(shared[0]).understanding!r},"
+                    f" {spec.understanding!r}); register one section per objective"
+                )
+            shared.append(task)
+        registry = understanding_registry(self.components)
+        out: dict[str | None, Any] = {}
+        for section in sorted(users, key=lambda k: (k is not None, users[k][0])):
+            tasks = users[section]
+            spec = self._spec(tasks[0])
+            table = semantic_section(self.config, spec)
+            if table is None:  # the config validator already says this; kept for safety
+                where = f"[semantic.{section}]" if section else "[semantic]"
+                raise ConfigError(f"task {tasks[0]!r} needs a {where} section")
             if not self.model.has_head:
                 raise ConfigError(
-                    f"task {task!r} trains the understanding head, but this model has none"
+                    f"task {tasks[0]!r} trains the understanding head, but this model has none"
                     " (config.head is None); use a preset with a head"
                 )
-            out[modality] = CaptionContrast.from_config(
-                section,
-                modality=modality,
-                fallback_text_model=sem.text_model if sem is not None else None,
+            entry = registry.get(spec.understanding)
+            context = UnderstandingContext(
+                name=spec.understanding,
+                section=section,
+                tasks=tuple(tasks),
+                semantic=self.config.semantic,
+                width=int(self.model.encoder.width),
                 components=self.components,
-                student_dim=int(self.model.encoder.width),
+                device=self.dist.device,
                 seed=self.config.run.seed,
-            ).to(self.dist.device)
+            )
+            built = entry.obj.build(table, context)
+            if not isinstance(built, UnderstandingObjective):
+                raise ConfigError(
+                    f"understanding objective {spec.understanding!r} ({entry.provider}) built a"
+                    f" {type(built).__name__}; expected an object with loss(embedding, batch)"
+                )
+            out[section] = built
         return out
+
+    @property
+    def semantic(self) -> Any:
+        """The understanding objective built from the ``[semantic]`` table (``distill``'s
+        `SemanticDistiller` for ``image_und``), or None."""
+        return self.understanding.get(None)
+
+    @property
+    def contrastive(self) -> dict[str, nn.Module]:
+        """The understanding objectives that are ``nn.Module``s (their trainable parameters join
+        the ``loss`` group, their state is checkpointed), keyed by section (``video``: the
+        `CaptionContrast` of ``video_und``; ``[semantic]`` for one built from that table)."""
+        return {
+            "[semantic]" if k is None else k: m
+            for k, m in self.understanding.items()
+            if isinstance(m, nn.Module)
+        }
 
     def _build_task_objectives(self) -> dict[str, nn.Module]:
         """The registered task objectives the stages' tasks name (`atoken.core.objective`), each
@@ -498,21 +521,17 @@ class Trainer:
         return ObjectiveResult(total, terms)
 
     def _semantic_loss(self, task: str, out, batch: list[PatchTokens]) -> torch.Tensor:
-        """The task's registered understanding objective: ``distill`` (the SigLIP2 teacher) or
-        ``caption_contrast`` (its ``[semantic.<section>]``)."""
+        """The loss of the task's registered understanding objective (built for its
+        ``[semantic]`` / ``[semantic.<section>]`` table) on the pooled embedding."""
         from atoken.core.config import ConfigError
 
         if out.embedding is None:
             raise ConfigError(f"{task} needs the model's understanding head; it has none")
-        spec = self._spec(task)
-        if spec.understanding == "distill":
-            if self.semantic is None:
-                raise ConfigError(f"{task} needs the [semantic] teacher section")
-            return self.semantic.loss(out.embedding, batch)
-        modality = spec.section or spec.modality
-        if modality not in self.contrastive:
-            raise ConfigError(f"task {task!r} needs a [semantic.{modality}] section")
-        return self.contrastive[modality].loss(out.embedding, batch)
+        section = self._spec(task).section
+        if section not in self.understanding:
+            where = f"[semantic.{section}]" if section else "[semantic]"
+            raise ConfigError(f"task {task!r} needs a {where} section")
+        return self.understanding[section].loss(out.embedding, batch)
 
     def train_step(self) -> dict[str, Any]:
         plan = stage_at(self.config, self.step)
