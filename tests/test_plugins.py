@@ -88,12 +88,17 @@ def test_plugin_options_are_validated_by_their_model(register_plugin) -> None:
         model_config = ConfigDict(extra="forbid")
         levels: int = 3
 
+    from atoken.plugins.image.adapter import ImageAdapter
+
+    class Leveled(ImageAdapter):
+        def __init__(self, levels: int) -> None:
+            super().__init__()
+            self.levels = levels
+
     class P:
         @hookimpl
         def atoken_register_adapters(self, registry):
-            registry.add(
-                "toy", lambda opts, context: SimpleNamespace(levels=opts.levels), options=Opts
-            )
+            registry.add("toy", lambda opts, context: Leveled(opts.levels), options=Opts)
 
     comps = register_plugin(P(), name="toy-plugin")
     assert comps.adapters.build("toy", {"levels": 5}).levels == 5
@@ -186,3 +191,113 @@ def test_there_is_one_trainer_and_no_trainers_hook(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["train", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "trainer: unknown key" in result.output
+
+
+# --------------------------------------------------------------------------- typed registries
+def test_the_kind_table_drives_hooks_and_components(components) -> None:
+    from atoken.core import hookspecs
+    from atoken.core.modality import ModalityAdapter
+    from atoken.core.plugins import KINDS, Components
+    from atoken.core.task import TaskSpec
+
+    register_hooks = {n for n in vars(hookspecs) if n.startswith("atoken_register_")}
+    assert {k.hook for k in KINDS} == register_hooks  # one kind per hook, one hook per kind
+    assert list(components.registries) == [k.name for k in KINDS]  # filled in table order
+    for attr, kind in vars(Components).items():
+        if kind in KINDS:  # the class attribute is the table row, the instance's its registry
+            registry = getattr(components, attr)
+            assert registry is components[kind.name] and registry.spec is kind
+    assert Components.adapters.builds is ModalityAdapter and Components.tasks.builds is TaskSpec
+    assert len({k.name for k in KINDS}) == len(KINDS)  # a name is one kind
+    assert isinstance(components.tasks.get("image_rec").obj, TaskSpec)
+    assert isinstance(components.adapters.build("image"), ModalityAdapter)
+
+
+def test_a_factory_building_the_wrong_type_is_refused_by_name(register_plugin) -> None:
+    import torch
+
+    class Wrong:
+        @hookimpl
+        def atoken_register_losses(self, registry):
+            registry.add("halfway", lambda: torch.zeros(()))  # a tensor, not a loss module
+
+        @hookimpl
+        def atoken_register_adapters(self, registry):
+            registry.add("loader", lambda opts, context: SimpleNamespace(name="loader"))
+
+    comps = register_plugin(Wrong(), name="wrong-plugin")
+    with pytest.raises(atoken.AtokenError) as info:
+        comps.losses.build("halfway")
+    assert isinstance(info.value, TypeError)
+    assert str(info.value) == (
+        "loss 'halfway' (wrong-plugin) built a Tensor, expected a Module"
+        " (torch.nn.modules.module.Module)"
+    )
+    with pytest.raises(TypeError) as info:
+        comps.adapters.build("loader")
+    msg = str(info.value)
+    assert msg.startswith(
+        "adapter 'loader' (wrong-plugin) built a SimpleNamespace, expected a ModalityAdapter"
+        " (atoken.core.modality.ModalityAdapter): it lacks extensions, from_tokens, load,"
+    )
+    assert " name," not in msg  # the namespace has a name; only what it lacks is listed
+    assert "\n" not in msg
+    assert comps.losses.build("l1") is not None  # the good entries still build
+
+
+@pytest.mark.parametrize(
+    ("hook", "obj", "expected"),
+    [
+        (
+            "atoken_register_tasks",
+            {"modality": "image"},
+            "task 'odd' (odd-plugin) is a dict, expected a TaskSpec (atoken.core.task.TaskSpec)",
+        ),
+        (
+            "atoken_register_attention_backends",
+            lambda q, k, v, sq, sk: q,
+            "attention 'odd' (odd-plugin) is a function, expected an AttentionBackend",
+        ),
+        (
+            "atoken_register_quantizers",
+            "fsq",
+            "quantizer 'odd' (odd-plugin) is a str, expected a factory building a Quantizer",
+        ),
+        (
+            "atoken_register_heads",
+            SimpleNamespace,  # a class factory: its class is known, and it is no nn.Module
+            "head 'odd' (odd-plugin) builds a SimpleNamespace, expected a Module",
+        ),
+    ],
+)
+def test_a_wrong_type_is_refused_at_registration(register_plugin, hook, obj, expected) -> None:
+    def register(self, registry):
+        registry.add("odd", obj)
+
+    plugin = type("Odd", (), {hook: hookimpl(register)})()
+    with pytest.raises(atoken.AtokenError) as info:
+        register_plugin(plugin, name="odd-plugin")
+    msg = str(info.value)
+    assert msg.startswith(expected), msg
+    assert "\n" not in msg
+
+
+def test_a_checked_registry_accepts_what_its_kind_builds() -> None:
+    import torch
+
+    from atoken.core.plugins import Components
+    from atoken.core.registry import ComponentTypeError
+
+    losses = Components.losses.registry()
+    losses.add("mse", lambda: torch.nn.MSELoss(), provider="tests")
+    losses.add("l1", torch.nn.L1Loss, provider="tests")  # a class factory, checked at once
+    assert isinstance(losses.build("mse"), torch.nn.MSELoss)
+    assert isinstance(losses.build("l1"), torch.nn.L1Loss)
+    with pytest.raises(
+        ComponentTypeError, match=r"^loss 'int' \(tests\) builds an int, expected a Module"
+    ):
+        losses.add("int", int, provider="tests")
+    assert "int" not in losses  # a refused entry is not registered
+    plain: Registry = Registry("loss")  # no kind: unchecked, as before
+    plain.add("anything", lambda: 3)
+    assert plain.build("anything") == 3

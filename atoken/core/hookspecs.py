@@ -1,25 +1,36 @@
 """The hooks a plugin may implement. Every hook receives a registry view bound to that plugin.
 
-Hooks are always called with keywords, so new arguments can be added later without breaking
-installed plugins (pluggy passes each implementation only the arguments it names).
+Each view is typed by what its kind builds (the table of kinds, `atoken.core.plugins.Components`)
+and checks it. Hooks are always called with keywords, so new arguments can be added later
+without breaking installed plugins (pluggy passes each implementation only the arguments it
+names).
 
 References: hook discipline after pytest's hookspec.py; register-object hooks after llm and tox.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+    from torch import nn
+
+    from atoken.core.attention import AttentionBackend
+    from atoken.core.data_source import DataSourceSpec
+    from atoken.core.modality import ModalityAdapter
+    from atoken.core.objective import UnderstandingSpec
+    from atoken.core.quantizer import Quantizer
     from atoken.core.registry import BoundRegistry
+    from atoken.core.task import TaskSpec
 
 hookspec = pluggy.HookspecMarker("atoken")
 
 
 @hookspec
-def atoken_register_adapters(registry: BoundRegistry) -> None:
+def atoken_register_adapters(registry: BoundRegistry[ModalityAdapter]) -> None:
     """Register modality adapters (image, video, 3D, ...).
 
     Called once per plugin when the plugin manager is built. Call ``registry.add(name, factory,
@@ -34,7 +45,7 @@ def atoken_register_adapters(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_quantizers(registry: BoundRegistry) -> None:
+def atoken_register_quantizers(registry: BoundRegistry[Quantizer]) -> None:
     """Register latent quantizers (continuous or discrete).
 
     ``factory(options, latent_channels=C)`` must return an ``nn.Module`` satisfying
@@ -45,7 +56,7 @@ def atoken_register_quantizers(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_heads(registry: BoundRegistry) -> None:
+def atoken_register_heads(registry: BoundRegistry[nn.Module]) -> None:
     """Register heads that turn encoder tokens into one vector per sample.
 
     ``factory(options, width=D, num_heads=H, mlp_width=M)`` returns an ``nn.Module`` whose
@@ -56,7 +67,7 @@ def atoken_register_heads(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_losses(registry: BoundRegistry) -> None:
+def atoken_register_losses(registry: BoundRegistry[nn.Module]) -> None:
     """Register training losses.
 
     ``factory(options)`` returns an ``nn.Module`` computing a scalar loss. Called once per plugin.
@@ -66,7 +77,7 @@ def atoken_register_losses(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_tasks(registry: BoundRegistry) -> None:
+def atoken_register_tasks(registry: BoundRegistry[TaskSpec]) -> None:
     """Register training tasks (what a curriculum stage mixes, e.g. ``image_rec``).
 
     Add a :class:`atoken.core.task.TaskSpec` (no options) naming the adapter that feeds the
@@ -78,7 +89,7 @@ def atoken_register_tasks(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_data_sources(registry: BoundRegistry) -> None:
+def atoken_register_data_sources(registry: BoundRegistry[DataSourceSpec]) -> None:
     """Register training data sources (what a ``[[data]]`` entry's ``source`` names).
 
     Add a :class:`atoken.core.data_source.DataSourceSpec` with ``options=OptionsModel``: under a
@@ -92,7 +103,7 @@ def atoken_register_data_sources(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_attention_backends(registry: BoundRegistry) -> None:
+def atoken_register_attention_backends(registry: BoundRegistry[AttentionBackend]) -> None:
     """Register variable-length attention backends.
 
     Add an :class:`atoken.core.attention.AttentionBackend` (no options). Availability is checked
@@ -103,7 +114,7 @@ def atoken_register_attention_backends(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_text_encoders(registry: BoundRegistry) -> None:
+def atoken_register_text_encoders(registry: BoundRegistry[Any]) -> None:
     """Register text towers for the semantic side (zero-shot, retrieval, distillation).
 
     ``factory(options)`` returns an object with ``dim: int`` and ``encode(texts: list[str]) ->
@@ -115,7 +126,7 @@ def atoken_register_text_encoders(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_objectives(registry: BoundRegistry) -> None:
+def atoken_register_objectives(registry: BoundRegistry[nn.Module]) -> None:
     """Register task objectives: the loss of a task's batches, in place of the stage's
     reconstruction losses (see :mod:`atoken.core.objective`).
 
@@ -131,7 +142,7 @@ def atoken_register_objectives(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_understanding_objectives(registry: BoundRegistry) -> None:
+def atoken_register_understanding_objectives(registry: BoundRegistry[UnderstandingSpec]) -> None:
     """Register understanding objectives: the semantic loss an understanding task trains the
     pooling head with (see :class:`atoken.core.objective.UnderstandingSpec`).
 
@@ -146,7 +157,7 @@ def atoken_register_understanding_objectives(registry: BoundRegistry) -> None:
 
 
 @hookspec
-def atoken_register_commands(registry: BoundRegistry) -> None:
+def atoken_register_commands(registry: BoundRegistry[click.Command]) -> None:
     """Register extra ``atoken`` sub-commands.
 
     Add ``click.Command`` objects; the name is the sub-command name. Called once per plugin.

@@ -4,7 +4,9 @@ Nothing happens at import. `build_plugin_manager` registers the hookspecs, appli
 from ``plugins.toml``, registers the built-ins by import (the same hooks third parties use),
 then loads entry points of group ``atoken`` and calls ``check_pending()``.
 `collect_components` then calls each plugin's ``atoken_register_*`` hooks with a registry view
-bound to that plugin, so every entry knows its provider.
+bound to that plugin, so every entry knows its provider. The kinds of component, each with its
+hook and the type it builds, are one table (`Components`' class attributes, `KINDS`): adding a
+kind is one line there (and its hookspec).
 
 References: ordering after tox's plugin manager; blocking and the autoload off-switch after
 pytest (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``); hook-call tracing after datasette.
@@ -24,13 +26,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import click
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
 
 from atoken.core import hookspecs
+from atoken.core.attention import AttentionBackend
 from atoken.core.config import format_validation_error
+from atoken.core.data_source import DataSourceSpec
 from atoken.core.errors import AtokenError
-from atoken.core.registry import Provider, Registry
+from atoken.core.modality import ModalityAdapter
+from atoken.core.objective import UnderstandingSpec
+from atoken.core.quantizer import Quantizer
+from atoken.core.registry import Kind, Provider, Registry
+from atoken.core.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +56,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.train.data.sources",  # the modality-free data sources (files, adapter samples)
     "atoken.train.semantic",  # the understanding objectives (distill, caption_contrast)
 )
-#: registry kind -> hook that fills it
-REGISTRY_HOOKS: dict[str, str] = {
-    "adapter": "atoken_register_adapters",
-    "quantizer": "atoken_register_quantizers",
-    "head": "atoken_register_heads",
-    "loss": "atoken_register_losses",
-    "task": "atoken_register_tasks",
-    "data_source": "atoken_register_data_sources",
-    "attention": "atoken_register_attention_backends",
-    "text_encoder": "atoken_register_text_encoders",
-    "objective": "atoken_register_objectives",
-    "understanding_objective": "atoken_register_understanding_objectives",
-    "command": "atoken_register_commands",
-}
 
 
 class PluginError(AtokenError, RuntimeError):
@@ -201,60 +197,62 @@ def _load_entry_points(pm: AtokenPluginManager, wanted: set[str] | None) -> None
 
 @dataclass
 class Components:
-    """Every registry, filled by the plugins of one plugin manager."""
+    """Every registry, filled by the plugins of one plugin manager.
+
+    The class attributes below are the table of kinds (`KINDS`, in hook-call order): each reads,
+    on an instance, as that kind's `Registry`, typed by what it builds
+    (``components.adapters: Registry[ModalityAdapter]``).
+    """
 
     pm: AtokenPluginManager
     registries: dict[str, Registry[Any]] = field(default_factory=dict)
+
+    # name, hook, what an entry builds (or, factory=False, is), description
+    adapters = Kind(
+        "adapter",
+        "atoken_register_adapters",
+        ModalityAdapter,
+        "modality adapters",
+        capabilities=True,
+    )
+    quantizers = Kind("quantizer", "atoken_register_quantizers", Quantizer, "latent quantizers")
+    heads = Kind("head", "atoken_register_heads", nn.Module, "token-pooling embedding heads")
+    losses = Kind("loss", "atoken_register_losses", nn.Module, "training losses")
+    tasks = Kind("task", "atoken_register_tasks", TaskSpec, "training tasks", factory=False)
+    data_sources = Kind(
+        "data_source",
+        "atoken_register_data_sources",
+        DataSourceSpec,
+        "training data sources",
+        factory=False,
+    )
+    attention = Kind(
+        "attention",
+        "atoken_register_attention_backends",
+        AttentionBackend,
+        "varlen attention backends",
+        factory=False,
+    )
+    text_encoders = Kind("text_encoder", "atoken_register_text_encoders", object, "text towers")
+    objectives = Kind(
+        "objective", "atoken_register_objectives", nn.Module, "task objectives", capabilities=True
+    )
+    understanding_objectives = Kind(
+        "understanding_objective",
+        "atoken_register_understanding_objectives",
+        UnderstandingSpec,
+        "understanding objectives",
+        factory=False,
+    )
+    commands = Kind(
+        "command", "atoken_register_commands", click.Command, "atoken sub-commands", factory=False
+    )
 
     def __getitem__(self, kind: str) -> Registry[Any]:
         try:
             return self.registries[kind]
         except KeyError:
             raise KeyError(f"no registry kind {kind!r}; kinds: {sorted(self.registries)}") from None
-
-    @property
-    def adapters(self) -> Registry[Any]:
-        return self.registries["adapter"]
-
-    @property
-    def quantizers(self) -> Registry[Any]:
-        return self.registries["quantizer"]
-
-    @property
-    def heads(self) -> Registry[Any]:
-        return self.registries["head"]
-
-    @property
-    def losses(self) -> Registry[Any]:
-        return self.registries["loss"]
-
-    @property
-    def tasks(self) -> Registry[Any]:
-        return self.registries["task"]
-
-    @property
-    def data_sources(self) -> Registry[Any]:
-        return self.registries["data_source"]
-
-    @property
-    def attention(self) -> Registry[Any]:
-        return self.registries["attention"]
-
-    @property
-    def text_encoders(self) -> Registry[Any]:
-        return self.registries["text_encoder"]
-
-    @property
-    def objectives(self) -> Registry[Any]:
-        return self.registries["objective"]
-
-    @property
-    def understanding_objectives(self) -> Registry[Any]:
-        return self.registries["understanding_objective"]
-
-    @property
-    def commands(self) -> Registry[Any]:
-        return self.registries["command"]
 
     def plugins(self) -> list[tuple[str, Provider, list[str]]]:
         """(plugin name, provider, hooks it implements) for every registered plugin."""
@@ -267,11 +265,17 @@ class Components:
         return out
 
 
+#: the table of kinds, in hook-call order (`Components`' class attributes)
+KINDS: tuple[Kind[Any], ...] = tuple(v for v in vars(Components).values() if isinstance(v, Kind))
+
+
 def collect_components(pm: AtokenPluginManager) -> Components:
-    """Call every ``atoken_register_*`` hook, one plugin at a time, with a bound registry view."""
+    """Call every kind's ``atoken_register_*`` hook (`KINDS`), one plugin at a time, with a
+    registry view bound to that plugin."""
     comps = Components(pm)
-    for kind, hook_name in REGISTRY_HOOKS.items():
-        registry: Registry[Any] = Registry(kind, blocked=tuple(pm.settings.blocked))
+    for kind in KINDS:
+        hook_name = kind.hook
+        registry = kind.registry(blocked=tuple(pm.settings.blocked))
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             others = [p for p in pm.get_plugins() if p is not impl.plugin]
@@ -285,7 +289,7 @@ def collect_components(pm: AtokenPluginManager) -> Components:
                     f"plugin {impl.plugin_name!r} ({pm.provider_of(impl.plugin)}) failed in"
                     f" {hook_name}: {type(exc).__name__}: {exc}"
                 ) from exc
-        comps.registries[kind] = registry
+        comps.registries[kind.name] = registry
     return comps
 
 
