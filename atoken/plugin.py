@@ -23,6 +23,10 @@ Registration:
     ``factory(options, context=ObjectiveContext)`` returns an ``nn.Module``; its held-out
     evaluation gets `HeldOutSample` entries and returns a `HeldOutReport`; `SharedHelpers` keeps
     frozen helpers (a perceptual network) out of its checkpointed state.
+    A data source is ``registry.add(name, DataSourceSpec(build), options=OptionsModel)`` in
+    ``atoken_register_data_sources``: ``build(options, request=DataSourceRequest)`` returns a
+    source with ``__len__``, ``key(i)`` and ``load(i)``; a modality plugin registers its sources
+    as ``<modality>.<name>`` with `register_modality_sources`.
 
 Component protocols and building blocks:
     `ModalityAdapter` (``to_tokens`` / ``from_tokens`` / ``target`` / ``metrics`` / ``load`` /
@@ -104,6 +108,11 @@ from atoken.core.adapter_context import AdapterContext
 from atoken.core.attention import AttentionBackend, varlen_attention
 from atoken.core.budgets import human_bytes, max_model_bytes, max_pixels, max_tokens
 from atoken.core.config import ConfigError, Strict, format_validation_error
+from atoken.core.data_source import (
+    DataSourceRequest,
+    DataSourceSpec,
+    register_modality_sources,
+)
 from atoken.core.errors import AtokenError, InputError, ResourceError, describe_os_error
 from atoken.core.frame_metrics import FrameMetrics, frame_quality, per_frame_metrics
 from atoken.core.geometry import TokenGeometry
@@ -189,6 +198,8 @@ __all__ = [
     "CheckpointError",
     "Components",
     "ConfigError",
+    "DataSourceRequest",
+    "DataSourceSpec",
     "DuplicateComponentError",
     "Entry",
     "FrameMetrics",
@@ -253,6 +264,7 @@ __all__ = [
     "read_document",
     "read_metadata",
     "read_official_state",
+    "register_modality_sources",
     "reconstruct_sample",
     "resize_target",
     "resize_target_within_budget",

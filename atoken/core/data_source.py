@@ -14,7 +14,7 @@ References: two-phase option validation after this project's registries (`atoken
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,28 @@ class DataSourceSpec:
 
     build: Callable[[Any, DataSourceRequest], Any]
     needs_adapter: bool = False
+
+
+def register_modality_sources(
+    registry: Any,
+    modality: str,
+    sources: Iterable[tuple[str, type, Callable[[Any, DataSourceRequest], Any], bool, str]],
+) -> None:
+    """Register a modality plugin's sources as ``<modality>.<name>`` (what `find_data_source`
+    looks up first for a task of that modality).
+
+    Args:
+        registry: the plugin's bound data-source registry.
+        modality: the adapter name the sources feed (``image``, ``video``, ...).
+        sources: rows ``(name, options model, build, needs_adapter, description)``.
+    """
+    for name, options, build, needs_adapter, description in sources:
+        registry.add(
+            f"{modality}.{name}",
+            DataSourceSpec(build, needs_adapter=needs_adapter),
+            options=options,
+            description=description,
+        )
 
 
 def find_data_source(registry: Registry[Any], name: str, modality: str) -> Entry[Any] | None:

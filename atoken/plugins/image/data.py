@@ -27,7 +27,7 @@ from torch import Tensor
 
 from atoken import hookimpl
 from atoken.core.crop import CropOptions
-from atoken.core.data_source import DataSourceRequest, DataSourceSpec
+from atoken.core.data_source import DataSourceRequest, register_modality_sources
 from atoken.core.errors import InputError
 from atoken.core.files_source import FilesOptions
 from atoken.core.folder_files import FolderFiles
@@ -158,10 +158,4 @@ def atoken_register_data_sources(registry) -> None:
         ("webdataset", WebDatasetOptions, _webdataset, False, "image tar shards"),
         ("files", ImageFilesOptions, _files, True, "image files read by the image adapter"),
     )
-    for name, model, factory, needs_adapter, description in sources:
-        registry.add(
-            f"image.{name}",
-            DataSourceSpec(factory, needs_adapter=needs_adapter),
-            options=model,
-            description=description,
-        )
+    register_modality_sources(registry, "image", sources)

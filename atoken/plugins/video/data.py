@@ -46,7 +46,7 @@ from torch import Tensor
 
 from atoken import hookimpl
 from atoken.core.crop import CropOptions, RandomScaleCrop
-from atoken.core.data_source import DataSourceRequest, DataSourceSpec
+from atoken.core.data_source import DataSourceRequest, register_modality_sources
 from atoken.core.errors import InputError
 from atoken.core.files_source import FilesOptions
 from atoken.core.folder_files import FolderFiles
@@ -407,10 +407,4 @@ def atoken_register_data_sources(registry) -> None:
         ("webdataset", VideoWebDatasetOptions, _webdataset, False, "video tar shards"),
         ("files", VideoFilesOptions, _files, True, "whole videos read by the video adapter"),
     )
-    for name, model, factory, needs_adapter, description in sources:
-        registry.add(
-            f"video.{name}",
-            DataSourceSpec(factory, needs_adapter=needs_adapter),
-            options=model,
-            description=description,
-        )
+    register_modality_sources(registry, "video", sources)
