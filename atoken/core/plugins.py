@@ -53,7 +53,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "atoken.plugins.video",
     "atoken.plugins.text",
     "atoken.plugins.losses",
-    "atoken.train.data.sources",  # the modality-free data sources (files, adapter samples)
+    "atoken.plugins.sources",  # the modality-free data sources (files, adapter samples)
     "atoken.train.semantic",  # the understanding objectives (distill, caption_contrast)
 )
 

@@ -15,7 +15,7 @@ processor's rescale-then-normalise (mean = std = 0.5) output, so no further mapp
 between pooled embeddings and the frozen text tower's embeddings of each sample's caption.
 
 Both are registered understanding objectives (``atoken_register_understanding_objectives``; this
-module is a built-in plugin as `atoken.train.data.sources` is): ``distill`` builds a
+module is a built-in plugin as `atoken.plugins.sources` is): ``distill`` builds a
 `SemanticDistiller` from ``[semantic]``, ``caption_contrast`` a `CaptionContrast` per
 ``[semantic.<section>]``.
 

@@ -11,7 +11,7 @@ Sources are registrations (`atoken.core.data_source`): a modality's plugin regis
 (the image plugin's folders, shards and built-in photos in `atoken.plugins.image.data`, the video
 plugin's clip sources in `atoken.plugins.video.data`); the modality-free ``files`` and
 ``samples`` (`atoken.core.files_source`: the files the task's adapter reads, the adapter's
-bundled samples) are registered in `atoken.train.data.sources`.
+bundled samples) are registered in `atoken.plugins.sources`.
 
 `TrainStream` runs that path endlessly and resumably for one rank; `pack_folder` (``atoken data
 pack``) turns a folder of the files an adapter reads into WebDataset shards; `build_stream`

@@ -4,7 +4,7 @@ A ``[[data]]`` entry names a source (``samples``, ``folder``, ``webdataset``, ``
 plugin registers through ``atoken_register_data_sources``), its task, a path and ``options``,
 validated against the options model that source registered for the task's modality (unknown
 keys are errors; `atoken.core.data_source.find_data_source`: ``<modality>.<name>``, else
-``<name>``; the modality-free ones are in `atoken.train.data.sources`, a modality's own ones in
+``<name>``; the modality-free ones are in `atoken.plugins.sources`, a modality's own ones in
 its plugin). The modality is the adapter the task's registration names
 (`atoken.core.task.TaskSpec`, registered by the plugin that owns the modality; see
 `task_adapter`).
