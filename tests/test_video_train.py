@@ -23,7 +23,7 @@ from atoken.plugins.video.data import (
 )
 from atoken.plugins.video.writer import write_mp4
 from atoken.testing import BagOfWordsPlugin
-from atoken.train.config import load_train_config, validate_train_config
+from atoken.train.config import StageConfig, load_train_config, validate_train_config
 from atoken.train.data.batching import TokenBudgetBatcher
 from atoken.train.data.build import task_adapter
 from atoken.train.data.dataset import EpochDataset
@@ -239,7 +239,41 @@ def test_shipped_stage2_config_validates_with_the_paper_mix() -> None:
     mix = {k: round(100 * v / total, 1) for k, v in stage.tasks.items()}
     assert mix == {"image_rec": 22.2, "video_und": 11.1, "video_rec": 66.7}
     assert stage.resolution("video") == (64, 96)
+    assert stage.resolution(None) == (stage.min_res, stage.max_res)  # image tasks
     assert config.semantic.section("video").text_model == "minilm"
+
+
+def test_a_stage_resolution_family_is_one_a_registered_task_declares() -> None:
+    """``<prefix>_min_res`` keys are not a fixed list in train: the video plugin's tasks declare
+    ``resolution = "video"``; a prefix no registered task declares is refused in phase two."""
+    from atoken.core.plugins import default_components
+    from atoken.train.config import check_tasks
+
+    components = default_components()
+    families = {
+        e.obj.resolution for e in components.tasks.entries() if e.obj.resolution is not None
+    }
+    assert "video" in families
+    ok = validate_train_config(
+        {
+            "stages": [
+                {"steps": 1, "tasks": {"video_rec": 1}, "video_min_res": 32, "video_max_res": 48}
+            ],
+            "data": [{"name": "samples", "task": "video_rec"}],
+        }
+    )
+    assert ok.stages[0].resolution("video") == (32, 48)
+    check_tasks(ok, components)  # phase two again, explicitly
+    typo = {"stages": [{"steps": 1, "vidoe_max_res": 480}], "data": [{"name": "samples"}]}
+    assert StageConfig.model_validate(typo["stages"][0]).task_res == {"vidoe": {"max": 480}}
+    with pytest.raises(
+        ConfigError,
+        match=r"stages\.0\.vidoe_max_res: no registered task takes a 'vidoe' resolution range;"
+        r" the registered ones: video_min_res / video_max_res \(video_rec, video_und\)",
+    ):
+        validate_train_config(typo)  # phase two against the installed plugins
+    with pytest.raises(ConfigError, match=r"video resolution range 64\.\.32 is empty"):
+        validate_train_config({"stages": [{"steps": 1, "video_min_res": 64, "video_max_res": 32}]})
 
 
 def _video_only(clip_dir, **eval_section) -> dict:

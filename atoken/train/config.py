@@ -11,9 +11,10 @@ References: AToken (arXiv 2509.14476), "Curriculum and optimisation" and "Losses
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,10 +28,10 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from atoken.core.config import ComponentSpec, ConfigError, Strict, format_validation_error
+from atoken.core.task import TaskSpec
 
 if TYPE_CHECKING:
     from atoken.core.plugins import Components
-    from atoken.core.task import TaskSpec
 
 #: a task name as configs write it (structure phase; whether it is registered is phase two)
 _TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -111,6 +112,10 @@ class LossSpec(Strict):
     modalities: list[str] | None = None
 
 
+#: a stage key giving one task family's resolution range: ``video_min_res``, ``video_max_res``
+_TASK_RES_KEY = re.compile(r"^([a-z][a-z0-9]*)_(min|max)_res$")
+
+
 class StageConfig(Strict):
     """One curriculum stage.
 
@@ -123,8 +128,13 @@ class StageConfig(Strict):
         quantizer: switch the quantizer at the start of the stage (e.g. ``fsq`` in stage 4).
         train: parameter groups that learn (``encoder``, ``decoder``, ``head``, ``proj``).
         tokens_per_batch: token budget of one micro-batch.
-        video_min_res / video_max_res: resolution range of video clips (default: ``min_res`` /
-            ``max_res``); the paper's stage 2 trains video at <= 512 and images at <= 1024.
+        <prefix>_min_res / <prefix>_max_res: the resolution range of the tasks whose
+            registration names ``prefix`` (`TaskSpec.resolution`; the video plugin's tasks:
+            ``video_min_res`` / ``video_max_res``), default ``min_res`` / ``max_res``. The
+            paper's stage 2 trains video at <= 512 and images at <= 1024. Any prefix is
+            accepted here and read into `task_res`; phase two (`check_tasks`) refuses one that no
+            registered task declares.
+        task_res: ``prefix -> {"min": .., "max": ..}`` as read from those keys.
     """
 
     name: str = "stage"
@@ -141,29 +151,49 @@ class StageConfig(Strict):
         "proj",
     ]
     tokens_per_batch: PositiveInt = 4096
-    video_min_res: PositiveInt | None = None
-    video_max_res: PositiveInt | None = None
+    task_res: dict[
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*$")],
+        dict[Literal["min", "max"], PositiveInt],
+    ] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_resolution_keys(cls, data: Any) -> Any:
+        """``<prefix>_min_res`` / ``<prefix>_max_res`` keys -> ``task_res[prefix]``."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        res = {
+            k: dict(v) if isinstance(v, dict) else v for k, v in (out.get("task_res") or {}).items()
+        }
+        for key in list(out):
+            m = _TASK_RES_KEY.match(key) if isinstance(key, str) else None
+            if m is None or key in ("min_res", "max_res"):
+                continue
+            entry = res.setdefault(m.group(1), {})
+            if isinstance(entry, dict):
+                entry[m.group(2)] = out.pop(key)
+        if res:
+            out["task_res"] = res
+        return out
 
     @model_validator(mode="after")
     def _known_tasks(self) -> StageConfig:
         _check_task_names(self.tasks)
         if self.min_res > self.max_res:
             raise ValueError(f"min_res {self.min_res} > max_res {self.max_res}")
-        for key in type(self).model_fields:  # each <prefix>_min_res / <prefix>_max_res pair
-            if key.endswith("_min_res") and key != "min_res":
-                prefix = key.removesuffix("_min_res")
-                lo, hi = self.resolution(prefix)
-                if lo > hi:
-                    raise ValueError(f"{prefix} resolution range {lo}..{hi} is empty")
+        for prefix in self.task_res:  # each <prefix>_min_res / <prefix>_max_res pair
+            lo, hi = self.resolution(prefix)
+            if lo > hi:
+                raise ValueError(f"{prefix} resolution range {lo}..{hi} is empty")
         return self
 
     def resolution(self, prefix: str | None) -> tuple[int, int]:
         """``(min_res, max_res)`` of a task whose `TaskSpec.resolution` is ``prefix``: the
         stage's ``<prefix>_min_res`` / ``<prefix>_max_res`` where set, else ``min_res`` /
         ``max_res`` (a prefix without such keys gets those too)."""
-        lo = getattr(self, f"{prefix}_min_res", None) if prefix else None
-        hi = getattr(self, f"{prefix}_max_res", None) if prefix else None
-        return (lo or self.min_res, hi or self.max_res)
+        own = self.task_res.get(prefix, {}) if prefix else {}
+        return (own.get("min", self.min_res), own.get("max", self.max_res))
 
 
 class ContrastiveConfig(Strict):
@@ -393,8 +423,8 @@ class LimitsConfig(Strict):
         resolution = 8192
 
     Attributes:
-        resolution: pixels; bounds ``stages.*.min_res`` / ``max_res`` / ``video_min_res`` /
-            ``video_max_res`` and ``eval.max_res``.
+        resolution: pixels; bounds ``stages.*.min_res`` / ``max_res`` / every
+            ``<prefix>_min_res`` / ``<prefix>_max_res`` and ``eval.max_res``.
         tokens_per_batch: bounds ``stages.*.tokens_per_batch`` (a micro-batch's token budget;
             the default is one image at the default resolution bound, 4096² in 16² patches).
         steps: bounds each stage's ``steps``, their sum, and ``--steps``.
@@ -458,8 +488,11 @@ class TrainConfig(Strict):
     def _within_limits(self) -> TrainConfig:
         values: list[tuple[tuple[str | int, ...], Any, str]] = []
         for i, stage in enumerate(self.stages):
-            for key in ("min_res", "max_res", "video_min_res", "video_max_res"):
+            for key in ("min_res", "max_res"):
                 values.append((("stages", i, key), getattr(stage, key), "resolution"))
+            for prefix, bounds in stage.task_res.items():
+                for end, value in bounds.items():
+                    values.append((("stages", i, f"{prefix}_{end}_res"), value, "resolution"))
             values.append(
                 (("stages", i, "tokens_per_batch"), stage.tokens_per_batch, "tokens_per_batch")
             )
@@ -605,8 +638,31 @@ def check_tasks(
                 f"{where}: [semantic.{name}] is the section of no registered task; sections of"
                 f" the registered understanding tasks: {known}"
             )
+    _check_resolution_keys(config, comps, where)
     _check_objectives(config, comps, specs, where)
     _check_understanding(config, comps, specs, where)
+
+
+def _check_resolution_keys(config: TrainConfig, comps: Components, where: str) -> None:
+    """Every ``<prefix>_min_res`` / ``<prefix>_max_res`` of a stage is the resolution family of
+    some registered task (`TaskSpec.resolution`), so a misspelt key is not silently ignored."""
+    families: dict[str, list[str]] = {}
+    for e in _task_registry(comps).entries():
+        if isinstance(e.obj, TaskSpec) and e.obj.resolution is not None:
+            families.setdefault(e.obj.resolution, []).append(e.name)
+    for i, stage in enumerate(config.stages):
+        for prefix, bounds in stage.task_res.items():
+            if prefix in families:
+                continue
+            known = "; ".join(
+                f"{f}_min_res / {f}_max_res ({', '.join(sorted(t))})"
+                for f, t in sorted(families.items())
+            )
+            key = f"{prefix}_{next(iter(bounds), 'min')}_res"
+            raise ConfigError(
+                f"{where}: stages.{i}.{key}: no registered task takes a {prefix!r} resolution"
+                f" range; the registered ones: {known or 'none'}"
+            )
 
 
 def understanding_registry(components: Components | None):
