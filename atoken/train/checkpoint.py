@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from atoken.core.model_dir import config_document
 from atoken.core.pretrained import CONFIG_NAME, load_state_dict_checked
@@ -225,20 +225,20 @@ def load(
     doc = verify_checkpoint(path, check_hashes=verify) if verify else _read_state(path)
     module = unwrap_model(model)
     source = str(path / MODEL_FILE)
-    load_state_dict_checked(module, load_tensors(source, what="checkpoint weights"), source=source)
+    weights = load_tensors(source, what="checkpoint weights")
+    if ema is not None and doc.get("ema") is None:  # restarts from the weights as saved
+        ema.load_state_dict(weights, num_updates=0)
+        logger.info("checkpoint %s has no EMA; the EMA restarts from the loaded weights", path)
+        ema = None
+    load_state_dict_checked(module, weights, source=source)
     if ema is not None:
-        _load_ema(path, doc, ema, module)
+        ema.load_state_dict(
+            load_tensors(path / EMA_FILE, what="checkpoint EMA weights"),
+            num_updates=doc["ema"]["num_updates"],
+        )
     if objectives is not None:
         _load_objectives(path, doc, objectives)
-    if optimizer is not None:
-        _load_optimizer(path, doc, optimizer)
-    if scheduler is not None:
-        if doc.get("scheduler") is None:
-            logger.warning("checkpoint %s has no scheduler state; the scheduler starts fresh", path)
-        else:
-            scheduler.load_state_dict(from_json(doc["scheduler"]))
-    if restore_rng:
-        restore_rng_state(doc["rng"])
+    _load_training_state(path, doc, optimizer, scheduler, restore_rng=restore_rng)
     return {
         "path": path,
         "step": int(doc["step"]),
@@ -247,13 +247,39 @@ def load(
     }
 
 
-def _load_ema(path: Path, doc: Mapping[str, Any], ema: ModelEma, module: nn.Module) -> None:
-    if doc.get("ema") is None:
-        logger.info("checkpoint %s has no EMA; the EMA restarts from the loaded weights", path)
-        ema.load_state_dict(module.state_dict(), num_updates=0)
-        return
-    weights = load_tensors(path / EMA_FILE, what="checkpoint EMA weights")
-    ema.load_state_dict(weights, num_updates=doc["ema"]["num_updates"])
+def load_training_state(
+    path: str | os.PathLike[str],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+    convert: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> None:
+    """Restore the optimizer, scheduler and RNG parts of a checkpoint `load` has already
+    verified and read the weights of (for objects built after the weights were loaded, e.g. an
+    optimizer over FSDP-sharded parameters; ``convert(param, tensor)`` as in
+    `atoken.train.state_codec.load_optimizer_state`)."""
+    path = Path(path)
+    _load_training_state(path, _read_state(path), optimizer, scheduler, restore_rng, convert)
+
+
+def _load_training_state(
+    path: Path,
+    doc: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    restore_rng: bool,
+    convert: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> None:
+    if optimizer is not None:
+        _load_optimizer(path, doc, optimizer, convert)
+    if scheduler is not None:
+        if doc.get("scheduler") is None:
+            logger.warning("checkpoint %s has no scheduler state; the scheduler starts fresh", path)
+        else:
+            scheduler.load_state_dict(from_json(doc["scheduler"]))
+    if restore_rng:
+        restore_rng_state(doc["rng"])
 
 
 def _load_objectives(path: Path, doc: Mapping[str, Any], objectives: Objectives) -> None:
@@ -278,12 +304,17 @@ def _load_objectives(path: Path, doc: Mapping[str, Any], objectives: Objectives)
             ema.load_state_dict(shadow, num_updates=saved[name].get("ema_num_updates"))
 
 
-def _load_optimizer(path: Path, doc: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+def _load_optimizer(
+    path: Path,
+    doc: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    convert: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> None:
     if doc.get("optimizer") is None:
         logger.warning("checkpoint %s has no optimizer state; the optimizer starts fresh", path)
         return
     tensors = load_tensors(path / OPTIMIZER_FILE, what="checkpoint optimizer state")
-    load_optimizer_state(optimizer, tensors, doc["optimizer"])
+    load_optimizer_state(optimizer, tensors, doc["optimizer"], convert)
 
 
 # ====================================================================== model directory
@@ -437,6 +468,8 @@ class CheckpointManager:
         export: bool = True,
         objectives: Objectives | None = None,
         companions: Sequence[Callable[[Path], None]] = (),
+        model_state: Mapping[str, Tensor] | None = None,
+        optimizer_state: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write the checkpoint of the completed ``step``, prune, and refresh ``run_dir/model``.
 
@@ -455,6 +488,9 @@ class CheckpointManager:
             export: also rewrite ``run_dir/model`` (`export_model_dir`).
             objectives: the run's task objectives and their EMAs (their weights are saved).
             companions: writers of the model directory's companion folders (`export_model_dir`).
+            model_state: the model's weights as whole tensors, when ``model.state_dict()``
+                holds shards (FSDP: gathered by every rank first); default ``model``'s.
+            optimizer_state: the same for ``optimizer.state_dict()``.
 
         Returns:
             The new ``checkpoints/step-XXXXXXXX`` directory.
@@ -476,6 +512,8 @@ class CheckpointManager:
                 data_state=data_state,
                 extra=extra,
                 objectives=objectives,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
             )
             fsync_dir(tmp)
             verify_checkpoint(tmp, check_hashes=False)  # sizes and headers, before any pruning
@@ -654,6 +692,8 @@ def _write_checkpoint(
     data_state: Any,
     extra: Any,
     objectives: Objectives | None = None,
+    model_state: Mapping[str, Tensor] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> None:
     """Write every file of one checkpoint into ``directory``; ``state.json`` last."""
     from atoken import __version__
@@ -677,7 +717,8 @@ def _write_checkpoint(
     files: dict[str, Any] = {}
     tokenizer = isinstance(model, Tokenizer)
     metadata = {"format": "atoken"} if tokenizer else None
-    files[MODEL_FILE] = _write_tensors(directory / MODEL_FILE, model.state_dict(), metadata)
+    weights = model.state_dict() if model_state is None else model_state
+    files[MODEL_FILE] = _write_tensors(directory / MODEL_FILE, weights, metadata)
     if tokenizer:
         files[CONFIG_NAME] = _write_file(
             directory / CONFIG_NAME, _json_bytes(config_document(model.config))
@@ -697,7 +738,7 @@ def _write_checkpoint(
             for n, (_, e) in objectives.items()
         }
     if optimizer is not None:
-        tensors, doc["optimizer"] = optimizer_state_to_tensors(optimizer)
+        tensors, doc["optimizer"] = optimizer_state_to_tensors(optimizer, optimizer_state)
         files[OPTIMIZER_FILE] = _write_tensors(directory / OPTIMIZER_FILE, tensors)
     doc["files"] = files
     _write_file(directory / STATE_NAME, _sealed_state_bytes(doc))

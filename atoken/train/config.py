@@ -398,11 +398,23 @@ class EvalConfig(Strict):
 
 
 class RunConfig(Strict):
-    """Logging, checkpoints, precision."""
+    """Logging, checkpoints, precision, and how the work is spread and compiled.
+
+    ``distributed`` only matters under ``torchrun`` (more than one process): ``ddp`` wraps the
+    model in `torch.nn.parallel.DistributedDataParallel` (bucketed all-reduce overlapping the
+    backward pass); ``fsdp`` shards parameters, gradients and optimizer state over the ranks
+    with FSDP2 (``torch.distributed.fsdp.fully_shard``, one unit per transformer block plus the
+    rest), with activation checkpointing of the blocks when ``activation_checkpointing`` says so
+    (``auto``: under fsdp for widths of 1152 (So400m) and up). ``compile`` compiles each
+    transformer block with `torch.compile` (dynamic token counts).
+    """
 
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # how ranks share the work under torchrun
+    activation_checkpointing: Literal["auto"] | bool = "auto"  # auto: on under fsdp, width >= 1152
+    compile: bool = False  # torch.compile the transformer blocks (regional, dynamic shapes)
     log_every: PositiveInt = 10
     checkpoint_every: PositiveInt = 500
     keep_last: PositiveInt = 3

@@ -79,17 +79,25 @@ class ModelEma:
         return self.decay_at(self.num_updates)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, *, step: int | None = None) -> float:
+    def update(
+        self,
+        model: nn.Module,
+        *,
+        step: int | None = None,
+        state: Mapping[str, Tensor] | None = None,
+    ) -> float:
         """Move the shadow towards ``model``'s current weights; returns the decay used.
 
         Args:
             model: the trained model (same architecture as the one the EMA was built from).
             step: the 0-based training step for the decay warm-up; default: `num_updates`
                 (the same thing when the EMA is updated once per step from step 0).
+            state: ``model``'s weights as whole tensors, when its ``state_dict()`` holds shards
+                (FSDP); default ``model.state_dict()``.
         """
         decay = self.decay_at(self.num_updates if step is None else step)
         shadow_floats, model_floats = [], []
-        for _, shadow, value in self._pairs(model):
+        for _, shadow, value in self._pairs(model, state):
             if shadow.is_floating_point():
                 shadow_floats.append(shadow)
                 model_floats.append(value.to(device=shadow.device, dtype=shadow.dtype))
@@ -100,9 +108,11 @@ class ModelEma:
         self.num_updates += 1
         return decay
 
-    def _pairs(self, model: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]:
+    def _pairs(
+        self, model: nn.Module, state: Mapping[str, Tensor] | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
         shadow = self.module.state_dict()
-        current = unwrap_model(model).state_dict()
+        current = unwrap_model(model).state_dict() if state is None else state
         if shadow.keys() != current.keys():
             missing = sorted(set(shadow) ^ set(current))
             raise ValueError(

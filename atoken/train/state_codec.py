@@ -8,7 +8,7 @@ safetensors part and a JSON part and put it back together. Nothing here is ever 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,9 +106,10 @@ def from_json(data: Any) -> Any:
 
 # ====================================================================== optimizer state
 def optimizer_state_to_tensors(
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer, state: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into safetensors tensors and JSON metadata.
+    """Split ``optimizer.state_dict()`` (or ``state``, a state dict of that optimizer with
+    whole tensors, e.g. gathered from FSDP shards) into safetensors tensors and JSON metadata.
 
     Per-parameter tensors (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) become
     ``state.{param_index}.{name}``; other per-parameter values and the ``param_groups``
@@ -117,7 +118,7 @@ def optimizer_state_to_tensors(
     Returns:
         ``(tensors, meta)``; `load_optimizer_state` rebuilds an identical state dict from them.
     """
-    sd = optimizer.state_dict()
+    sd = optimizer.state_dict() if state is None else state
     tensors: dict[str, Tensor] = {}
     state_meta: dict[str, dict[str, Any]] = {}
     for index, per_param in sd["state"].items():
@@ -141,9 +142,15 @@ def optimizer_state_to_tensors(
 
 
 def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+    optimizer: torch.optim.Optimizer,
+    tensors: Mapping[str, Tensor],
+    meta: Mapping[str, Any],
+    convert: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> None:
     """Restore what `optimizer_state_to_tensors` split, into ``optimizer``.
+
+    ``convert(param, tensor)`` turns each saved per-parameter tensor into what the parameter
+    needs (e.g. this rank's shard of an FSDP parameter); default: as saved.
 
     Raises:
         CheckpointError: another optimizer class, other parameter groups, or missing tensors.
@@ -165,6 +172,13 @@ def load_optimizer_state(
             else:
                 per_param[name] = from_json(spec["value"])
         state[int(index)] = per_param
+    if convert is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, per_param in state.items():
+            if 0 <= index < len(params):  # others: load_state_dict names the mismatch
+                for name, value in per_param.items():
+                    if isinstance(value, Tensor):
+                        per_param[name] = convert(params[index], value)
     groups = from_json(meta["param_groups"])
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})

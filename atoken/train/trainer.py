@@ -16,7 +16,9 @@ Stages hand over automatically (resolution range, task mix, losses, quantizer, t
 Checkpoints (model, EMA, task objectives and their EMAs, optimizer, scheduler, data position,
 RNG) are written atomically every ``checkpoint_every`` steps together with a ``from_pretrained``
 directory of the EMA weights (and the companions a task objective exports, e.g.
-``model/gaussian_decoder/``).
+``model/gaussian_decoder/``). Under ``torchrun`` the ranks share the work through DDP or FSDP2
+(``[run] distributed``, `atoken.train.engines`); each rank's data position and RNG state are
+saved with the checkpoint, so a multi-process run resumes exactly.
 
 References: AToken (arXiv 2509.14476), "Curriculum and optimisation"; round-robin task sampling
 with gradient accumulation as described there.
@@ -153,6 +155,12 @@ class Trainer:
             for name, module in self.task_objectives.items()
         }
         self._held_out_samples: dict[str, list[Any]] = {}
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._data_state: dict[str, Any] = {}
+        if resume_from is not None:  # weights first: FSDP then shards what was loaded
+            self._resume_weights(resume_from)
+        self.engine = self._build_engine()
         unknown = unknown_prefixes(self.model, config.optimizer)
         if unknown:
             from atoken.core.config import ConfigError
@@ -164,13 +172,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self._add_objective_params()
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
         self.streams: dict[str, Any] = {}
         self._stage_index = -1
-        self._data_state: dict[str, Any] = {}
         if resume_from is not None:
-            self._resume(resume_from)
+            self._resume_training_state(resume_from)
         elif self.dist.is_main:  # nothing is moved until everything above has succeeded
             self.checkpoints.restart("--restart" if restart else "a new run in this folder")
         barrier(self.dist)
@@ -384,21 +389,90 @@ class Trainer:
                     f" {info['explained_variance']:.1%} of the patch variance in the latent"
                 )
 
-    def _resume(self, path: Path) -> None:
+    def _build_engine(self):
+        """The model as the ranks share it (`atoken.train.engines`), compiled if configured."""
+        from atoken.train.engines import Engine
+
+        run = self.config.run
+        if run.distributed == "fsdp" and self.dist.enabled:
+            extras = [p for m in self.contrastive.values() for p in m.parameters()]
+            extras += self._objective_params()
+            if extras:
+                from atoken.core.config import ConfigError
+
+                raise ConfigError(
+                    "run.distributed = 'fsdp' shards the tokenizer's own parameters; this run"
+                    f" also trains {len(extras)} parameter tensors of its objectives"
+                    f" ({', '.join(sorted(self.contrastive) + sorted(self.task_objectives))});"
+                    " use distributed = 'ddp'"
+                )
+        engine = Engine(
+            self.model,
+            self.dist,
+            run.distributed,
+            activation_checkpointing=run.activation_checkpointing,
+        )
+        if run.compile:
+            from atoken.core.compile import compile_blocks
+
+            compile_blocks(self.model)
+        return engine
+
+    def _rank_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's data position and RNG state, gathered (each rank reads its own stream
+        and draws its own numbers; a checkpoint's top-level ones are rank 0's). None in one
+        process."""
+        if not self.dist.enabled:
+            return None
+        import torch.distributed as dist
+
+        from atoken.train.rng import capture_rng_state
+
+        own = {"rank": self.dist.rank, "data_state": self.data_state(), "rng": capture_rng_state()}
+        gathered: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, own)
+        return gathered
+
+    def _own_rank_state(self, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+        """This rank's entry of a checkpoint's ``ranks`` when it was saved by as many ranks."""
+        ranks = (extra or {}).get("ranks")
+        if not self.dist.enabled or not ranks or len(ranks) != self.dist.world_size:
+            return None
+        return ranks[self.dist.rank]
+
+    def _resume_weights(self, path: Path) -> None:
+        """The model, EMA and objective weights of the checkpoint at ``path`` (verified), and
+        where the run stands (step, data position, history)."""
         from atoken.train.checkpoint import load
 
         state = load(
             path,
             model=self.model,
             ema=self.ema,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
             objectives=self._objective_checkpoint(),
+            restore_rng=False,
         )
         self.step = int(state["step"])
-        self._data_state = state.get("data_state") or {}
+        own = self._own_rank_state(state.get("extra"))
+        self._data_state = (own or state).get("data_state") or {}
+        self._rank_rng = own["rng"] if own is not None else None
         self.history = list((state.get("extra") or {}).get("history", []))
         self._load_objective_state((state.get("extra") or {}).get("objective", {}))
+
+    def _resume_training_state(self, path: Path) -> None:
+        """The optimizer (each rank its shards under FSDP), scheduler and RNG of ``path``."""
+        from atoken.train.checkpoint import load_training_state
+
+        load_training_state(
+            path,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            convert=self.engine.shard_like,
+        )
+        if self._rank_rng is not None:  # this rank's own draws, not rank 0's
+            from atoken.train.rng import restore_rng_state
+
+            restore_rng_state(self._rank_rng)
         if self.dist.is_main:
             from atoken.train.monitor import cut_logs
 
@@ -424,6 +498,13 @@ class Trainer:
             self.ema.module.config = self.model.config
         groups = [g for g in stage.train if g != "head" or self._uses_head(stage)]
         set_trainable(self.model, groups, self.config.optimizer)
+        # micro-batches of understanding or task-objective tasks leave the decoder (and those
+        # of reconstruction tasks the head) without gradients
+        plain = all(
+            self._spec(t).objective != "understanding" and self._spec(t).task_objective is None
+            for t in stage.tasks
+        )
+        self.engine.prepare_stage(mixed=not plain or len(stage.tasks) > 1)
         self.objective = ReconstructionObjective(
             stage.losses,
             self.components,
@@ -484,12 +565,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _micro_step(
-        self, batch: list[PatchTokens], scale: float, task: str
+        self, batch: list[PatchTokens], scale: float, task: str, *, last: bool = True
     ) -> tuple[dict[str, float], int]:
         tokens = collate(batch).to(self.dist.device)
         spec = self._spec(task)
-        with self._autocast():
-            out = self.model(tokens)
+        with self.engine.sync_context(last), self._autocast():
+            out = self.engine.module(tokens)
             if spec.objective == "understanding":
                 result = self.objective(
                     out, tokens, reconstruct=False, semantic=self._semantic_loss(task, out, batch)
@@ -498,7 +579,7 @@ class Trainer:
                 result = self._task_objective_loss(spec.task_objective, out, tokens, batch)
             else:
                 result = self.objective(out, tokens, modality=spec.modality)
-        (result.total * scale).backward()
+            (result.total * scale).backward()
         return result.terms, tokens.num_tokens
 
     def _task_objective_loss(
@@ -544,11 +625,11 @@ class Trainer:
         counts: dict[str, int] = {}
         tokens = 0
         tasks: list[str] = []
-        for _ in range(accum):
+        for i in range(accum):
             task = next(self.tasks)
             tasks.append(task)
             batch = next(self.streams[task])
-            terms, n = self._micro_step(batch, 1.0 / accum, task)
+            terms, n = self._micro_step(batch, 1.0 / accum, task, last=i == accum - 1)
             tokens += n
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
@@ -559,12 +640,16 @@ class Trainer:
         if self.config.optimizer.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
             params += [p for p in self._objective_params() if p.grad is not None]
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip))
-            terms_sum["grad_norm"] = gnorm
+            terms_sum["grad_norm"] = self.engine.clip_grad_norm(
+                params, self.config.optimizer.grad_clip
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.ema.update(self.model, step=self.step)
+        if self.engine.kind == "fsdp":  # the EMA is a whole copy: gather the shards
+            self.ema.update(self.model, step=self.step, state=self.engine.full_state_dict())
+        else:
+            self.ema.update(self.model, step=self.step)
         for name, ema in self.objective_emas.items():
             ema.update(self.task_objectives[name], step=self.step)
         self.step += 1
@@ -581,12 +666,16 @@ class Trainer:
         }
 
     def _sync_gradients(self) -> None:
-        """Average gradients over ranks (one flat all-reduce per dtype)."""
+        """Average over ranks the gradients the engine does not (the objectives' own
+        parameters; the model's too in a stage where DDP has nothing to wrap): one flat
+        all-reduce after backward."""
         if not self.dist.enabled:
             return
         import torch.distributed as dist
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = []
+        if not self.engine.averages_model_gradients:
+            params += [p for p in self.model.parameters() if p.requires_grad]
         params += [p for m in self.contrastive.values() for p in m.parameters() if p.requires_grad]
         params += self._objective_params()
         for p in params:  # every rank must send the same layout, used or not
@@ -607,15 +696,27 @@ class Trainer:
     def data_state(self) -> dict[str, Any]:
         return {task: stream.state_dict() for task, stream in self.streams.items()}
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint of this step (rank 0; under FSDP every rank must call it, as
+        every rank gathers the whole tensors first). Returns its directory (None off rank 0)."""
+        model_state = optimizer_state = None
+        if self.engine.kind == "fsdp":
+            model_state = self.engine.full_state_dict()
+            optimizer_state = self.engine.full_optimizer_state(self.optimizer)
+        ranks = self._rank_states()
+        if not self.dist.is_main:
+            return None
         path = self.checkpoints.save(
             self.step,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
             model=self.model,
             ema=self.ema,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             data_state=self.data_state(),
             extra={
+                "ranks": ranks,
                 "history": self.history[-2000:],
                 "objective": self._objective_state(),
                 "config": json.loads(self.config.model_dump_json()),
@@ -681,8 +782,7 @@ class Trainer:
                     self.history.append(record)
                     monitor.on_step(record)
                     if self.step % self.config.run.checkpoint_every == 0 or self.step == total:
-                        if self.dist.is_main:
-                            self.save_checkpoint()
+                        self.save_checkpoint()  # rank 0 writes (all ranks gather under FSDP)
                         barrier(self.dist)
                     if self.dist.is_main and (
                         self.step % self.config.run.sample_every == 0 or self.step == total
