@@ -40,13 +40,21 @@ grad_accum = {accum}
 
 [run]
 distributed = "{distributed}"
+activation_checkpointing = {checkpointing}
 checkpoint_every = {every}
 sample_every = 1000
 log_every = 1
 """
 
 
-def _write(tmp_path, accum: int, distributed: str = "ddp", steps: int = 3, every: int = 3):
+def _write(
+    tmp_path,
+    accum: int,
+    distributed: str = "ddp",
+    steps: int = 3,
+    every: int = 3,
+    checkpointing: str = '"auto"',
+):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     for name, box in (("a.png", (0, 0, 64, 32)), ("b.png", (100, 100, 164, 132))):
@@ -55,7 +63,12 @@ def _write(tmp_path, accum: int, distributed: str = "ddp", steps: int = 3, every
     cfg = tmp_path / f"{distributed}-accum{accum}-{steps}.toml"
     cfg.write_text(
         CONFIG.format(
-            data=data.as_posix(), accum=accum, distributed=distributed, steps=steps, every=every
+            data=data.as_posix(),
+            accum=accum,
+            distributed=distributed,
+            steps=steps,
+            every=every,
+            checkpointing=checkpointing,
         )
     )
     return cfg
@@ -110,9 +123,15 @@ def test_two_process_data_parallel_equals_one_process(tmp_path, engine) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_a_two_process_run_resumes_from_its_checkpoint(tmp_path, engine) -> None:
-    cfg = _write(tmp_path, accum=1, distributed=engine, steps=4, every=2)
+    # FSDP with activation checkpointing of the blocks (recomputed in backward)
+    checkpointing = "true" if engine == "fsdp" else '"auto"'
+    cfg = _write(
+        tmp_path, accum=1, distributed=engine, steps=4, every=2, checkpointing=checkpointing
+    )
     train = [*TORCHRUN, "-m", "atoken", "train", str(cfg), "--out", "run"]
-    _run(train, tmp_path)
+    first = _run(train, tmp_path)
+    state = "on" if engine == "fsdp" else "off"
+    assert f"distributed: {engine} over 2 ranks, activation checkpointing {state}" in first.stdout
     run = tmp_path / "run"
     straight = {k: v.clone() for k, v in _weights(run, 4).items()}
     shutil.rmtree(run / "checkpoints" / "step-00000004")
@@ -122,4 +141,3 @@ def test_a_two_process_run_resumes_from_its_checkpoint(tmp_path, engine) -> None
     _assert_same(straight, _weights(run, 4), atol=1e-6)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-

@@ -416,6 +416,11 @@ class Trainer:
             from atoken.core.compile import compile_blocks
 
             compile_blocks(self.model)
+        if self.dist.enabled and self.dist.is_main:
+            print(
+                f"distributed: {engine.kind} over {self.dist.world_size} ranks, activation"
+                f" checkpointing {'on' if engine.activation_checkpointing else 'off'}"
+            )
         return engine
 
     def _rank_states(self) -> list[dict[str, Any]] | None:
