@@ -202,6 +202,26 @@ def test_stage2_mix_trains_video_rec_and_video_und(clip_dir, tmp_path, register_
     assert again.contrastive["video"].loss_fn.log_scale.item() == contrast.loss_fn.log_scale.item()
 
 
+def test_fsdp_refuses_a_run_whose_objective_trains_its_own_parameters(
+    clip_dir, tmp_path, register_plugin, monkeypatch
+) -> None:
+    """video_und's caption loss learns a projection and a scale outside the tokenizer, which
+    FSDP does not shard: the run stops with the way out before any rank shards anything."""
+    from atoken.core.config import ConfigError
+    from atoken.train import trainer as trainer_module
+    from atoken.train.distributed import DistInfo
+
+    components = register_plugin(BagOfWordsPlugin(), name="test-text")
+    raw = _stage2(clip_dir)
+    raw["run"]["distributed"] = "fsdp"
+    config = validate_train_config(raw)
+    # as rank 0 of two (no process group is needed: the check comes before any collective)
+    monkeypatch.setattr(trainer_module, "init_distributed", lambda device: DistInfo(0, 2))
+    with pytest.raises(ConfigError, match=r"fsdp.*trains \d+ parameter tensors.*\(video\).*'ddp'"):
+        trainer_module.Trainer(config, tmp_path / "run", components=components, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_video_und_needs_its_semantic_section_and_the_width_rule(clip_dir, tmp_path) -> None:
     raw = _stage2(clip_dir)
     del raw["semantic"]
