@@ -175,7 +175,23 @@ def resolve_backend(
     reason = chosen.unavailable_reason(device)
     if reason is not None:
         raise BackendUnavailableError(f"attention backend '{chosen.name}' {reason}")
+    _RESOLVED[chosen.name] = chosen
     return chosen
+
+
+#: every backend `resolve_backend` has returned, by name: a compiled block calls attention as
+#: an opaque op that carries the backend's name (a string) rather than the object
+_RESOLVED: dict[str, AttentionBackend] = dict(BUILTIN_BACKENDS)
+
+
+def backend_named(name: str) -> AttentionBackend:
+    """The backend called ``name`` that `resolve_backend` last returned (or a built-in)."""
+    try:
+        return _RESOLVED[name]
+    except KeyError:
+        raise KeyError(
+            f"no resolved attention backend named {name!r}; resolve it first (resolve_backend)"
+        ) from None
 
 
 def varlen_attention(

@@ -78,50 +78,65 @@ class KVCache:
     Attributes:
         plan: the step's key layout.
         carried: per layer ``(k, v)`` ``[C, H, Dh]`` from the previous step, or None.
-        kept: per layer ``(k, v)`` for the next step, filled as the layers run.
+        layers: per layer, the view its attention layer used (what it kept is read from there).
     """
 
     plan: KeyPlan
     carried: Sequence[tuple[Tensor, Tensor]] | None = None
-    kept: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    layers: dict[int, LayerKV] = field(default_factory=dict)
 
     def layer(self, index: int, rope: Rotation | None) -> LayerKV:
-        """The view attention layer ``index`` uses; ``rope`` rotates the merged keys."""
-        return LayerKV(self, index, rope)
+        """The view attention layer ``index`` uses; ``rope`` rotates the merged keys.
 
-    def merge(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Prepend layer ``index``'s carried keys/values to ``k, v [n, H, Dh]`` -> ``[M, H, Dh]``."""
-        if self.plan.index is not None and self.carried is not None:
-            ck, cv = self.carried[index]
-            k = torch.cat((ck, k)).index_select(0, self.plan.index)  # [M, H, Dh]
-            v = torch.cat((cv, v)).index_select(0, self.plan.index)  # [M, H, Dh]
-        if self.plan.keep is not None:  # detached, as in the release: no gradient across tiles
-            keep = self.plan.keep
-            self.kept[index] = (k.index_select(0, keep).detach(), v.index_select(0, keep).detach())
-        return k, v
+        The view holds only that layer's tensors and the step's flags, so a compiled block
+        sees the same structure at every layer (no per-layer guards).
+        """
+        merge = self.plan.index is not None and self.carried is not None
+        view = LayerKV(
+            carried=self.carried[index] if merge else None,
+            index=self.plan.index if merge else None,
+            keep=self.plan.keep,
+            rope=rope,
+        )
+        self.layers[index] = view
+        return view
 
     def carry(self) -> list[tuple[Tensor, Tensor]] | None:
         """What the next step receives (per layer), or None after the last step."""
         if self.plan.keep is None:
             return None
-        return [self.kept[i] for i in range(len(self.kept))]
+        return [self.layers[i].kept[0] for i in range(len(self.layers))]
 
 
-@dataclass(frozen=True)
+@dataclass
 class LayerKV:
-    """One attention layer's view of a `KVCache`."""
+    """One attention layer's part of a `KVCache`.
 
-    cache: KVCache
-    index: int
+    Attributes:
+        carried: this layer's ``(k, v)`` ``[C, H, Dh]`` from the previous step, or None.
+        index: ``[M]`` gather from ``cat(carried, new)`` into key order (None: no carried keys).
+        keep: ``[M']`` which merged keys the next step carries (None: the last step).
+        rope: rotation of the merged keys.
+        kept: filled by `merge` with the ``(k, v)`` to carry (one entry).
+    """
+
+    carried: tuple[Tensor, Tensor] | None
+    index: Tensor | None
+    keep: Tensor | None
     rope: Rotation | None
-
-    @property
-    def seqlens(self) -> tuple[int, ...]:
-        """Keys per tile (carried + new)."""
-        return self.cache.plan.seqlens
+    kept: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def merge(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return self.cache.merge(self.index, k, v)
+        """Prepend the carried keys/values to ``k, v [n, H, Dh]`` -> ``[M, H, Dh]``."""
+        if self.carried is not None and self.index is not None:
+            ck, cv = self.carried
+            k = torch.cat((ck, k)).index_select(0, self.index)  # [M, H, Dh]
+            v = torch.cat((cv, v)).index_select(0, self.index)  # [M, H, Dh]
+        if self.keep is not None:  # detached, as in the release: no gradient across tiles
+            self.kept.append(
+                (k.index_select(0, self.keep).detach(), v.index_select(0, self.keep).detach())
+            )
+        return k, v
 
 
 def plan_tiles(

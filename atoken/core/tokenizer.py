@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from atoken.core.attention import AttentionBackend, resolve_backend
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
-from atoken.core.execution import STREAM_GROUP_TOKENS, ExecutionPlan
+from atoken.core.execution import PRECISIONS, STREAM_GROUP_TOKENS, ExecutionPlan
 from atoken.core.model_dir import TOKENIZER_FORMAT, _shipped_or_path, model_config_from
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import get_preset
@@ -175,8 +175,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
         backend: AttentionBackend | str | None = None,
         temporal: TemporalConfig | None = None,
         stream: bool = True,
+        precision: str | None = None,
     ) -> ExecutionPlan:
-        """Resolve the execution plan of a call once: backend, tiling and mode together.
+        """Resolve the execution plan of a call once: backend, tiling, mode and precision.
 
         Args:
             backend: attention backend or its name (None: the scoped plan's, else the config's).
@@ -185,13 +186,40 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 bounded memory); False keeps every activation of the batch for a backward pass
                 (what `forward`, the training step, uses). Both give the same values up to
                 float rounding. Ignored without tiling (one whole pass).
+            precision: ``"bf16"`` (bf16 autocast: matrix products in bf16; RoPE, FSQ and norm
+                statistics in float32; outputs float32), ``"fp32"``, ``"auto"`` (bf16 on CUDA,
+                fp32 elsewhere) or None (the scoped plan's, else the caller's autocast region).
 
         Raises:
-            InputError: an unknown backend name or a ``temporal`` that is not a `TemporalConfig`.
+            InputError: an unknown backend name or precision, or a ``temporal`` that is not a
+                `TemporalConfig`.
         """
+        if precision is None and self._scoped_plan is not None:
+            precision = self._scoped_plan.precision
+        if precision is not None and precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return ExecutionPlan.resolve(
-            self.attention_backend(backend), self.temporal(temporal), stream=stream
+            self.attention_backend(backend),
+            self.temporal(temporal),
+            stream=stream,
+            precision=precision,
         )
+
+    def compile(self, **options: Any) -> Tokenizer:
+        """Compile the transformer blocks with `torch.compile` (regional, dynamic token counts).
+
+        Every encode/decode/embed path, streamed and tiled, runs the compiled blocks; the first
+        calls compile (seconds to minutes), later ones of other sizes reuse the graphs. Unlike
+        `torch.nn.Module.compile` this does not compile the whole call (whose packing and
+        tiling are Python); see `atoken.core.compile.compile_blocks`. Returns the tokenizer.
+
+        Args:
+            **options: `compile_blocks` keywords (``dynamic``, ``fullgraph``, ``mode``, ...).
+        """
+        from atoken.core.compile import compile_blocks
+
+        compile_blocks(self, **options)
+        return self
 
     @contextmanager
     def using(self, plan: ExecutionPlan) -> Iterator[ExecutionPlan]:
@@ -412,8 +440,10 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 "this model has no understanding head (config.head is None); build it with a head"
                 " such as 'attention_pool' to get embeddings"
             )
-        att = self._plan_for(plan, backend, None, stream=False).backend
-        pooled = self.encoder.head(dense, backend=att)  # [B, D]
+        plan = self._plan_for(plan, backend, None, stream=False)
+        with plan.autocast(self.device):
+            pooled = self.encoder.head(dense, backend=plan.backend)  # [B, D]
+        pooled = pooled.to(dense.feats.dtype)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def embed(
@@ -510,17 +540,31 @@ class Tokenizer(PretrainedMixin, nn.Module):
         dec = self.decoder
         plan = self._plan_for(plan, backend, temporal, stream=True).streaming()
         sample = tokens.batch_index()  # [N]
-        for step_rows, step_hidden in dec.steps(tokens, plan, plan.temporal.decoder_cache):
-            for i in range(0, step_rows.shape[0], STREAM_GROUP_TOKENS):
-                rows = step_rows[i : i + STREAM_GROUP_TOKENS]
-                hidden = step_hidden[i : i + STREAM_GROUP_TOKENS]
+        steps = dec.steps(tokens, plan, plan.temporal.decoder_cache)
+        while True:
+            with plan.autocast(self.device):  # entered per step: the caller's code runs outside
+                step = next(steps, None)
+                if step is None:
+                    return
+                step_rows, step_hidden = step
+                pieces = [
+                    (
+                        step_rows[i : i + STREAM_GROUP_TOKENS],
+                        step_hidden[i : i + STREAM_GROUP_TOKENS],
+                    )
+                    for i in range(0, step_rows.shape[0], STREAM_GROUP_TOKENS)
+                ]
+            del step, step_rows, step_hidden
+            for rows, hidden in pieces:
+                with plan.autocast(self.device):
+                    feats = dec.project_out(hidden).to(tokens.feats.dtype)  # [n, 3072]
                 yield DecodedRows(
                     rows=rows,
-                    feats=dec.project_out(hidden),  # [n, 3072]
+                    feats=feats,
                     coords=tokens.coords.index_select(0, rows),
                     sample=sample.index_select(0, rows),
                 )
-            del step_rows, step_hidden
+            del pieces
 
     def forward(
         self,

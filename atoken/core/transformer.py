@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from atoken.core.attention import AttentionBackend
 from atoken.core.config import TransformerConfig
 from atoken.core.execution import ExecutionPlan
-from atoken.core.layers import RMSNorm, TransformerBlock, layer_norm
+from atoken.core.layers import AttentionLayout, RMSNorm, TransformerBlock, layer_norm
 from atoken.core.posembed import LearnedPositionEmbedding2D
 from atoken.core.rope import Rope4D
 from atoken.core.temporal import KVCache, TileStep, stream_tiles
@@ -94,12 +94,13 @@ class SparseTransformer(nn.Module):
         key_rope = rope
         if cache is not None and cache.plan.coords is not None and self.rope is not None:
             key_rope = self.rope.rotation(cache.plan.coords)  # 2 x [M, Dh/2]
+        layout = AttentionLayout.of(tokens, backend, cache)
         for i, block in enumerate(self.blocks):
             kv = cache.layer(i, key_rope) if cache is not None else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, tokens, rope, backend, kv, use_reentrant=False)
+                x = checkpoint(block, x, layout, rope, kv, use_reentrant=False)
             else:
-                x = block(x, tokens, rope, backend, kv)  # [n, D]
+                x = block(x, layout, rope, kv)  # [n, D]
         return x
 
     def steps(
@@ -147,11 +148,17 @@ class SparseTransformer(nn.Module):
 
         A streamed plan applies ``head`` per step into one preallocated output, so memory is
         the output plus one step whatever the clip length; otherwise the hidden states are
-        gathered whole and ``head`` runs once over them.
+        gathered whole and ``head`` runs once over them. Everything runs under the plan's
+        precision (`ExecutionPlan.autocast`); the result has the input's dtype.
         """
         streamed = plan.streamed and head is not None
         if streamed and width is None:
             raise ValueError("run: a streamed plan with a head needs the head's output width")
+        with plan.autocast(tokens.feats.device):
+            out = self._run(tokens, plan, cache, head, width, streamed)
+        return out.to(tokens.feats.dtype)  # float32 out of a bf16 region
+
+    def _run(self, tokens, plan, cache, head, width, streamed) -> Tensor:
         out = None  # allocated at the first tile step (a whole pass returns its own result)
         for rows, hidden in self.steps(tokens, plan, cache):
             if rows is None:  # one pass over the whole batch

@@ -51,13 +51,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device | None:
     """``torch.device(name)`` (None stays None); `InputError` if malformed or unavailable."""
     if name is None or isinstance(name, torch.device):
         return name
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"invalid device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available")
-    return device
+    from atoken.core.hf import device_of
+
+    return device_of(name)
 
 
 def check_dims(image_dim: int, text_dim: int, text_name: str = "the text tower") -> None:

@@ -26,7 +26,6 @@ with gradient accumulation as described there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -564,10 +563,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _autocast(self):
-        precision = self.config.run.precision
-        if precision == "bf16" or (precision == "auto" and self.dist.device.type == "cuda"):
-            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The ``[run] precision`` region of a training step (the rule inference plans use)."""
+        from atoken.core.execution import autocast_context
+
+        return autocast_context(self.config.run.precision, self.dist.device)
 
     def _micro_step(
         self, batch: list[PatchTokens], scale: float, task: str, *, last: bool = True

@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from atoken.core.attention import AttentionBackend
-from atoken.core.layers.attention import SelfAttention
+from atoken.core.layers.attention import AttentionLayout, SelfAttention
 from atoken.core.layers.mlp import Mlp
-from atoken.core.tokens import SparseTokens
 
 if TYPE_CHECKING:
     from atoken.core.temporal import LayerKV
@@ -48,10 +46,9 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        tokens: SparseTokens,
+        layout: AttentionLayout,
         rope: tuple[Tensor, Tensor] | None,
-        backend: AttentionBackend,
         kv: LayerKV | None = None,
     ) -> Tensor:  # [N, C] -> [N, C]; kv: keys/values carried across temporal tiles
-        x = x + self.attn(self.norm1(x), tokens, rope, backend, kv)
+        x = x + self.attn(self.norm1(x), layout, rope, kv)
         return x + self.mlp(self.norm2(x))

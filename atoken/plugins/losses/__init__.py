@@ -31,9 +31,7 @@ def _gram(options: GramOptions):
 @hookimpl
 def atoken_register_losses(registry) -> None:
     registry.add("l1", L1Loss, options=L1Options, description="L1 per patch, averaged over patches")
-    registry.add(
-        "mse", MSELoss, options=L1Options, description="squared error per patch, averaged"
-    )
+    registry.add("mse", MSELoss, options=L1Options, description="squared error per patch, averaged")
     registry.add(
         "lpips",
         _lpips,
