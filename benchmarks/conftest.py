@@ -123,6 +123,10 @@ def pytest_terminal_summary(
     if video:
         _video_summary(tr, config, video)
     records = [r for r in records if r.kind != "video"]
+    compiled = [r for r in records if r.kind == "compile"]
+    records = [r for r in records if r.kind != "compile"]
+    if compiled:
+        _compile_summary(tr, compiled)
     if not records:
         return
     tr.section("atoken throughput summary")
@@ -212,6 +216,25 @@ def pytest_terminal_summary(
             )
             if paired:
                 tr.write_line(f"  {'  (paired matmul: ' + _rate(paired, 'FLOP/s') + ')':<44}")
+
+
+def _compile_summary(tr, records: list[Record]) -> None:  # pragma: no cover - output only
+    """The eager vs compiled table (`test_compile.py`)."""
+    tr.section("atoken torch.compile summary")
+    first = records[0].values
+    tr.write_line(
+        f"decode(encode(x)), regional torch.compile of the blocks (dynamic, fullgraph), device"
+        f" {first['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads;"
+        f" {first['mix']}; eager timed before every compiled round (paired), best rounds"
+    )
+    tr.write_line(f"  {'model':<13} {'eager':>14} {'compiled':>14} {'speed-up':>9} {'compile':>9}")
+    for r in records:
+        v = r.values
+        tr.write_line(
+            f"  {r.label['model']:<13} {_rate(v['eager_tokens_per_s'], 'tok/s'):>14}"
+            f" {_rate(v['compiled_tokens_per_s'], 'tok/s'):>14} {v['speedup']:>8.2f}x"
+            f" {v['compile_s']:>8.1f}s"
+        )
 
 
 def _video_summary(tr, config: pytest.Config, records: list[Record]) -> None:  # pragma: no cover

@@ -212,3 +212,17 @@ def test_training_with_compile_equals_eager(tmp_path) -> None:
     assert weights["true"].keys() == weights["false"].keys()
     for key, w in weights["false"].items():
         torch.testing.assert_close(weights["true"][key], w, atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_inference_commands_take_compile(tmp_path) -> None:
+    """``reconstruct --compile`` writes the eager run's reconstruction (to float tolerance)."""
+    src = SKIMAGE_DATA / "coffee.png"
+    metrics = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flag else "eager")
+        args = ["reconstruct", str(src), "-m", "atoken-tiny", "-O", "max_res=64", "--out", str(out)]
+        result = CliRunner().invoke(cli, [*args, "--precision", "fp32", *flag])
+        assert result.exit_code == 0, result.output
+        metrics[bool(flag)] = json.loads((out / "coffee" / "metrics.json").read_text())
+    assert metrics[True]["psnr"] == pytest.approx(metrics[False]["psnr"], abs=1e-3)
+    assert "--compile" in CliRunner().invoke(cli, ["encode", "--help"]).output

@@ -108,6 +108,35 @@ def model_option(command):
     )(command)
 
 
+def execution_options(command):
+    """``--precision`` and ``--compile``, the execution choices of an inference command (read
+    back with `execution_plan`)."""
+    command = click.option(
+        "--compile",
+        "compile_model",
+        is_flag=True,
+        help="torch.compile the transformer blocks first (the first inputs pay the compile,"
+        " seconds to minutes; worth it for many or large inputs)",
+    )(command)
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="bf16: bf16 autocast (RoPE, FSQ and norms stay float32); auto: bf16 on CUDA,"
+        " fp32 elsewhere",
+    )(command)
+
+
+def execution_plan(tok, *, precision: str, compile_model: bool, backend: str | None = None):
+    """The plan an inference command runs (``with tok.using(plan)``), compiling ``tok`` first
+    when asked; an unknown backend name is refused here, before any work."""
+    plan = tok.plan(backend=backend, precision=precision)
+    if compile_model:
+        tok.compile()
+    return plan
+
+
 def warn_if_untrained(model: str) -> None:
     """One warning line on stderr when ``model`` is a preset (random weights, noise out)."""
     from atoken.core.model_dir import is_untrained

@@ -18,6 +18,8 @@ from atoken.cli._group import (
     _progress,
     cli,
     err_console,
+    execution_options,
+    execution_plan,
     load_model,
     model_option,
 )
@@ -95,14 +97,17 @@ def presets_cmd() -> None:
     "--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE, e.g. max_res=1024"
 )
 @click.option("--backend", default=None, help="attention backend (default: the model's)")
-def reconstruct_cmd(inputs, model, out_dir, modality, options, backend) -> None:
+@execution_options
+def reconstruct_cmd(
+    inputs, model, out_dir, modality, options, backend, precision, compile_model
+) -> None:
     """Encode and decode each INPUT; write reconstruction, side-by-side view and metrics.json."""
     from atoken.pipeline import adapter_for, open_sample, reconstruct_to_dir
 
     opts = parse_options(options)
     tok = load_model(model)
     # the one execution plan every encode/decode below runs (the name is checked before any work)
-    plan = tok.plan(backend=backend)
+    plan = execution_plan(tok, backend=backend, precision=precision, compile_model=compile_model)
     # read and check every input before writing anything; a lazily read input (a video file)
     # is checked frame by frame here and decoded again, a chunk at a time, when its turn comes
     loaded = []
@@ -180,14 +185,17 @@ def _frames_task(progress, name: str):
 @model_option
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
 @click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
-def encode_cmd(input_path, output, model, modality, options) -> None:
+@execution_options
+def encode_cmd(input_path, output, model, modality, options, precision, compile_model) -> None:
     """Encode INPUT into a latents file (continuous codes or FSQ indices + what decoding needs)."""
     from atoken.pipeline import adapter_for, encode_to_file
 
     opts = parse_options(options)
     tok = load_model(model)
+    plan = execution_plan(tok, precision=precision, compile_model=compile_model)
     adapter = adapter_for(input_path, modality, opts, model=tok)
-    info = encode_to_file(tok, model, adapter, input_path, output, adapter_options=opts)
+    with tok.using(plan):
+        info = encode_to_file(tok, model, adapter, input_path, output, adapter_options=opts)
     shapes = ", ".join(f"{k} {v}" for k, v in info.items() if k != "tokens")
     click.echo(f"{input_path}: {info['tokens']} tokens -> {output} ({shapes})")
 
@@ -201,13 +209,19 @@ def encode_cmd(input_path, output, model, modality, options) -> None:
     default=None,
     help="preset or model directory (default: the one recorded in the file)",
 )
-def decode_cmd(latents, output, model) -> None:
+@execution_options
+def decode_cmd(latents, output, model, precision, compile_model) -> None:
     """Decode a latents file written by `atoken encode`."""
     from atoken.pipeline import decode_to_file, read_latents_header
 
     header = read_latents_header(latents)
     tok = load_model(model or header["model"])
-    with _progress() as progress, _frames_task(progress, latents.name) as on_frames:
+    plan = execution_plan(tok, precision=precision, compile_model=compile_model)
+    with (
+        _progress() as progress,
+        _frames_task(progress, latents.name) as on_frames,
+        tok.using(plan),
+    ):
         info = decode_to_file(tok, latents, output, progress=on_frames)
     click.echo(f"{latents} -> {output} ({'x'.join(map(str, info['shape']))})")
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from atoken.cli._group import InputPath, cli, load_model, model_option
+from atoken.cli._group import (
+    InputPath,
+    cli,
+    execution_options,
+    execution_plan,
+    load_model,
+    model_option,
+)
 from atoken.core.errors import InputError
 from atoken.core.option_pairs import parse_options
 
@@ -80,8 +87,19 @@ _batch_option = click.option(
 )
 @_batch_option
 @_device_option
+@execution_options
 def embed_cmd(
-    inputs, output, model, no_normalize, modality, options, video_pooling, batch_size, device
+    inputs,
+    output,
+    model,
+    no_normalize,
+    modality,
+    options,
+    video_pooling,
+    batch_size,
+    device,
+    precision,
+    compile_model,
 ) -> None:
     """Write one semantic embedding per INPUT (rows in input order) to a safetensors file.
 
@@ -91,16 +109,18 @@ def embed_cmd(
     from atoken.eval.understanding import embed_files, write_embeddings
 
     tok = _understanding_model(model, device)
-    emb = embed_files(
-        tok,
-        inputs,
-        modality=modality,
-        options=parse_options(options),
-        batch_size=batch_size,
-        normalize=not no_normalize,
-        progress=True,
-        video_pooling=video_pooling,
-    )
+    plan = execution_plan(tok, precision=precision, compile_model=compile_model)
+    with tok.using(plan):
+        emb = embed_files(
+            tok,
+            inputs,
+            modality=modality,
+            options=parse_options(options),
+            batch_size=batch_size,
+            normalize=not no_normalize,
+            progress=True,
+            video_pooling=video_pooling,
+        )
     write_embeddings(
         output,
         emb,

@@ -163,9 +163,10 @@ class SparseTransformer(nn.Module):
         for rows, hidden in self.steps(tokens, plan, cache):
             if rows is None:  # one pass over the whole batch
                 return head(hidden) if head is not None else hidden  # [N, width]
-            if out is None:
-                out = hidden.new_empty(tokens.num_tokens, width if streamed else hidden.shape[1])
-            out.index_copy_(0, rows, head(hidden) if streamed else hidden)  # [n, width | D]
+            piece = head(hidden) if streamed else hidden  # [n, width | D]
+            if out is None:  # the dtype of what is written (bf16 under autocast)
+                out = piece.new_empty(tokens.num_tokens, piece.shape[1])
+            out.index_copy_(0, rows, piece)
         return out if streamed or head is None else head(out)  # [N, width]
 
 
