@@ -1,5 +1,6 @@
 """Two CPU processes under torchrun (gloo), with DDP and with FSDP2, match one process with
-the same global batch; an FSDP run resumes from its gathered checkpoint."""
+the same global batch; an FSDP run resumes from its gathered checkpoint; compiled blocks under
+FSDP give the same parameters."""
 
 from __future__ import annotations
 
@@ -141,3 +142,17 @@ def test_a_two_process_run_resumes_from_its_checkpoint(tmp_path, engine) -> None
     _assert_same(straight, _weights(run, 4), atol=1e-6)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_fsdp_with_compiled_checkpointed_blocks_equals_one_eager_process(tmp_path) -> None:
+    """``compile = true`` under FSDP with activation checkpointing: the compiled blocks run
+    between FSDP's (eager) gather hooks and are recomputed in backward; two processes still give
+    one eager process's parameters."""
+    single_cfg = _write(tmp_path, accum=2)
+    parallel_cfg = _write(tmp_path, accum=1, distributed="fsdp", checkpointing="true")
+    parallel_cfg.write_text(parallel_cfg.read_text() + "compile = true\n")
+    _run([sys.executable, "-m", "atoken", "train", str(single_cfg), "--out", "single"], tmp_path)
+    out = _run([*TORCHRUN, "-m", "atoken", "train", str(parallel_cfg), "--out", "fsdp"], tmp_path)
+    assert "activation checkpointing on" in out.stdout
+    _assert_same(_weights(tmp_path / "single", 3), _weights(tmp_path / "fsdp", 3))
