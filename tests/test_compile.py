@@ -20,21 +20,12 @@ from atoken.cli import cli
 from atoken.core.compile import RECOMPILE_LIMIT, compile_blocks, compiled_blocks
 from atoken.core.config import TemporalConfig
 from tests.conftest import SKIMAGE_DATA
+from tests.test_distributed import _write
+from tests.test_execution_plan import clip
 
 pytestmark = pytest.mark.slow
 
 ATOL = 2e-5  # fp32; compiled kernels fuse and reorder sums
-
-
-def clip(model, frames: int, rows: int, cols: int, seed: int = 0) -> PatchTokens:
-    """A sample of ``frames x rows x cols`` tokens sized by the model's own patch width."""
-    coords = torch.tensor(
-        [(t, x, y, 0) for t in range(frames) for x in range(rows) for y in range(cols)],
-        dtype=torch.int32,
-    )
-    gen = torch.Generator().manual_seed(seed)
-    feats = torch.randn(len(coords), model.config.patch_dim, generator=gen)
-    return PatchTokens(feats, coords, "video", {})
 
 
 @pytest.fixture(scope="module")
@@ -149,48 +140,13 @@ def test_gradients_match_eager(models, components) -> None:
         torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-3, msg=name)
 
 
-TRAIN = """
-[model]
-preset = "atoken-tiny"
-overrides = {{ quantizer = {{ name = "fsq" }} }}
-
-[[data]]
-name = "folder"
-task = "image_rec"
-path = "{data}"
-options = {{ crop_scale = [1.0, 1.0], aspect = [1.0, 1.0], hflip = 0.0 }}
-
-[[stages]]
-steps = 3
-min_res = 32
-max_res = 64
-tokens_per_batch = 16
-
-[optimizer]
-lr = 1e-3
-warmup_steps = 1
-
-[run]
-checkpoint_every = 3
-sample_every = 1000
-log_every = 1
-compile = {compile}
-"""
-
-
 def test_training_with_compile_equals_eager(tmp_path) -> None:
     """``[run] compile = true``: three steps reach the weights and losses of the eager run."""
-    from PIL import Image
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for name, box in (("a.png", (0, 0, 64, 32)), ("b.png", (100, 100, 164, 132))):
-        with Image.open(SKIMAGE_DATA / "astronaut.png") as im:
-            im.crop(box).save(data / name)
     runs = {}
     for flag in ("false", "true"):
-        cfg = tmp_path / f"compile-{flag}.toml"
-        cfg.write_text(TRAIN.format(data=data.as_posix(), compile=flag))
+        cfg = _write(tmp_path, accum=1)  # one process: [run] distributed does not apply
+        cfg = cfg.rename(tmp_path / f"compile-{flag}.toml")
+        cfg.write_text(cfg.read_text() + f"compile = {flag}\n")
         run = tmp_path / f"run-{flag}"
         result = CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run)])
         assert result.exit_code == 0, result.output
