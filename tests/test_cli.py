@@ -170,7 +170,14 @@ def test_the_default_model_is_the_shipped_trained_one_and_presets_warn(tmp_path)
     meta = json.loads((tmp_path / "a" / "coffee" / "metrics.json").read_text())
     assert meta["model"] == DEFAULT_MODEL and meta["psnr"] > 24, meta
     untrained = run(
-        "reconstruct", str(src), "--out", str(tmp_path / "b"), "-m", "atoken-tiny", "-O", "lpips=false"
+        "reconstruct",
+        str(src),
+        "--out",
+        str(tmp_path / "b"),
+        "-m",
+        "atoken-tiny",
+        "-O",
+        "lpips=false",
     )
     assert untrained.exit_code == 0
     warnings = [ln for ln in untrained.output.splitlines() if ln.startswith("warning:")]

@@ -235,5 +235,7 @@ def test_reconstruct_metrics_json_matches_skimage_on_the_written_pngs(tmp_path) 
     ref = np.asarray(Image.open(out / "coffee" / "side_by_side.png").convert("RGB"))[:h, :w]
     assert (h, w) == (144, 192)
     assert meta["ssim"] == pytest.approx(sk_ssim(ref, rec, data_range=255), abs=2e-5)
-    assert meta["psnr"] == pytest.approx(peak_signal_noise_ratio(ref, rec, data_range=255), abs=1e-4)
+    assert meta["psnr"] == pytest.approx(
+        peak_signal_noise_ratio(ref, rec, data_range=255), abs=1e-4
+    )
     assert "uint8" in meta["convention"]["pixels"] and "data_range 1" in meta["convention"]["ssim"]

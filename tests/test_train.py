@@ -44,7 +44,9 @@ def test_config_errors_name_key_paths(tmp_path) -> None:
         validate_train_config({"stages": [{"stpes": 3}]})
     with pytest.raises(ConfigError, match=r"optimizer\.lr: Input should be greater than 0"):
         validate_train_config({"stages": [{"steps": 3}], "optimizer": {"lr": -1}})
-    unknown = r"stages\.0\.tasks\.audio_rec: no task named 'audio_rec'.*\n.*tasks: .*image_rec \(atoken"
+    unknown = (
+        r"stages\.0\.tasks\.audio_rec: no task named 'audio_rec'.*\n.*tasks: .*image_rec \(atoken"
+    )
     with pytest.raises(ConfigError, match=unknown):
         validate_train_config({"stages": [{"steps": 3, "tasks": {"audio_rec": 1}}]})
     path = tmp_path / "c.toml"

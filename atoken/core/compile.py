@@ -35,7 +35,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from atoken.core.attention import backend_named
+from atoken.core.attention import NON_LEAF_GRAD_WARNING, backend_named
 
 __all__ = ["RECOMPILE_LIMIT", "compile_blocks", "compiled_blocks", "varlen_attention_op"]
 
@@ -155,8 +155,5 @@ def _quiet(compiled, *args, **kwargs):
     autograd (it reads ``.grad`` of the non-leaf input; nothing is wrong in the caller's code,
     and with ``-W error`` it would abort the compile)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NON_LEAF_GRAD, category=UserWarning)
+        warnings.filterwarnings("ignore", message=NON_LEAF_GRAD_WARNING, category=UserWarning)
         return compiled(*args, **kwargs)
-
-
-_NON_LEAF_GRAD = "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"

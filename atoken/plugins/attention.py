@@ -1,4 +1,4 @@
-"""Built-in attention backends: reference, sdpa, xformers (CUDA)."""
+"""Built-in attention backends: reference, sdpa, flex, varlen (CUDA), xformers (CUDA)."""
 
 from __future__ import annotations
 
