@@ -203,3 +203,10 @@ def test_training_runs_in_bf16_when_asked(tmp_path) -> None:
     assert len(losses["bf16"]) == len(losses["fp32"]) > 0
     assert losses["bf16"] != losses["fp32"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_the_cli_offers_the_precisions_plans_take() -> None:
+    from atoken.core.execution import PRECISIONS
+
+    options = {p.name: p for p in cli.commands["encode"].params}
+    assert set(options["precision"].type.choices) == set(PRECISIONS)

@@ -120,7 +120,7 @@ def execution_options(command):
     )(command)
     return click.option(
         "--precision",
-        type=click.Choice(["auto", "fp32", "bf16"]),
+        type=click.Choice(["auto", "fp32", "bf16"]),  # = atoken.core.execution.PRECISIONS
         default="auto",
         show_default=True,
         help="bf16: bf16 autocast (RoPE, FSQ and norms stay float32); auto: bf16 on CUDA,"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atoken.core.attention import AttentionBackend, resolve_backend
+from atoken.core.compile import compile_blocks
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.execution import PRECISIONS, STREAM_GROUP_TOKENS, ExecutionPlan
@@ -216,8 +217,6 @@ class Tokenizer(PretrainedMixin, nn.Module):
         Args:
             **options: `compile_blocks` keywords (``dynamic``, ``fullgraph``, ``mode``, ...).
         """
-        from atoken.core.compile import compile_blocks
-
         compile_blocks(self, **options)
         return self
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atoken.core.execution import autocast_context
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer, build_tokenizer
 from atoken.core.tokens import PatchTokens, SparseTokens, collate
@@ -564,8 +565,6 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def _autocast(self):
         """The ``[run] precision`` region of a training step (the rule inference plans use)."""
-        from atoken.core.execution import autocast_context
-
         return autocast_context(self.config.run.precision, self.dist.device)
 
     def _micro_step(
