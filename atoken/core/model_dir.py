@@ -30,7 +30,7 @@ FORMAT = "atoken"
 FORMAT_VERSION = 1
 #: the tokenizer's config document (``converted_from``: written by `atoken convert`)
 TOKENIZER_FORMAT = PretrainedFormat(
-    FORMAT, FORMAT_VERSION, "model", keys=("atoken_version", "converted_from"), what="model"
+    FORMAT, FORMAT_VERSION, "model", keys=("atoken_version", "converted_from", "latent_stats"), what="model"
 )
 #: top-level keys of a model config.json
 CONFIG_DOCUMENT_KEYS = TOKENIZER_FORMAT.document_keys

@@ -1,0 +1,3 @@
+"""``atoken stats``: per-channel latent statistics stored in a model's config (issue 14)."""
+
+from __future__ import annotations
