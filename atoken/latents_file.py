@@ -6,7 +6,15 @@ A latents file is safetensors with
   quantizers) or ``indices [N, G]`` int32 (discrete ones, e.g. FSQ), and nothing else;
 - string metadata: ``format`` (``"atoken-latents"``), ``version`` (``"1"``), ``model_id``,
   ``model``, ``quantizer``, ``modality``, ``source``, and the JSON objects ``adapter_options``
-  and ``sample_meta`` (the tokens' meta the adapter decodes with).
+  and ``sample_meta`` (the tokens' meta the adapter decodes with); optionally ``model_kind``.
+
+The model is referenced robustly (`model_reference`): ``model`` is the resolved absolute path of
+a model directory, or the name of a shipped model, a preset or a hub id, and ``model_kind`` says
+which (``directory``, ``shipped``, ``preset``, ``hub``); ``model_id`` is the fingerprint the
+decoding model must match. Files written before ``model_kind`` existed hold ``--model`` as it
+was typed; they stay readable (`resolve_model`). The latent shards of `atoken.data` carry the
+same reference in every sample's JSON and check each sample with the same functions
+(`header_from_parts`, `check_values`).
 
 Everything is checked before a byte of tensor data is read or anything is allocated from the
 file's claims: the metadata's structure (`read_header`), then each tensor's dtype and shape from
@@ -41,6 +49,7 @@ from torch import Tensor
 
 from atoken.core import budgets
 from atoken.core.errors import InputError
+from atoken.core.presets import PRESETS
 from atoken.core.serialization import CheckpointError
 from atoken.core.tokens import COORD_LIMIT
 
@@ -51,6 +60,8 @@ LATENTS_VERSION = "1"
 STRING_KEYS = ("format", "version", "model_id", "model", "quantizer", "modality", "source")
 #: metadata holding a JSON object
 JSON_KEYS = ("adapter_options", "sample_meta")
+#: what ``model`` names (metadata ``model_kind``; absent in files of older versions)
+MODEL_KINDS = ("directory", "shipped", "preset", "hub")
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _INT_DTYPES = {"I8", "I16", "I32", "I64", "U8", "U16", "U32"}
@@ -100,6 +111,96 @@ def _fail(path: Path, what: str) -> LatentsError:
 
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class ModelReference:
+    """How a latents file names its model.
+
+    Attributes:
+        ref: the resolved absolute path of a model directory, or a shipped model's, a preset's
+            or a hub repository's name.
+        kind: one of `MODEL_KINDS`.
+    """
+
+    ref: str
+    kind: str
+
+    def as_metadata(self) -> dict[str, str]:
+        """The ``model`` and ``model_kind`` metadata entries."""
+        return {"model": self.ref, "model_kind": self.kind}
+
+
+def model_reference(given: str | os.PathLike[str]) -> ModelReference:
+    """The robust reference of the model loaded from ``given`` (what ``--model`` said).
+
+    Resolved in `atoken.core.model_dir.load_tokenizer`'s order: a preset name, then an existing
+    directory (stored as its resolved absolute path, so decoding works from any working
+    directory), then a shipped model's name; anything else loaded by name is a hub id.
+    """
+    from atoken.models import SHIPPED_MODELS
+
+    name = os.fspath(given)
+    if name in PRESETS:
+        return ModelReference(name, "preset")
+    path = Path(name)
+    if path.is_dir():
+        return ModelReference(str(path.resolve()), "directory")
+    if name in SHIPPED_MODELS:
+        return ModelReference(name, "shipped")
+    return ModelReference(name, "hub")
+
+
+def resolve_model(ref: str, kind: str | None, model_id: str, where: str) -> str:
+    """What to load (`load_tokenizer`) for a file's model reference, when no ``--model`` is given.
+
+    Args:
+        ref: the ``model`` metadata.
+        kind: ``model_kind`` (None: a file of an older version, ``model`` as it was typed).
+        model_id: the fingerprint, for the message.
+        where: names the file in the message.
+
+    Raises:
+        LatentsError: the model directory the file names does not exist (moved or deleted);
+            the message says to pass ``--model``.
+    """
+    from atoken.models import SHIPPED_MODELS
+
+    if kind is not None and kind not in MODEL_KINDS:
+        raise LatentsError(
+            f"{where}: metadata key 'model_kind': expected one of {', '.join(MODEL_KINDS)}, got"
+            f" {kind!r}"
+        )
+    named = kind in ("shipped", "preset", "hub") or (
+        kind is None and (ref in PRESETS or ref in SHIPPED_MODELS) and not Path(ref).is_dir()
+    )
+    if named or Path(ref).is_dir():
+        return ref
+    said = "the model directory" if kind == "directory" else "the model"
+    raise LatentsError(
+        f"{where} was encoded by {said} '{ref}' (model id {model_id}), which is not there (moved"
+        " or deleted?); pass --model with that model's directory or name"
+    )
+
+
+def header_from_parts(
+    where: str | os.PathLike[str],
+    metadata: dict[str, str],
+    adapter_options: dict[str, Any],
+    sample_meta: dict[str, Any],
+    tensors: dict[str, TensorInfo],
+) -> LatentsHeader:
+    """A `LatentsHeader` for latents that do not come from a safetensors file (one sample of a
+    latent shard), its tensor names, dtypes and shapes checked as `read_header` checks them.
+
+    Args:
+        where: names the sample in messages (``shard.tar:key``).
+        metadata: at least ``model_id``, ``model`` and ``quantizer``.
+    """
+    header = LatentsHeader(Path(where), dict(metadata), adapter_options, sample_meta, tensors)
+    _check_tensor_names(header)
+    return header
 
 
 def json_entry(key: str, value: Any) -> str:
@@ -238,7 +339,7 @@ def check_against_model(h: LatentsHeader, model: Any) -> None:
         raise CheckpointError(
             f"latents file '{h.path}' was encoded by another model (model id {meta['model_id']},"
             f" from {meta['model']!r}); this model's id is {model.model_id}. Decode with --model"
-            f" {meta['model']}"
+            f" {meta['model']} (or wherever that model is now)"
         )
     expected_q = model.config.quantizer.name
     if meta["quantizer"] != expected_q:
@@ -422,6 +523,15 @@ def load_tensors(h: LatentsHeader) -> dict[str, Tensor]:
     for name, t in tensors.items():
         if tuple(t.shape) != h.tensors[name].shape:
             raise h.fail(f"tensor {name!r} changed while it was read; read it again")
+    return check_values(h, tensors)
+
+
+def check_values(h: LatentsHeader, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Check the values of tensors read for ``h``: coords in range and unique, codes finite.
+
+    Returns:
+        ``{"coords": int32 [N, 4], "codes": float32 [N, Cz]}`` or ``{"coords", "indices": int64}``.
+    """
     coords = tensors["coords"].long()
     lo, hi = int(coords.min()), int(coords.max())
     if lo < 0 or hi >= COORD_LIMIT:

@@ -135,6 +135,18 @@ def write_reconstruction(
     return paths
 
 
+def latents_tensors(latents: Latents) -> dict[str, torch.Tensor]:
+    """What a latents file (or a latent shard sample) stores of one sample's latents, on the CPU:
+    ``coords [N, 4]`` int32 and ``indices [N, G]`` int32 (discrete quantizers) or ``codes
+    [N, Cz]`` float32."""
+    tensors = {"coords": latents.tokens.coords.cpu().to(torch.int32)}
+    if latents.indices is not None:
+        tensors["indices"] = latents.indices.cpu().to(torch.int32)
+    else:
+        tensors["codes"] = latents.codes.float().cpu()
+    return tensors
+
+
 def encode_to_file(
     model: Tokenizer,
     model_ref: str,
@@ -145,20 +157,18 @@ def encode_to_file(
 ) -> dict[str, Any]:
     """Encode one input file and write a latents safetensors file with what decoding needs.
 
-    ``adapter`` should be built for ``model`` (``adapter_for(..., model=model)``).
+    ``adapter`` should be built for ``model`` (``adapter_for(..., model=model)``). ``model_ref``
+    is what the model was loaded from (``--model``); the file stores it robustly
+    (`atoken.latents_file.model_reference`: a directory's absolute path, or the name).
     """
     sample = open_sample(adapter, source)
     latents, sample_meta = encode_sample(model, adapter, sample)
-    tensors = {"coords": latents.tokens.coords.cpu()}
-    if latents.indices is not None:
-        tensors["indices"] = latents.indices.cpu()
-    else:
-        tensors["codes"] = latents.codes.float().cpu()
+    tensors = latents_tensors(latents)
     meta = {
         "format": LATENTS_FORMAT,
         "version": LATENTS_VERSION,
         "model_id": model.model_id,
-        "model": model_ref,
+        **latents_file.model_reference(model_ref).as_metadata(),
         "quantizer": model.config.quantizer.name,
         "modality": latents.tokens.modality[0],
         "adapter_options": latents_file.json_entry("adapter_options", adapter_options or {}),
@@ -176,6 +186,20 @@ def read_latents_header(path: str | os.PathLike[str]) -> dict[str, str]:
     """Metadata of a latents file, its structure checked (`atoken.latents_file.read_header`);
     raises `atoken.latents_file.LatentsError` (a `CheckpointError`) naming the bad key."""
     return dict(latents_file.read_header(path).metadata)
+
+
+def model_of_latents(path: str | os.PathLike[str]) -> str:
+    """What to load to decode a latents file without ``--model``: the model directory it names
+    (an absolute path, or for files of older versions the path as typed), or the model's name.
+
+    Raises:
+        LatentsError: the directory is not there (moved or deleted); the one-line message says
+            to pass ``--model``.
+    """
+    meta = read_latents_header(path)
+    return latents_file.resolve_model(
+        meta["model"], meta.get("model_kind"), meta["model_id"], f"latents file '{path}'"
+    )
 
 
 def load_latents(
@@ -196,14 +220,34 @@ def load_latents(
             unless the adapter streams (``stream_sink``: budget per latent frame).
     """
     header = latents_file.read_header(path)
+    return latents_from_header(
+        model, header, lambda: latents_file.load_tensors(header), components, whole=whole
+    )
+
+
+def latents_from_header(
+    model: Tokenizer,
+    header: latents_file.LatentsHeader,
+    read_tensors: Callable[[], dict[str, torch.Tensor]],
+    components: Components | None = None,
+    *,
+    whole: bool | None = None,
+) -> tuple[Latents, ModalityAdapter, dict[str, Any]]:
+    """`load_latents` for any latents with a checked header (a file's, or a latent shard
+    sample's from `atoken.latents_file.header_from_parts`).
+
+    Args:
+        read_tensors: reads the tensors with their values checked
+            (`atoken.latents_file.check_values`); called after the header and layout checks.
+    """
     latents_file.check_against_model(header, model)
     comps = components or default_components()
     modality = header.metadata["modality"]
-    adapter = adapter_for(path, modality, header.adapter_options or None, comps, model=model)
+    adapter = adapter_for(header.path, modality, header.adapter_options or None, comps, model=model)
     if whole is None:
         whole = not has_capability(adapter, "stream_sink")
     grid = latents_file.check_layout(header, tuple(model.config.patch_size), streamed=not whole)
-    tensors = latents_file.load_tensors(header)
+    tensors = read_tensors()
     coords = tensors["coords"]
     if grid is not None:
         latents_file.check_grid_coords(header, grid, coords)
@@ -252,6 +296,19 @@ def decode_to_file(
         ``{"streamed": bool, "shape": [...]}`` of what was written.
     """
     latents, adapter, meta = load_latents(model, path, components)
+    return decode_latents_to_file(model, latents, adapter, meta, output, progress)
+
+
+def decode_latents_to_file(
+    model: Tokenizer,
+    latents: Latents,
+    adapter: ModalityAdapter,
+    meta: dict[str, Any],
+    output: str | os.PathLike[str],
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Decode checked latents (`load_latents`, `latents_from_header`) into ``output``
+    (atomically; streamed through ``stream_sink`` when the adapter has it)."""
     if not has_capability(adapter, "stream_sink"):
         with torch.inference_mode():
             decoded = model.decode(latents)

@@ -538,3 +538,21 @@ def test_a_plugin_registers_a_data_source_whose_options_the_config_check_validat
     raw["data"][0] = {"name": "every", "task": "video_rec", "path": str(small_dir)}
     with pytest.raises(ConfigError, match=r"unknown data source 'every' for task 'video_rec'"):
         validate_train_config(raw, components=components)
+
+
+def test_pack_keeps_caption_sidecars_as_txt_members(photo_dir, tmp_path):
+    """``NAME.txt`` beside ``NAME.ext`` (the sidecar folder sources read for ``*_und`` tasks)
+    becomes the sample's ``txt`` member, which the shard source reads back as the caption."""
+    src = tmp_path / "src"
+    shutil.copytree(photo_dir, src)
+    (src / "a" / "chelsea.txt").write_text("a cat on a sofa\n", encoding="utf-8")
+    (src / "ihc.txt").write_text("stained tissue", encoding="utf-8")
+    shards = pack_folder(src, tmp_path / "shards", shard_size=3)
+    with tarfile.open(shards[0]) as tar:
+        names = tar.getnames()
+    assert names[:3] == ["a/b/coffee.png", "a/chelsea.png", "a/chelsea.txt"]
+    packed = WebDatasetSource(shards.pattern)
+    assert packed.all_keys() == GOOD_KEYS
+    captions = [packed.caption(i) for i in range(len(packed))]
+    assert captions == [None, "a cat on a sofa", None, "stained tissue"]
+    assert shards.samples == len(GOOD_KEYS)  # captions are members, not samples

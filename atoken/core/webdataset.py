@@ -27,6 +27,7 @@ Format"); POSIX.1-2001 pax / ustar archive layout (``tarfile``).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tarfile
@@ -58,6 +59,17 @@ class TarMember:
     ext: str
     caption_offset: int = 0
     caption_size: int = -1
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one member with fixed metadata (mtime 0, mode 0644, owner 0: reproducible shards)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:

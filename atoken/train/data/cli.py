@@ -55,7 +55,9 @@ def pack_command(
     """Pack the files under SRC that one adapter reads (photos, clips) into WebDataset tar
     shards in OUTPUT.
 
-    Files keep their original bytes; unreadable ones are skipped and counted. Train on the
+    Files keep their original bytes, and a caption sidecar NAME.txt beside NAME.ext goes in as
+    the sample's txt member; unreadable files are skipped and counted. Pre-tokenise the shards
+    with `atoken encode OUTPUT/PREFIX-{000000..000009}.tar -o LATENTS/`. Train on the
     result with a data source such as
     {name = "webdataset", path = "OUTPUT/PREFIX-{000000..000009}.tar"}.
     """

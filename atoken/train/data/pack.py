@@ -6,9 +6,12 @@ files are not samples), listed and keyed as a folder source lists them
 files of the folder is used (images for a folder of photos, videos for one of clips); a folder
 holding the files of several is an error that asks for one. Each readable file becomes one tar
 member ``{key}.{ext}`` holding the file's original bytes (not re-encoded), with its lower-case
-suffix as extension, ``shard_size`` samples per shard, in the folder's sorted order. Every file
-is read once first with ``adapter.load``; unreadable ones are left out and counted (in the
-result, not logged). Shards are named ``{prefix}-{000000..}.tar`` and each is
+suffix as extension, ``shard_size`` samples per shard, in the folder's sorted order. A caption
+sidecar ``NAME.txt`` beside ``NAME.ext`` (what folder sources read for ``*_und`` tasks) goes in
+as the member ``{key}.txt`` right after it (what shard sources read as the caption). Every file is
+read once first: with ``adapter.open`` when the adapter declares it (videos: every frame decoded
+once and dropped, so a long clip is checked without being held), else ``adapter.load``;
+unreadable ones are left out and counted (in the result, not logged). Shards are named ``{prefix}-{000000..}.tar`` and each is
 written to a temporary file beside it, fsynced and renamed, so a reader never sees half a shard.
 Members get fixed metadata (mtime 0, mode 0644, owner 0), so packing the same folder twice gives
 byte-identical shards.
@@ -19,17 +22,18 @@ Format"; its ``ShardWriter`` writes ``{prefix}-%06d.tar``).
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
 from atoken.core.folder_files import FolderFiles
 from atoken.core.sample_source import MAX_REASONS
 from atoken.core.serialization import atomic_write, outputs_together
+from atoken.core.webdataset import add_member
 
 if TYPE_CHECKING:
     from atoken.core.plugins import Components
@@ -68,16 +72,6 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
-
-
 def pack_suffixes(adapter: Any) -> tuple[str, ...]:
     """The suffixes of the files of ``adapter`` that are packed (its ``extensions`` but
     ``.json``: scenes are folders, not files)."""
@@ -111,6 +105,25 @@ def folder_adapter(
     registry = (components or default_components()).adapters
     if modality is not None:
         return registry.build(modality)
+    _, adapter = sole_adapter(
+        registry,
+        lambda adapter: len(list_suffixed(Path(src_dir), recursive, pack_suffixes(adapter))),
+        where=f"'{src_dir}'",
+        none_found=f"no file under '{src_dir}' has a suffix that an installed adapter reads",
+    )
+    return adapter
+
+
+def sole_adapter(
+    registry: Any, count: Callable[[Any], int], *, where: str, none_found: str
+) -> tuple[str, Any]:
+    """``(name, adapter)``: the one adapter of ``registry`` for which ``count(adapter)``, its
+    files in ``where``, is non-zero; adapters that cannot be built are passed over.
+
+    Raises:
+        InputError: none counts a file (``none_found``), or several do (the message counts
+            them and asks for ``--modality``).
+    """
     counts: dict[str, int] = {}
     built: dict[str, Any] = {}
     for entry in registry.entries():
@@ -118,18 +131,18 @@ def folder_adapter(
             adapter = registry.build(entry.name)
         except Exception:  # noqa: BLE001 - an unusable plugin must not block the others
             continue
-        n = len(list_suffixed(Path(src_dir), recursive, pack_suffixes(adapter)))
+        n = count(adapter)
         if n:
             counts[entry.name], built[entry.name] = n, adapter
     if len(counts) > 1:
         found = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
         raise InputError(
-            f"'{src_dir}' holds the files of several adapters ({found}); choose one with"
+            f"{where} holds the files of several adapters ({found}); choose one with"
             " --modality NAME"
         )
     if not counts:
-        raise InputError(f"no file under '{src_dir}' has a suffix that an installed adapter reads")
-    return built.popitem()[1]
+        raise InputError(none_found)
+    return built.popitem()
 
 
 def pack_folder(
@@ -183,12 +196,17 @@ def pack_folder(
 
     skipped: list[str] = []
 
-    def readable() -> Iterator[tuple[str, bytes]]:
+    lazy = has_capability(adapter, "open")
+
+    def readable() -> Iterator[list[tuple[str, bytes]]]:
         for i in range(len(source)):
             key, path = source.key(i), source.path(i)
+            side = path.with_suffix(".txt")
             try:
                 data = path.read_bytes()
-                adapter.load(path)  # decodes: corrupt files are left out here
+                # decodes: corrupt files are left out here (open: frame by frame, none kept)
+                adapter.open(path) if lazy else adapter.load(path)
+                caption = side.read_bytes() if side.is_file() else None
             except Exception as exc:  # unreadable: left out and counted (reported, not logged)
                 skipped.append(f"{key}: {' '.join(str(exc).split()) or type(exc).__name__}")
                 if on_file is not None:
@@ -196,7 +214,10 @@ def pack_folder(
                 continue
             if on_file is not None:
                 on_file(key, True)
-            yield f"{key}{path.suffix.lower()}", data
+            members = [(f"{key}{path.suffix.lower()}", data)]
+            if caption is not None:
+                members.append((f"{key}.txt", caption))
+            yield members
 
     items = readable()
     shards: list[Path] = []
@@ -208,7 +229,8 @@ def pack_folder(
         count = 0
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
             while item is not None and count < shard_size:
-                tar.addfile(*_tar_member(*item))
+                for member in item:
+                    add_member(tar, *member)
                 count += 1
                 item = next(items, None)
         counts.append(count)
