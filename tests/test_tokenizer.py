@@ -86,6 +86,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, components, mixed_batch) ->
     )
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "README.md",
         "config.json",
         "model.safetensors",
     ]

@@ -10,6 +10,7 @@ tokenizer's document format and `load_tokenizer` live in `atoken.core.model_dir`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +28,13 @@ from atoken.core.compile import compile_blocks
 from atoken.core.config import ModelConfig, TemporalConfig
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.execution import PRECISIONS, STREAM_GROUP_TOKENS, ExecutionPlan
+from atoken.core.latent_stats import (
+    STATS_HINT,
+    STATS_KEY,
+    LatentStats,
+    read_latent_stats,
+    stats_for,
+)
 from atoken.core.model_dir import TOKENIZER_FORMAT, _shipped_or_path, model_config_from
 from atoken.core.plugins import Components, default_components
 from atoken.core.presets import get_preset
@@ -49,6 +57,8 @@ class Latents:
         logvar: ``[N, Cz]`` posterior log-variances (None when rebuilt).
         aux_loss: scalar quantizer regulariser (KL or zero).
         metrics: quantizer metrics.
+        normalized: codes and means are ``(z - mean) / std`` by the model's `latent_stats`
+            (``encode(..., normalize=True)``); `Tokenizer.decode` undoes it first.
     """
 
     tokens: SparseTokens
@@ -57,6 +67,7 @@ class Latents:
     logvar: Tensor | None = None
     aux_loss: Tensor = field(default_factory=lambda: torch.zeros(()))
     metrics: Mapping[str, Tensor] = field(default_factory=dict)
+    normalized: bool = False
 
     @property
     def codes(self) -> Tensor:
@@ -104,7 +115,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
 
     Build it with `build_tokenizer` (or `from_pretrained`); the constructor takes finished parts.
     A loaded tokenizer knows the companion models its directory carries (`companions`, e.g. 3D's
-    ``gaussian_decoder``); adapters receive them through their `AdapterContext`.
+    ``gaussian_decoder``); adapters receive them through their `AdapterContext`, and the
+    per-channel statistics of its latents (`latent_stats`, from ``atoken stats``; None when the
+    directory has none) that ``encode(..., normalize=True)`` applies.
 
     Args:
         config: the resolved model config.
@@ -136,6 +149,8 @@ class Tokenizer(PretrainedMixin, nn.Module):
         self._backends = dict(attention_backends)
         #: the plan calls without ``plan=`` use, set by `using` (None: resolved per call)
         self._scoped_plan: ExecutionPlan | None = None
+        #: per-channel latent statistics (`atoken.core.latent_stats`), or None
+        self.latent_stats: LatentStats | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -320,6 +335,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
         plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
+        normalize: bool = False,
     ) -> Latents:
         """Tokens -> latents.
 
@@ -331,7 +347,14 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 never holds ``[N, D]``); pass ``model.plan(stream=False)`` to keep activations.
             backend: attention backend for this call (builds the plan; not with ``plan``).
             temporal: temporal tiling for this call (builds the plan; not with ``plan``).
+            normalize: return codes and means as ``(z - mean) / std`` per channel by
+                `latent_stats` (log-variances shifted by ``-2 log std``; indices unchanged),
+                marked ``normalized``; `decode` undoes it. Needs the model's statistics.
+
+        Raises:
+            InputError: ``normalize=True`` for a model without `latent_stats`.
         """
+        stats = self._require_stats() if normalize else None
         plan = self._plan_for(plan, backend, temporal, stream=True)
         if plan.streamed:  # per-token layers per tile step, projection included
             tokens = self.prepare(inputs)
@@ -343,9 +366,28 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 lambda h: self.proj(enc.post_layernorm(h)),
                 2 * self.config.latent_channels,
             )  # [N, 2Cz]
-            return self._quantize_projected(tokens, z, sample=sample, generator=generator)
-        dense = self.encode_dense(inputs, plan=plan)
-        return self.quantize(dense, sample=sample, generator=generator)
+            latents = self._quantize_projected(tokens, z, sample=sample, generator=generator)
+        else:
+            dense = self.encode_dense(inputs, plan=plan)
+            latents = self.quantize(dense, sample=sample, generator=generator)
+        return latents if stats is None else _normalized(latents, stats)
+
+    def _require_stats(self) -> LatentStats:
+        if self.latent_stats is None:
+            raise InputError(
+                "this model has no latent statistics (latent_stats), so latents cannot be"
+                f" normalised; {STATS_HINT}"
+            )
+        return self.latent_stats
+
+    def normalize_latents(self, z: Tensor, dim: int = -1) -> Tensor:
+        """``(z - mean) / std`` per latent channel (axis ``dim``: ``-1`` for rows ``[N, Cz]``,
+        ``1`` for dense ``[B, Cz, ...]``) by `latent_stats`."""
+        return self._require_stats().normalize(z, dim)
+
+    def denormalize_latents(self, z: Tensor, dim: int = -1) -> Tensor:
+        """``z * std + mean`` per latent channel: the inverse of `normalize_latents`."""
+        return self._require_stats().denormalize(z, dim)
 
     def encode_chunks(
         self,
@@ -478,6 +520,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
         plan: ExecutionPlan | None = None,
         backend=None,
         temporal: TemporalConfig | None = None,
+        normalized: bool | None = None,
     ) -> SparseTokens:
         """Latents -> patch values, ``feats [N, 3072]`` in about [-1, 1], same layout.
 
@@ -487,8 +530,14 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 plus one step in memory); pass ``model.plan(stream=False)`` to keep activations.
             backend: attention backend for this call (builds the plan; not with ``plan``).
             temporal: temporal tiling for this call (builds the plan; not with ``plan``).
+            normalized: the codes are normalised by `latent_stats` (``z * std + mean`` is
+                applied first); None: as `Latents.normalized` says (False for `SparseTokens`).
         """
         tokens = self._decoder_input(latents)
+        if normalized is None:
+            normalized = isinstance(latents, Latents) and latents.normalized
+        if normalized:
+            tokens = tokens.replace(self.denormalize_latents(tokens.feats))
         return self.decoder(tokens, self._plan_for(plan, backend, temporal, stream=True))
 
     def _decoder_input(self, latents: Latents | SparseTokens) -> SparseTokens:
@@ -609,7 +658,11 @@ class Tokenizer(PretrainedMixin, nn.Module):
     def pretrained_provenance(self) -> dict[str, Any]:
         from atoken.core.plugins import _atoken_version
 
-        return {"atoken_version": _atoken_version()}
+        out: dict[str, Any] = {"atoken_version": _atoken_version()}
+        stats = stats_for(self, self.latent_stats, "save_pretrained")  # stale ones are dropped
+        if stats is not None:
+            out[STATS_KEY] = stats.to_json()
+        return out
 
     @classmethod
     def config_from_pretrained(cls, data: Mapping[str, Any], where: str) -> ModelConfig:
@@ -633,11 +686,27 @@ class Tokenizer(PretrainedMixin, nn.Module):
         (``"atoken-tiny-photo"``, see `atoken.models`); no pickle is ever read.
 
         Nothing is allocated until the weights file's header fits what ``config.json``
-        declares; the companion folders it carries are in `companions`.
+        declares; the companion folders it carries are in `companions`, and its latent
+        statistics (``latent_stats``, dropped with a logged line when they were computed with
+        other weights) in `latent_stats`.
         """
-        return super().from_pretrained(
-            _shipped_or_path(path), map_location=map_location, components=components
-        )
+        where = _shipped_or_path(path)
+        model = super().from_pretrained(where, map_location=map_location, components=components)
+        stats = read_latent_stats(where, model.config.latent_channels)
+        model.latent_stats = stats_for(model, stats, str(where))
+        return model
+
+
+def _normalized(latents: Latents, stats: LatentStats) -> Latents:
+    """``latents`` with codes and means normalised per channel by ``stats``."""
+    std = torch.tensor(stats.std, device=latents.codes.device, dtype=latents.codes.dtype)
+    return dataclasses.replace(
+        latents,
+        tokens=latents.tokens.replace(stats.normalize(latents.codes)),
+        mean=None if latents.mean is None else stats.normalize(latents.mean),
+        logvar=None if latents.logvar is None else latents.logvar - 2 * std.log(),
+        normalized=True,
+    )
 
 
 def _compact(x: Tensor) -> Tensor:
