@@ -77,6 +77,11 @@ def test_save_then_load_gives_the_same_model_card_and_companions(tmp_path) -> No
         "config": {"width": 5},
         "trained_by": 3,
         "companions": {"helper": "tests/toy"},
+        **{
+            "_class_name": "Toy",
+            "_library": Toy.__module__.split(".")[0],
+            "_library_version": None,
+        },
     }
     assert read_card(out) == "# toy\n" and read_card(out / "helper") is None
     loaded = Toy.from_pretrained(out)
@@ -156,7 +161,11 @@ def test_tokenizer_directory_format_is_unchanged_and_declares_companions(tmp_pat
     tok = atoken.build_tokenizer("atoken-tiny")
     out = tok.save_pretrained(tmp_path / "tiny", companions={"helper": _toy()})
     doc = json.loads((out / CONFIG_NAME).read_text())
-    assert set(doc) == {"format", "format_version", "atoken_version", "model", "companions"}
+    assert set(doc) == {"format", "format_version", "atoken_version", "model", "companions"} | {
+        "_class_name",
+        "_library",
+        "_library_version",
+    }
     assert doc["format"] == "atoken" and doc["format_version"] == 1
     assert load_file(str(out / WEIGHTS_NAME)).keys() == tok.state_dict().keys()
     loaded = atoken.Tokenizer.from_pretrained(out)

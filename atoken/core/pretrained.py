@@ -3,20 +3,28 @@
 A pretrained directory holds
 
 - ``config.json``: a config document ``{"format": NAME, "format_version": N, <config key>:
-  {...}, <provenance keys>..., "companions": {...}}``. It is read size-checked
-  (`MAX_CONFIG_BYTES`), its top-level keys are the format's and nothing else, and the config
-  object is validated by the model's own config model (unknown keys refused);
+  {...}, <provenance keys>..., "companions": {...}}`` plus the class identification
+  (`CLASS_KEYS`: ``"_class_name": "Tokenizer", "_library": "atoken", "_library_version":
+  "0.1.0"``, in the spirit of diffusers' ``_class_name`` / ``_diffusers_version``; documents
+  written before it existed load unchanged). It is read size-checked (`MAX_CONFIG_BYTES`), its
+  top-level keys are the format's and nothing else, and the config object is validated by the
+  model's own config model (unknown keys refused). A document of another format that names its
+  class says so in the one-line error (a Gaussian decoder folder given as a tokenizer);
 - ``model.safetensors``: the state dict. Its header is compared with the state dict the config
   builds on the meta device before any parameter is allocated (names, shapes, dtype kinds, and
   the model-size budget), then it is loaded strictly. Nothing is ever unpickled;
-- optionally ``README.md``, a model card;
+- ``README.md``, a model card with the Hub's YAML front matter (`atoken.core.hub.render_card`;
+  written unless a card is given, ``card=False`` for none);
 - optionally companion models in subfolders (``gaussian_decoder/``, ...), each a pretrained
   directory of its own, declared in the parent's ``companions`` (name -> format).
 
 `PretrainedMixin` gives an ``nn.Module`` ``save_pretrained`` (all files land together, or none:
 `atoken.core.serialization.outputs_together`) and ``from_pretrained``; a class declares its
 `PretrainedFormat` and three small hooks (its config as a dict, the config back from a dict,
-building the module for a config). The tokenizer (`atoken.core.tokenizer.Tokenizer`) and the
+building the module for a config). ``from_pretrained`` also takes a Hugging Face repo id
+(``org/name[@revision]``) resolved through huggingface_hub's cache
+(`atoken.core.hub.resolve_pretrained`; a local directory of the same name wins), and
+``push_to_hub`` uploads a ``save_pretrained`` folder. The tokenizer (`atoken.core.tokenizer.Tokenizer`) and the
 3D plugin's Gaussian decoder use it; checkpoint export writes through the tokenizer's
 ``save_pretrained``.
 
@@ -26,9 +34,12 @@ diffusers (``config.json`` + ``model.safetensors`` + model card; ``ModelMixin``)
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata as md
+import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +48,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from atoken.core.hub import CardInfo, render_card, resolve_pretrained
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_bytes,
@@ -53,6 +65,9 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 #: the key of a config document that declares its companion subfolders
 COMPANIONS_KEY = "companions"
+#: the class identification of every config document: class name, its distribution and version
+CLASS_NAME_KEY, LIBRARY_KEY, LIBRARY_VERSION_KEY = "_class_name", "_library", "_library_version"
+CLASS_KEYS = (CLASS_NAME_KEY, LIBRARY_KEY, LIBRARY_VERSION_KEY)
 
 #: largest ``config.json`` read (a real one is a few KiB)
 MAX_CONFIG_BYTES = 1 << 20
@@ -72,6 +87,9 @@ class PretrainedFormat:
         config_key: the key holding the config object (``"model"``, ``"config"``).
         keys: other top-level keys a document may hold (provenance such as ``converted_from``).
         what: what the directory holds, for messages (``"model"``, ``"Gaussian decoder"``).
+        card_facts: what the default model card says of a config object: ``(facts, tags)``,
+            facts as ``(label, text)`` lines of its ``Model`` list, tags added to the card's
+            (default: none beyond ``atoken``).
     """
 
     name: str
@@ -79,11 +97,21 @@ class PretrainedFormat:
     config_key: str
     keys: tuple[str, ...] = ()
     what: str = "model"
+    card_facts: (
+        Callable[[Mapping[str, Any]], tuple[Sequence[tuple[str, str]], Sequence[str]]] | None
+    ) = None
 
     @property
     def document_keys(self) -> tuple[str, ...]:
         """Every top-level key a document of this format may hold."""
-        return ("format", "format_version", self.config_key, *self.keys, COMPANIONS_KEY)
+        return (
+            "format",
+            "format_version",
+            *CLASS_KEYS,
+            self.config_key,
+            *self.keys,
+            COMPANIONS_KEY,
+        )
 
     def document(
         self,
@@ -91,13 +119,17 @@ class PretrainedFormat:
         *,
         extra: Mapping[str, Any] | None = None,
         companions: Mapping[str, str] | None = None,
+        model_class: type | None = None,
     ) -> dict[str, Any]:
-        """The config document of ``config`` (``extra``: provenance keys of `keys`).
+        """The config document of ``config`` (``extra``: provenance keys of `keys`;
+        ``model_class``: the class identified in it, `class_identity`).
 
         Raises:
             ValueError: a key of ``extra`` that is not one of `keys`.
         """
         doc: dict[str, Any] = {"format": self.name, "format_version": self.version}
+        if model_class is not None:
+            doc.update(class_identity(model_class))
         for key, value in (extra or {}).items():
             if key not in self.keys:
                 raise ValueError(
@@ -110,14 +142,35 @@ class PretrainedFormat:
             doc[COMPANIONS_KEY] = dict(companions)
         return doc
 
-    def check(self, doc: Any, where: os.PathLike[str] | str) -> dict[str, Any]:
+    def check(
+        self, doc: Any, where: os.PathLike[str] | str, *, expected_class: str | None = None
+    ) -> dict[str, Any]:
         """``doc`` checked as a document of this format (top level only; the config object is
         validated by the model's config model).
 
+        Args:
+            doc: the parsed ``config.json``.
+            where: its path, for messages.
+            expected_class: the class loading it, named when ``doc`` is of another format.
+
         Raises:
-            CheckpointError: another format, a bad or newer ``format_version``, an unknown
-                top-level key, or a config / companions entry that is not an object.
+            CheckpointError: another format (naming the class the document identifies, if it
+                does), a bad or newer ``format_version``, an unknown top-level key, a class
+                identification that is not a string, or a config / companions entry that is
+                not an object.
         """
+        named = doc.get(CLASS_NAME_KEY) if isinstance(doc, dict) else None
+        if isinstance(named, str) and doc.get("format") != self.name and named != expected_class:
+            lib = ", ".join(
+                [" ".join(str(doc[k]) for k in (LIBRARY_KEY, LIBRARY_VERSION_KEY) if doc.get(k))]
+                + [f"format {doc.get('format')!r}"]
+            ).lstrip(", ")
+            wanted = f"{expected_class}, " if expected_class else ""
+            raise CheckpointError(
+                f"{where} holds a {named} ({lib}), not {_article(self.what)} {self.what}"
+                f" ({wanted}format {self.name!r}); load it with {named}.from_pretrained, or give"
+                " the model directory it belongs to"
+            )
         if (
             not isinstance(doc, dict)
             or doc.get("format") != self.name
@@ -137,6 +190,14 @@ class PretrainedFormat:
                 f"{where}: {', '.join(unknown)}: unknown key (a {self.name} config.json holds"
                 f" {', '.join(self.document_keys)})"
             )
+        bad = [
+            k
+            for k in CLASS_KEYS
+            if k in doc
+            and not (isinstance(doc[k], str) or (doc[k] is None and k != CLASS_NAME_KEY))
+        ]
+        if bad:
+            raise CheckpointError(f"{where}: {bad[0]}: expected a string, got {doc[bad[0]]!r}")
         if not isinstance(doc[self.config_key], dict):
             raise CheckpointError(
                 f"{where}: {self.config_key}: expected an object, got"
@@ -163,6 +224,29 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+def class_identity(cls: type) -> dict[str, Any]:
+    """``{"_class_name", "_library", "_library_version"}`` of ``cls``: its name, the
+    distribution that provides its top-level package (the package name when none does) and
+    that distribution's version (None when unknown)."""
+    library, version = _library_of(cls.__module__.split(".")[0])
+    return {CLASS_NAME_KEY: cls.__name__, LIBRARY_KEY: library, LIBRARY_VERSION_KEY: version}
+
+
+@functools.lru_cache(maxsize=64)
+def _library_of(package: str) -> tuple[str, str | None]:
+    for name in (package, package.replace("_", "-")):
+        try:
+            return md.metadata(name)["Name"] or name, md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    for name in md.packages_distributions().get(package, ()):
+        try:
+            return name, md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return package, None
+
+
 def _is_folder_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name
 
@@ -184,14 +268,17 @@ def _read_small(where: Path, what: str, limit: int, hint: str) -> None:
         )
 
 
-def read_document(directory: str | os.PathLike[str], fmt: PretrainedFormat) -> dict[str, Any]:
-    """The checked config document of a pretrained directory (size checked before reading)."""
+def read_document(
+    directory: str | os.PathLike[str], fmt: PretrainedFormat, *, expected_class: str | None = None
+) -> dict[str, Any]:
+    """The checked config document of a pretrained directory (size checked before reading;
+    ``expected_class``: the loading class, named when the document is of another format)."""
     where = Path(directory) / CONFIG_NAME
     what = f"{fmt.what} config"
     _read_small(
         where, what, MAX_CONFIG_BYTES, f"{_article(fmt.what)} {fmt.what} config.json is a few KiB"
     )
-    return fmt.check(read_json(where, what=what), where)
+    return fmt.check(read_json(where, what=what), where, expected_class=expected_class)
 
 
 def read_card(directory: str | os.PathLike[str]) -> str | None:
@@ -378,13 +465,25 @@ def write_pretrained(
     state: Mapping[str, Tensor],
     *,
     provenance: Mapping[str, Any] | None = None,
-    card: str | None = None,
+    card: str | CardInfo | bool | None = None,
     companions: Mapping[str, PretrainedMixin] | None = None,
+    model_class: type | None = None,
 ) -> Path:
     """Write a pretrained directory from its parts; every file lands together, or none does.
 
     What `PretrainedMixin.save_pretrained` does, for a state dict that is not held by a module
     (e.g. converted release weights, written without building the network).
+
+    Args:
+        directory: created if needed; files of the same names are replaced.
+        fmt: the document format.
+        config: the config object.
+        state: the state dict.
+        provenance: top-level keys of ``fmt.keys``.
+        card: the model card's text; a `CardInfo` (or None) for the generated one
+            (`default_card`); False for none.
+        companions: subfolder name -> pretrained model saved there (without a card).
+        model_class: the class identified in ``config.json`` (`class_identity`).
 
     Raises:
         ValueError: a companion name that is not a plain folder name, a companion that is not
@@ -408,15 +507,65 @@ def write_pretrained(
         config,
         extra=provenance,
         companions={n: m.pretrained_format.name for n, m in companions.items()},
+        model_class=model_class,
     )
+    if card is True:
+        card = None
+    if card is not False and not isinstance(card, str):
+        card = default_card(directory.name, doc, fmt, state, card)
     with outputs_together():  # weights first: they are renamed into place before config.json
         save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": fmt.name})
         atomic_write_json(directory / CONFIG_NAME, doc)
-        if card is not None:
+        if isinstance(card, str):
             atomic_write_bytes(directory / CARD_NAME, card.encode("utf-8"))
         for name, model in companions.items():
-            model.save_pretrained(directory / name)
+            model.save_pretrained(directory / name, card=False)
     return directory
+
+
+def default_card(
+    name: str,
+    doc: Mapping[str, Any],
+    fmt: PretrainedFormat,
+    state: Mapping[str, Tensor],
+    info: CardInfo | None = None,
+) -> str:
+    """The model card ``save_pretrained`` writes when none is given: the Hub's YAML front matter
+    (licence, ``library_name: atoken``, tags, ``base_model``, metrics with their protocol, from
+    ``info``) and what the directory holds (class, format, parameters, the format's
+    ``card_facts``, companions, provenance).
+
+    Args:
+        name: the model's name (the directory's).
+        doc: its config document.
+        fmt: its format.
+        state: its state dict (counted, never read).
+        info: what the model does not know of itself (`atoken.core.hub.CardInfo`).
+    """
+    info = info or CardInfo()
+    numbers = sum(math.prod(v.shape) for v in state.values())
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
+    facts: list[tuple[str, str]] = []
+    if doc.get(CLASS_NAME_KEY):
+        lib = " ".join(
+            str(doc[k]) for k in (LIBRARY_KEY, LIBRARY_VERSION_KEY) if doc.get(k) is not None
+        )
+        facts.append(("Class", f"`{doc[CLASS_NAME_KEY]}`" + (f" ({lib})" if lib else "")))
+    facts.append(("Format", f"`{fmt.name}` version {fmt.version} ({fmt.what})"))
+    facts.append(("Parameters", f"{numbers:,} ({', '.join(dtypes) or 'none'}, safetensors)"))
+    tags: list[str] = []
+    if fmt.card_facts is not None:
+        more, tags_more = fmt.card_facts(doc[fmt.config_key])
+        facts += list(more)
+        tags += list(tags_more)
+    if doc.get(COMPANIONS_KEY):
+        facts.append(
+            ("Companions", ", ".join(f"`{n}/` ({f})" for n, f in doc[COMPANIONS_KEY].items()))
+        )
+    for key in fmt.keys:
+        if doc.get(key) is not None and key not in ("atoken_version",):
+            facts.append((key.replace("_", " ").capitalize(), f"`{json.dumps(doc[key])}`"))
+    return render_card(info, tags=tags, model_name=name, facts=facts)
 
 
 # --------------------------------------------------------------------------- the mixin
@@ -465,16 +614,19 @@ class PretrainedMixin:
         self,
         directory: str | os.PathLike[str],
         *,
-        card: str | None = None,
+        card: str | CardInfo | bool | None = None,
         companions: Mapping[str, PretrainedMixin] | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``README.md`` + companion folders)
-        into ``directory``; every file lands together when all are written, or none does.
+        """Write ``config.json`` (with the class identification) + ``model.safetensors`` +
+        ``README.md`` (+ companion folders) into ``directory``; every file lands together when
+        all are written, or none does.
 
         Args:
             directory: created if needed; files of the same names are replaced.
-            card: the model card (Markdown), written as ``README.md``.
+            card: the model card (Markdown) written as ``README.md``; None (or a
+                `atoken.core.hub.CardInfo` with base model, metrics and their protocol, ...)
+                writes the generated card (`default_card`); False writes none.
             companions: subfolder name -> pretrained model saved there and declared in the
                 document (e.g. ``{"gaussian_decoder": decoder}``).
             provenance: more top-level keys of the format (e.g. ``trained_by``).
@@ -492,7 +644,22 @@ class PretrainedMixin:
             provenance={**self.pretrained_provenance(), **(provenance or {})},
             card=card,
             companions=companions,
+            model_class=type(self),
         )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model as the Hugging Face repo ``repo_id`` (needs huggingface_hub):
+        `save_pretrained` into a temporary folder (model card included), then ``create_repo``
+        and ``upload_folder``. The keywords (``commit_message``, ``private``, ``token``,
+        ``revision``, ``create_pr``, ``card`` and ``save_pretrained``'s) are those of
+        `atoken.core.hub.push_to_hub`.
+
+        Returns:
+            huggingface_hub's ``CommitInfo``.
+        """
+        from atoken.core.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -503,13 +670,17 @@ class PretrainedMixin:
         config_overrides: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Self:
-        """Load a directory written by `save_pretrained`; no pickle is ever read.
+        """Load a directory written by `save_pretrained`, or a Hugging Face repo id
+        (``org/name[@revision]``, resolved through huggingface_hub's cache:
+        `atoken.core.hub.resolve_pretrained`; a local directory of that name wins); no pickle is
+        ever read.
 
         Nothing is allocated until the weights file's header fits what ``config.json``
-        declares (built on the meta device first).
+        declares (built on the meta device first). A ``config.json`` of another format that
+        names its class says which class it holds.
 
         Args:
-            directory: the pretrained directory.
+            directory: the pretrained directory, or a Hub repo id.
             map_location: device to move the model to (None: leave it on the CPU as loaded).
             config_overrides: config values replacing the document's (top-level keys of the
                 config object), validated with them.
@@ -520,11 +691,11 @@ class PretrainedMixin:
                 not hold (see `read_document`, `check_weights_header`), or a declared companion
                 that is missing.
         """
-        path = Path(directory)
         fmt = cls.pretrained_format
+        path = resolve_pretrained(directory, what=fmt.what)
         if not path.is_dir():
             raise CheckpointError(f"{fmt.what} directory {str(path)!r} does not exist")
-        doc = read_document(path, fmt)
+        doc = read_document(path, fmt, expected_class=cls.__name__)
         data = {**doc[fmt.config_key], **(config_overrides or {})}
         config = cls.config_from_pretrained(data, str(path / CONFIG_NAME))
         companions = companion_dirs(path, doc.get(COMPANIONS_KEY))

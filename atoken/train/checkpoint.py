@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from atoken.core.hub import CardInfo
 from atoken.core.model_dir import config_document
 from atoken.core.pretrained import CONFIG_NAME, load_state_dict_checked
 from atoken.core.serialization import (
@@ -345,12 +346,15 @@ def export_model_dir(
     *,
     step: int | None = None,
     companions: Sequence[Callable[[Path], None]] = (),
+    base_model: str | None = None,
 ) -> Path:
     """(Re)write ``run_dir/model`` as a ``from_pretrained`` directory, replacing it atomically.
 
     It holds the EMA weights if ``ema`` is given, else ``model``'s own. A `Tokenizer` is written
-    with ``save_pretrained`` (``config.json`` + ``model.safetensors``); any other module gets
-    ``model.safetensors`` only. ``source.json`` records the step and which weights these are.
+    with ``save_pretrained`` (``config.json`` + ``model.safetensors`` + a model card stating the
+    step, the weights, ``base_model`` (the ``model.from_pretrained`` it was fine-tuned from) and
+    the run's latest held-out metrics with their protocol: `run_card_info`); any other module
+    gets ``model.safetensors`` only. ``source.json`` records the step and which weights these are.
     Each of ``companions`` is called with the new directory before it replaces the old one, to
     write its companion folders (a task objective's ``export_companions``).
 
@@ -364,7 +368,9 @@ def export_model_dir(
     tmp = run_dir / f"{MODEL_DIR}.tmp"
     tmp.mkdir()
     if isinstance(target, Tokenizer):
-        target.save_pretrained(tmp)
+        target.save_pretrained(
+            tmp, card=run_card_info(run_dir, step, ema is not None, base_model=base_model)
+        )
     else:
         _write_tensors(tmp / MODEL_FILE, target.state_dict())
     for write in companions:
@@ -375,6 +381,75 @@ def export_model_dir(
     _write_file(tmp / SOURCE_NAME, _json_bytes(source))
     fsync_dir(tmp)
     return _swap_in(tmp, run_dir / MODEL_DIR)
+
+
+def run_card_info(
+    run_dir: Path, step: int | None, ema: bool, *, base_model: str | None = None
+) -> CardInfo:
+    """The model card facts of a run's exported model: how it was trained, what it started
+    from, and the newest held-out evaluation in ``run_dir/eval.jsonl`` at or before ``step``
+    (means of PSNR / SSIM / LPIPS, with N, the data, the tokens per sample and the metric
+    convention as the protocol). Unreadable log lines are skipped."""
+    from atoken.core.hub import CardInfo, Metric, parse_repo_id
+
+    record: dict[str, Any] | None = None
+    try:
+        lines = (run_dir / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            if step is None or rec["step"] <= step:
+                record = rec
+    weights = "EMA weights" if ema else "raw weights"
+    text = f"Trained with `atoken train` ({weights}" + (
+        f", step {step})." if step is not None else ")."
+    )
+    relation = None
+    if base_model is not None:
+        text += f" Started from `{base_model}`."
+        relation = "finetune"
+        if parse_repo_id(base_model) is None:  # a local folder is no Hub id
+            base_model = relation = None
+    metrics: list[Metric] = []
+    protocol: dict[str, Any] = {}
+    units = {"psnr": ("PSNR", "dB"), "ssim": ("SSIM", ""), "lpips": ("LPIPS", "")}
+    if record is not None:
+        for key, (label, unit) in units.items():
+            value = record.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics.append(Metric(label, float(value), key, unit))
+        rows = [r for r in record.get("images") or [] if isinstance(r, dict)]
+        tokens = sorted({r["tokens"] for r in rows if isinstance(r.get("tokens"), int)})
+        protocol = {
+            "step": record["step"],
+            "weights": weights,
+            "N": len(rows),
+            "samples": ", ".join(str(r.get("image")) for r in rows) or None,
+            "tokens_per_sample": (
+                f"{tokens[0]}" if len(tokens) == 1 else f"{tokens[0]}-{tokens[-1]}"
+            )
+            if tokens
+            else None,
+            **{
+                f"{k}_convention": v
+                for k, v in (record.get("convention") or {}).items()
+                if isinstance(v, str)
+            },
+        }
+    data = record.get("data") if record is not None else None
+    return CardInfo(
+        description=text,
+        base_model=base_model,
+        base_model_relation=relation,
+        metrics=metrics,
+        dataset=f"held-out {data}" if isinstance(data, str) else "held-out data",
+        protocol=protocol,
+    )
 
 
 def _swap_in(tmp: Path, current: Path) -> Path:
@@ -526,7 +601,15 @@ class CheckpointManager:
             raise
         self._prune(step)
         if export:
-            export_model_dir(self.run_dir, model, ema, step=step, companions=companions)
+            start = ((extra or {}).get("config") or {}).get("model") or {}
+            export_model_dir(
+                self.run_dir,
+                model,
+                ema,
+                step=step,
+                companions=companions,
+                base_model=start.get("from_pretrained") if isinstance(start, dict) else None,
+            )
         return final
 
     def _prune(self, step: int) -> None:
