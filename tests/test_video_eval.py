@@ -353,7 +353,7 @@ def test_eval_cli_on_a_clip_folder(folder, no_i3d, tmp_path) -> None:
     video = data["per_video"][0]
     assert len(video["per_frame"]["psnr"]) == 13 and video["video"] == "b.mp4"
     assert data["lpips_unavailable"] == "disabled" and "lpips" not in video["per_frame"]
-    printed = json.loads(result.output[: result.output.rindex("}") + 1])
+    printed = json.loads(result.stdout)
     assert "per_video" not in printed and printed["video"]["clips"] == 1
     bad = run("eval", "--data", folder, "--i3d", tmp_path / "missing.pt", "--no-lpips")
     assert bad.exit_code == 1 and "do not exist" in bad.output

@@ -228,6 +228,8 @@ def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
         i3d=a["i3d"],
         fvd_window=a["fvd_window"],
         adapter_options=_adapter_options(a.get("adapter_options", ())),
+        rfid=not a.get("no_rfid", False),
+        inception=a.get("inception"),
     )
 
 
@@ -303,6 +305,15 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     " TorchScript i3d_torchscript.pt (default: $ATOKEN_I3D, then ~/.cache/atoken/i3d/)",
 )
 @click.option(
+    "--inception",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="reconstruction: FID Inception-v3 weights for rFID, pt_inception-2015-12-05.safetensors"
+    " (pytorch-fid's state dict) or the TorchScript inception-2015-12-05.pt (default:"
+    " $ATOKEN_INCEPTION, then ~/.cache/atoken/inception/, then $TORCH_HOME/hub/checkpoints/)",
+)
+@click.option("--no-rfid", is_flag=True, help="reconstruction: skip rFID")
+@click.option(
     "--fvd-window",
     default=16,
     show_default=True,
@@ -332,13 +343,18 @@ def eval_cmd(task, model, data, output, **options) -> None:
     """Evaluate a model on a data set; print a JSON summary, write the full results with -o.
 
     --task reconstruction takes a folder of images and/or video clips: PSNR/SSIM/LPIPS per image
-    and per frame (summarised), rFVD when I3D weights are found locally; progress counts files
-    and video frames. Files of plugin modalities (e.g. meshes with atoken-plugin-3d: PSNR/SSIM/
-    LPIPS over held-out views) are evaluated by their adapter and summarised per modality.
+    and per frame (summarised), rFID when FID Inception weights and rFVD when I3D weights are
+    found locally; progress counts files and video frames. Files of plugin modalities (e.g.
+    meshes with atoken-plugin-3d: PSNR/SSIM/LPIPS over held-out views) are evaluated by their
+    adapter and summarised per modality. The JSON's "protocol" records resolution, crop, N, the
+    reference set and the feature extractors (file and SHA-256), and says when rFID is
+    N-limited (N < 2048 is biased); a summary of it is printed after the numbers.
     """
     from atoken.core.frame_metrics import json_safe
-    from atoken.core.serialization import atomic_write_json
+    from atoken.core.serialization import atomic_write_json, check_output_target
 
+    if output is not None:  # refuse a bad target before any model loads or work starts
+        check_output_target(output, "output")
     if task in _HEAD_TASKS:
         tok = _understanding_model(model, options["device"])
     else:
@@ -348,6 +364,12 @@ def eval_cmd(task, model, data, output, **options) -> None:
     detail = ("per_class", "confusion", "per_image", "per_video")
     summary = {k: v for k, v in results.items() if k not in detail}
     click.echo(json.dumps(summary, indent=2))
-    if output is not None:
+    if output is not None:  # written before the protocol note, so a failed write is one line
         atomic_write_json(output, results)
+    if task == "reconstruction":
+        from atoken.eval.reconstruction import describe_protocol
+
+        for line in describe_protocol(results):
+            click.echo(line, err=True)
+    if output is not None:
         click.echo(f"results -> {output}", err=True)

@@ -33,8 +33,6 @@ preprocessing; piergiaj/pytorch-i3d (state-dict layout, TF "SAME" padding); Styl
 from __future__ import annotations
 
 import os
-import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from torch import Tensor, nn
 from atoken.core.errors import AtokenError
 from atoken.core.pretrained import load_state_dict_checked
 from atoken.core.serialization import CheckpointError, load_tensors
+from atoken.eval.detector_files import is_safetensors, load_torchscript
 
 I3D_ENV = "ATOKEN_I3D"
 I3D_FILES = ("i3d.safetensors", "i3d_torchscript.pt")
@@ -228,36 +227,6 @@ class I3DFeatures:
         return out.float()
 
 
-def _is_safetensors(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    return len(head) == 9 and int.from_bytes(head[:8], "little") > 0 and head[8:9] == b"{"
-
-
-def _torchscript(path: Path) -> nn.Module:
-    """``torch.jit.load`` a TorchScript archive; a ``torch.save`` pickle is refused unread."""
-    try:
-        names = zipfile.ZipFile(path).namelist()
-    except zipfile.BadZipFile:
-        names = []
-    if not any(n.endswith("constants.pkl") for n in names) or not any("/code/" in n for n in names):
-        kind = "a torch.save checkpoint (a pickle)" if names else "neither safetensors nor a zip"
-        raise CheckpointError(
-            f"I3D file {str(path)!r} is {kind}; atoken reads only safetensors or TorchScript"
-            " archives and never unpickles weights. Convert a checkpoint you trust to"
-            " safetensors (pytorch-i3d layout) outside atoken"
-        )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated
-        try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(
-                f"I3D file {str(path)!r} is not a loadable TorchScript ({first})"
-            ) from None
-
-
 def find_i3d(path: str | os.PathLike[str] | None = None) -> Path:
     """The I3D file to use: ``path``, else ``$ATOKEN_I3D``, else one in `i3d_dir`.
 
@@ -290,7 +259,7 @@ def load_i3d(
             tensors do not fit I3D.
     """
     file = find_i3d(path)
-    if _is_safetensors(file):
+    if is_safetensors(file):
         state = load_tensors(file, what="I3D weights")
         classes = state["logits.conv3d.bias"].shape[0] if "logits.conv3d.bias" in state else 400
         net = I3D(classes)
@@ -299,4 +268,12 @@ def load_i3d(
         weights = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         load_state_dict_checked(net, {**counters, **weights}, source=str(file))
         return I3DFeatures(net, name=f"i3d:{file.name}", device=device)
-    return I3DFeatures(_torchscript(file), name=f"i3d-torchscript:{file.name}", device=device)
+    return I3DFeatures(
+        load_torchscript(
+            file,
+            what="I3D",
+            convert="Convert a checkpoint you trust to safetensors (pytorch-i3d layout) outside atoken",
+        ),
+        name=f"i3d-torchscript:{file.name}",
+        device=device,
+    )
