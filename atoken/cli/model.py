@@ -11,17 +11,7 @@ from pathlib import Path
 import click
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from atoken.cli._group import (
     InputPath,
@@ -38,6 +28,7 @@ from atoken.core.errors import InputError
 from atoken.core.option_pairs import parse_options
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
+from atoken.core.progress import rate_progress
 from atoken.core.tokenizer import describe
 
 
@@ -194,56 +185,6 @@ def _is_dataset_input(path: Path) -> bool:
     return path.is_dir() or is_shard_pattern(path)
 
 
-class _RateColumn(ProgressColumn):
-    """``12.3 samples/s`` from rich's speed estimate (blank until there is one)."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.3g} {task.fields.get('unit', 'it')}/s")
-
-
-@contextmanager
-def _rate_progress(description: str, total: int, done: int, unit: str):
-    """A progress bar with rate and ETA on stderr (``advance()`` per item); without a terminal
-    (logs, CI) one ``description: D/T unit, R unit/s, ETA 0:01:02`` line about every tenth."""
-    started = time.perf_counter()
-    count = done
-    logged = -1
-
-    if err_console.is_terminal:
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        )
-        with progress:
-            task = progress.add_task(description, total=total, completed=done, unit=unit)
-            yield lambda: progress.advance(task)
-        return
-
-    def advance() -> None:
-        nonlocal count, logged
-        count += 1
-        step = count * 10 // max(total, 1)
-        if count == total or step > logged:
-            logged = step
-            rate = (count - done) / max(time.perf_counter() - started, 1e-9)
-            left = (total - count) / rate if rate > 0 else 0.0
-            eta = time.strftime("%H:%M:%S", time.gmtime(left))
-            err_console.print(
-                f"{description}: {count}/{total} {unit}, {rate:.3g} {unit}/s, ETA {eta}",
-                highlight=False,
-            )
-
-    yield advance
-
-
 @cli.command("encode")
 @click.argument("input_path", metavar="INPUT", type=InputPath(path_type=Path))
 @click.option(
@@ -349,7 +290,7 @@ def _encode_dataset(
             f" '{output}'; skipping them",
             err=True,
         )
-    with _rate_progress(f"{who}encoding", total, done, "samples") as advance, tok.using(plan):
+    with rate_progress(f"{who}encoding", total, done, "samples") as advance, tok.using(plan):
         result = encoder.run(on_input=advance)
     elapsed = time.perf_counter() - t0
     rate = (total - done) / elapsed if elapsed > 0 else 0.0
@@ -433,7 +374,7 @@ def _decode_shards(source, output, model, precision, compile_model) -> None:
     total = manifest["samples"] if manifest and len(manifest["shards"]) == len(paths) else None
     count = 0
     t0 = time.perf_counter()
-    with _rate_progress("decoding", total or 0, 0, "samples") as advance, tok.using(plan):
+    with rate_progress("decoding", total or 0, 0, "samples") as advance, tok.using(plan):
         for path in paths:
             for sample in iter_shard(path):
                 latents, adapter, sample_meta = sample_latents(tok, sample)

@@ -388,7 +388,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             curve.append(rec)
-            print(f"step {step:5d}  loss {rec['loss']:.3f}  per code {rec['per_code']}")
+            rate = (step + 1) / max(time.perf_counter() - t0, 1e-9)
+            eta = time.strftime("%H:%M:%S", time.gmtime((args.steps - step - 1) / rate))
+            print(
+                f"step {step + 1}/{args.steps}  loss {rec['loss']:.3f}  per code"
+                f" {rec['per_code']}  {rate:.3g} steps/s  ETA {eta}",
+                flush=True,
+            )
     train_s = time.perf_counter() - t0
     after = {"train": per_code(probe), "heldout": per_code(heldout)}
 

@@ -13,7 +13,7 @@ atoken.
    (`atoken.core.latent_stats.LatentAccumulator`, set on the tokenizer as ``atoken stats``
    would store them). A generator trains on ``(z - latents_mean) / latents_std``.
 3. A small `diffusers.UNet2DModel` learns to predict the noise of a `DDPMScheduler`
-   (cosine schedule, 1000 steps), AdamW, random horizontal flips of the latents.
+   (cosine schedule, 1000 steps), AdamW; the bank holds each crop and its mirror image, both encoded.
 4. A `DDIMScheduler` with the same schedule samples ``--samples`` latents, which are
    denormalised and decoded by atoken (``vae.decode(z).sample``).
 5. ``OUT/samples.png``: a labelled grid, one row of training crops decoded through atoken (what
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from atoken.core.latent_stats import LatentAccumulator
 from atoken.core.pictures import to_uint8
+from atoken.core.progress import rate_progress
 from atoken.core.serialization import atomic_write_bytes, atomic_write_json, outputs_together
 from atoken.integrations.diffusers import AutoencoderAToken  # imports diffusers (shimmed)
 
@@ -154,7 +155,8 @@ def train(
     lr: float,
     generator: torch.Generator,
 ) -> list[float]:
-    """Noise-prediction training on normalised latents ``data [N, Cz, h, w]``; losses per step."""
+    """Denoiser training on normalised latents ``data [N, Cz, h, w]`` (the target is the
+    scheduler's ``prediction_type``: the noise, or v); losses per step."""
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(100, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -164,21 +166,25 @@ def train(
     losses: list[float] = []
     unet.train()
     n_train = scheduler.config.num_train_timesteps
-    for _ in range(steps):
-        idx = torch.randint(len(data), (batch,), generator=generator)
-        x0 = data[idx]  # [b, Cz, h, w]
-        flip = torch.rand(batch, generator=generator) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(n_train, (batch,), generator=generator)
-        xt = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(xt, t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    with rate_progress("denoiser training", steps, unit="steps") as advance:
+        for _ in range(steps):
+            idx = torch.randint(len(data), (batch,), generator=generator)
+            x0 = data[idx]  # [b, Cz, h, w]
+            noise = torch.randn(x0.shape, generator=generator)
+            t = torch.randint(n_train, (batch,), generator=generator)
+            xt = scheduler.add_noise(x0, noise, t)
+            if scheduler.config.prediction_type == "v_prediction":
+                target = scheduler.get_velocity(x0, noise, t)
+            else:
+                target = noise
+            loss = F.mse_loss(unet(xt, t).sample, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            advance()
     unet.eval()
     return losses
 
@@ -238,7 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
     times["load_and_crop_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    latents = encode_bank(vae, pixels)  # [N, 48, crop/16, crop/16]
+    # flips are made in pixels and encoded: flipping the latent grid would mirror the patches'
+    # layout but not their content, which no image encodes to
+    pixels = torch.cat([pixels, pixels.flip(-1)])
+    latents = encode_bank(vae, pixels)  # [2N, 48, crop/16, crop/16]
     times["encode_s"] = time.perf_counter() - t
     vae, stats_from = with_stats(
         vae, latents, f"{args.bank} random {args.crop}px crops of the train photos"
@@ -248,7 +257,15 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers import DDIMScheduler, DDPMScheduler
 
     unet = build_unet(latents.shape[1], latents.shape[-1], args.width)
-    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    # diffusers clips the predicted x0 to [-1, 1] by default (pixel data); normalised latents
+    # are ~N(0, 1), so the range is +-3 (99.7% of them). v-prediction, as SD 2 does with a
+    # cosine-like schedule, keeps the target bounded at every noise level.
+    ddpm = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample_range=3.0,
+        prediction_type="v_prediction",
+    )
     t = time.perf_counter()
     losses = train(unet, ddpm, data, steps=args.steps, batch=args.batch, lr=args.lr, generator=gen)
     times["train_s"] = time.perf_counter() - t
