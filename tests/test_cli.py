@@ -61,6 +61,76 @@ def test_plugins_table_and_presets() -> None:
     assert "atoken-tiny-photo" in presets.output.split("untrained")[0]  # listed as trained
 
 
+def test_plugin_text_is_printed_as_written_not_as_rich_markup() -> None:
+    from atoken.core.plugins import default_components
+
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(cli, ["plugins"], catch_exceptions=False)
+    bracketed = [
+        e.description
+        for kind in default_components().registries
+        for e in default_components()[kind].entries()
+        if "[" in e.description
+    ]
+    assert result.exit_code == 0 and bracketed  # e.g. MiniLM's "pip install 'atoken[minilm]'"
+    for description in bracketed:
+        assert description in result.output
+
+
+def test_presets_json_matches_the_listing_and_names_one_default() -> None:
+    from atoken.models import DEFAULT_MODEL
+
+    rows = json.loads(run("presets", "--json").output)
+    listed = [ln.split()[0] for ln in run("presets").output.splitlines() if ln.startswith("  ")]
+    assert [r["name"] for r in rows] == listed
+    assert [r["name"] for r in rows if r["default"]] == [DEFAULT_MODEL]
+    assert all(r["trained"] for r in rows if r["default"])
+    assert {r["name"] for r in rows if not r["trained"]} >= {"atoken-tiny", "atoken-base"}
+
+
+def test_env_reports_versions_devices_backends_and_plugins() -> None:
+    import torch
+
+    from atoken.core.plugins import default_components
+
+    report = json.loads(run("env", "--json").output)
+    assert report["torch"] == torch.__version__
+    assert report["devices"][0]["device"] == "cpu"
+    assert report["devices"][0]["torch_threads"] == torch.get_num_threads()
+    assert len(report["devices"]) == 1 + (
+        torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ) + (1 if torch.backends.mps.is_available() else 0)
+    backends = {b["name"]: b["usable"] for b in report["attention_backends"]}
+    assert set(backends) == {e.name for e in default_components().attention.entries()}
+    assert backends["reference"]["cpu"] == "yes"  # plain torch runs everywhere
+    assert backends["xformers"]["cpu"] != "yes"  # CUDA-only: a reason instead
+    assert "atoken.plugins.image" in {p["plugin"] for p in report["plugins"]}
+    assert report["packages"]["safetensors"] is not None
+    text = run("env")
+    assert text.exit_code == 0 and f"torch {torch.__version__}" in text.output
+    assert "reference (atoken): cpu: yes" in text.output
+
+
+def test_ctrl_c_exits_130_and_leaves_no_temporaries(tmp_path, monkeypatch) -> None:
+    """An interrupt while the outputs are being written: exit 130, one line, no file left."""
+    from atoken.core import serialization
+
+    src = tmp_path / "chelsea.png"
+    shutil.copy(SKIMAGE_DATA / "chelsea.png", src)
+    real = serialization.atomic_write_json
+
+    def interrupted(path, obj, *a, **k):  # the last output of the input: after the PNGs
+        real(path, obj, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("atoken.pipeline.atomic_write_json", interrupted)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["reconstruct", str(src), "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines()[-1] == "atoken: interrupted"
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert left == [], left  # neither the finished PNGs nor any hidden temporary
+
+
 def test_reconstruct_writes_three_files_per_input(tmp_path) -> None:
     src = tmp_path / "chelsea.png"
     shutil.copy(SKIMAGE_DATA / "chelsea.png", src)  # 300x451: crops to 288x448

@@ -44,7 +44,8 @@ class AtokenGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; atoken errors, OS errors on a path and allocator failures become
-        one ``atoken: error: ...`` line and exit status 1.
+        one ``atoken: error: ...`` line and exit status 1; Ctrl-C exits 130 (128 + SIGINT, as
+        shells report it), after the writers have removed their temporaries.
 
         Anything else (a `TypeError`, ...) is a bug and keeps its traceback for the report.
         """
@@ -52,6 +53,9 @@ class AtokenGroup(click.Group):
             return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
+        except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT; temporaries are gone by now
+            click.echo("atoken: interrupted", err=True)
+            ctx.exit(130)
         except (AtokenError, KeyError, OSError, MemoryError, RuntimeError) as exc:
             msg = _one_line_message(exc)
             if msg is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from atoken.cli._group import (
@@ -53,25 +54,44 @@ def plugins_cmd(as_json: bool) -> None:
     table = Table(title="atoken components")
     for col in ("kind", "name", "provider", "version", "description"):
         table.add_column(col)
-    for kind in comps.registries:
+    for kind in comps.registries:  # plugin text is escaped: '[minilm]' is not rich markup
         for e in comps[kind].entries():
-            table.add_row(kind, e.name, e.provider.name, e.provider.version or "", e.description)
+            cells = (kind, e.name, e.provider.name, e.provider.version or "", e.description)
+            table.add_row(*(escape(str(c)) for c in cells))
     console = Console()
     console.print(table)
     plugins = Table(title="plugins")
     for col in ("plugin", "provider", "hooks"):
         plugins.add_column(col)
     for name, provider, hooks in comps.plugins():
-        plugins.add_row(name, str(provider), ", ".join(hooks))
+        plugins.add_row(escape(name), escape(str(provider)), escape(", ".join(hooks)))
     console.print(plugins)
     if comps.pm.settings.blocked:
-        console.print(f"blocked in plugins.toml: {', '.join(comps.pm.settings.blocked)}")
+        blocked = ", ".join(comps.pm.settings.blocked)
+        console.print(f"blocked in plugins.toml: {blocked}", markup=False, highlight=False)
 
 
 @cli.command("presets")
-def presets_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list of models and presets")
+def presets_cmd(as_json: bool) -> None:
     """List the trained models shipped with atoken and the (untrained) model presets."""
     from atoken.models import DEFAULT_MODEL, SHIPPED_MODELS
+
+    if as_json:
+        rows = [
+            {"name": n, "trained": True, "default": n == DEFAULT_MODEL, "description": what}
+            for n, what in SHIPPED_MODELS.items()
+        ] + [
+            {
+                "name": n,
+                "trained": False,
+                "default": False,
+                "description": PRESET_DESCRIPTIONS.get(n, ""),
+            }
+            for n in PRESETS
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
 
     click.echo("trained models (loadable by name):")
     for name, what in SHIPPED_MODELS.items():
