@@ -23,7 +23,8 @@ from PIL import Image
 
 import atoken
 from atoken.cli import cli
-from atoken.core.hub import CardInfo, Metric, parse_repo_id, split_card, to_yaml
+from atoken.core.hub import parse_repo_id
+from atoken.core.model_card import CardInfo, Metric, split_card, to_yaml
 from atoken.core.model_dir import load_tokenizer
 from atoken.core.pretrained import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_card
 from atoken.core.serialization import CheckpointError

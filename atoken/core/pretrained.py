@@ -13,7 +13,7 @@ A pretrained directory holds
 - ``model.safetensors``: the state dict. Its header is compared with the state dict the config
   builds on the meta device before any parameter is allocated (names, shapes, dtype kinds, and
   the model-size budget), then it is loaded strictly. Nothing is ever unpickled;
-- ``README.md``, a model card with the Hub's YAML front matter (`atoken.core.hub.render_card`;
+- ``README.md``, a model card with the Hub's YAML front matter (`atoken.core.model_card.render_card`;
   written unless a card is given, ``card=False`` for none);
 - optionally companion models in subfolders (``gaussian_decoder/``, ...), each a pretrained
   directory of its own, declared in the parent's ``companions`` (name -> format).
@@ -48,7 +48,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from atoken.core.hub import CardInfo, render_card, resolve_pretrained
+from atoken.core.hub import resolve_pretrained
+from atoken.core.model_card import CardInfo, render_card
 from atoken.core.serialization import (
     CheckpointError,
     atomic_write_bytes,
@@ -540,7 +541,7 @@ def default_card(
         doc: its config document.
         fmt: its format.
         state: its state dict (counted, never read).
-        info: what the model does not know of itself (`atoken.core.hub.CardInfo`).
+        info: what the model does not know of itself (`atoken.core.model_card.CardInfo`).
     """
     info = info or CardInfo()
     numbers = sum(math.prod(v.shape) for v in state.values())
@@ -625,7 +626,7 @@ class PretrainedMixin:
         Args:
             directory: created if needed; files of the same names are replaced.
             card: the model card (Markdown) written as ``README.md``; None (or a
-                `atoken.core.hub.CardInfo` with base model, metrics and their protocol, ...)
+                `atoken.core.model_card.CardInfo` with base model, metrics and their protocol, ...)
                 writes the generated card (`default_card`); False writes none.
             companions: subfolder name -> pretrained model saved there and declared in the
                 document (e.g. ``{"gaussian_decoder": decoder}``).

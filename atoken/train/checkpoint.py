@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from atoken.core.hub import CardInfo
+from atoken.core.model_card import CardInfo
 from atoken.core.model_dir import config_document
 from atoken.core.pretrained import CONFIG_NAME, load_state_dict_checked
 from atoken.core.serialization import (
@@ -390,7 +390,8 @@ def run_card_info(
     from, and the newest held-out evaluation in ``run_dir/eval.jsonl`` at or before ``step``
     (means of PSNR / SSIM / LPIPS, with N, the data, the tokens per sample and the metric
     convention as the protocol). Unreadable log lines are skipped."""
-    from atoken.core.hub import CardInfo, Metric, parse_repo_id
+    from atoken.core.hub import parse_repo_id
+    from atoken.core.model_card import CardInfo, Metric
 
     record: dict[str, Any] | None = None
     try:
