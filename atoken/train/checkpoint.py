@@ -114,6 +114,10 @@ RUN_OUTPUTS = (
     "eval.jsonl",
     "samples",
     "loss_curve.png",
+    # experiment trackers' copies (`atoken.train.tracking`)
+    "tensorboard",
+    "wandb",
+    "wandb-id.txt",
 )
 
 

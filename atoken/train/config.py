@@ -23,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -407,6 +408,10 @@ class RunConfig(Strict):
     rest), with activation checkpointing of the blocks when ``activation_checkpointing`` says so
     (``auto``: under fsdp for widths of 1152 (So400m) and up). ``compile`` compiles each
     transformer block with `torch.compile` (dynamic token counts).
+
+    ``log_to`` names experiment trackers (``tensorboard``: event files in ``<run>/tensorboard/``;
+    ``wandb``: a W&B run in project ``wandb_project``) that rank 0 feeds from the rows of
+    ``metrics.jsonl`` and ``eval.jsonl`` and the sample grids (`atoken.train.tracking`).
     """
 
     seed: int = 0
@@ -420,6 +425,34 @@ class RunConfig(Strict):
     keep_last: PositiveInt = 3
     sample_every: PositiveInt = 500
     eval_images: PositiveInt = 3  # how many of the [eval] images the monitor reconstructs
+    log_to: list[str] = []  # experiment trackers: "tensorboard", "wandb"
+    wandb_project: str = Field(default="atoken", min_length=1)  # the W&B project of log_to
+
+    @field_validator("log_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # log_to = "tensorboard"
+
+    @field_validator("log_to", mode="after")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from difflib import get_close_matches
+
+        from atoken.train.tracking import KNOWN_TRACKERS
+
+        for name in names:
+            if name not in KNOWN_TRACKERS:
+                close = get_close_matches(name, KNOWN_TRACKERS, n=1)
+                raise PydanticCustomError(
+                    "unknown_tracker",
+                    "unknown tracker {name}{hint}; log_to takes {known}",
+                    {
+                        "name": repr(name),
+                        "hint": f" (did you mean {close[0]!r}?)" if close else "",
+                        "known": ", ".join(repr(k) for k in KNOWN_TRACKERS),
+                    },
+                )
+        return list(dict.fromkeys(names))
 
 
 class LimitsConfig(Strict):

@@ -6,10 +6,13 @@ shown); every ``sample_every`` steps the run's held-out data (its ``[eval]`` sec
 `atoken.train.data.build.held_out_samples`) is reconstructed with the EMA model through the
 adapter of the evaluated task (``[eval] task``, else the run's first reconstruction task), the
 adapter's metrics (PSNR, SSIM, LPIPS for images, with their convention) go to ``eval.jsonl``,
-and ``loss_curve.png`` is redrawn: reconstruction losses, the KL term, and held-out PSNR and
-LPIPS, each on its own panel. Pictures (``[H, W, 3]`` references) are drawn as one labelled grid
-``samples/step-XXXXXXXX.png``; other samples (clips, ...) are written by their adapter's
-``save_comparison`` into ``samples/step-XXXXXXXX/``.
+and ``loss_curve.png`` is redrawn: the loss terms, the KL term, held-out PSNR, SSIM and LPIPS,
+and the learning rate, each on its own titled panel. Pictures (``[H, W, 3]`` references) are
+drawn as one labelled grid ``samples/step-XXXXXXXX.png``; other samples (clips, ...) are
+written by their adapter's ``save_comparison`` into ``samples/step-XXXXXXXX/``.
+
+The trackers ``[run] log_to`` names (`atoken.train.tracking`: TensorBoard, W&B) get the same
+rows as they are written, and the grids; they are sinks, closed when the run ends or fails.
 
 An ``eval.jsonl`` record lists its samples under `ROWS` (each named under `NAME`), whatever the
 modality: the field names are the log format's, shared with a task objective's own report.
@@ -30,7 +33,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from atoken.core.serialization import atomic_write
-from atoken.train.plots import reconstruction_grid, run_curves
+from atoken.train.plots import reconstruction_grid, run_curves, training_panels
+from atoken.train.tracking import SAMPLES_TAG, Trackers, open_trackers, scalars
 
 if TYPE_CHECKING:
     from atoken.train.data.build import HeldOut
@@ -40,7 +44,6 @@ if TYPE_CHECKING:
 STEP_LOGS = ("metrics.jsonl", "eval.jsonl")
 
 _SHOWN = ("loss", "l1", "mse", "lpips", "gram", "sem", "kl")
-_KL = ("kl",)
 
 #: ``eval.jsonl``: the key of a record's per-sample rows, and of a row's sample name
 ROWS, NAME = "images", "image"
@@ -107,6 +110,7 @@ class Monitor:
         self._task = None
         self._held_out: HeldOut | None = None
         self.evals: list[dict[str, Any]] = []
+        self.trackers = Trackers()
 
     def __enter__(self) -> Monitor:
         if self.enabled:
@@ -125,13 +129,36 @@ class Monitor:
             self._task = self._progress.add_task(
                 "train", total=self.trainer.config.total_steps, completed=self.trainer.step, info=""
             )
+        if self.enabled:
+            try:
+                self.trackers = self._open_trackers()
+            except BaseException:
+                if self._progress is not None:
+                    self._progress.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        if self.enabled and self.trainer.history:
-            self.draw_curve()
+        try:
+            if self._progress is not None:
+                self._progress.__exit__(*exc)
+            if self.enabled and self.trainer.history:
+                self.draw_curve()
+        finally:
+            self.trackers.close()
+
+    def _open_trackers(self) -> Trackers:
+        """The ``[run] log_to`` trackers, continuing at the step the run starts from."""
+        run = self.trainer.config.run
+        if not run.log_to:
+            return Trackers()
+        return open_trackers(
+            run.log_to,
+            self.run_dir,
+            start_step=self.trainer.step,
+            config=json.loads(self.trainer.config.model_dump_json()),
+            wandb_project=run.wandb_project,
+        )
 
     def _earlier_evals(self) -> list[dict[str, Any]]:
         """Evaluations a resumed run made up to its checkpoint (for the curves)."""
@@ -160,6 +187,7 @@ class Monitor:
         if step % self.trainer.config.run.log_every == 0 or step == self.trainer.config.total_steps:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+            self.trackers.log_scalars(scalars(record, "train"), step)
             if not self.live:
                 print(
                     f"step {step}/{self.trainer.config.total_steps} {info}",
@@ -168,19 +196,9 @@ class Monitor:
                 )
 
     def draw_curve(self) -> None:
-        """``loss_curve.png``: losses, KL, held-out PSNR and LPIPS on separate panels."""
-        history = self.trainer.history
-
-        def series(keys, rows, skip=()):
-            found = [k for k in keys if k not in skip and any(k in r for r in rows)]
-            return {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in found}
-
-        panels = [
-            ("training losses (log scale)", series(_SHOWN, history, skip=_KL), True),
-            ("KL term (log scale)", series(_KL, history), True),
-            (f"held-out PSNR, dB ({self._eval_name()})", series(("psnr",), self.evals), False),
-            ("held-out LPIPS (lower is better)", series(("lpips",), self.evals), False),
-        ]
+        """``loss_curve.png``: loss terms, KL, held-out PSNR / SSIM / LPIPS and the learning rate,
+        each on its own titled panel (`atoken.train.plots.training_panels`)."""
+        panels = training_panels(self.trainer.history, self.evals, eval_name=self._eval_name())
         run_curves(panels, self.run_dir / "loss_curve.png")
 
     def _eval_name(self) -> str:
@@ -225,8 +243,9 @@ class Monitor:
         summary[ROWS] = rows
         return {"summary": summary, "pairs": pairs, "adapter": held.adapter}
 
-    def _draw_samples(self, result: dict[str, Any], step: int) -> None:
-        """Pictures as one labelled grid; other samples through their adapter's comparison."""
+    def _draw_samples(self, result: dict[str, Any], step: int) -> Path | None:
+        """Pictures as one labelled grid (its path is returned); other samples through their
+        adapter's comparison (None)."""
         from atoken.core.capabilities import has_capability
 
         rows, pairs = result["summary"][ROWS], result["pairs"]
@@ -234,10 +253,10 @@ class Monitor:
             captions = [f"{r[NAME]}: {_quality(r)}" for r in rows]
             path = self.run_dir / "samples" / f"step-{step:08d}.png"
             reconstruction_grid(pairs, path, captions=captions)
-            return
+            return path if pairs else None
         adapter = result.get("adapter")
         if adapter is None:
-            return
+            return None
         suffix = (
             adapter.comparison_suffix
             if has_capability(adapter, "comparison_suffix")
@@ -247,6 +266,7 @@ class Monitor:
         folder.mkdir(parents=True, exist_ok=True)
         for row, (ref, rec) in zip(rows, pairs, strict=True):
             adapter.save_comparison(ref, rec, folder / f"{row[NAME]}{suffix}")
+        return None
 
     def on_sample(self, step: int) -> None:
         """Reconstruct the held-out data with the EMA model; write pictures and eval metrics."""
@@ -258,9 +278,12 @@ class Monitor:
             result = self.evaluate(self.trainer.ema.module.eval())
         summary = {"step": step, **result["summary"]}
         self.evals.append(summary)
-        self._draw_samples(result, step)
+        grid = self._draw_samples(result, step)
         with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(summary) + "\n")
+        self.trackers.log_scalars(scalars(summary, "heldout"), step)
+        if grid is not None and self.trackers:
+            self.trackers.log_image(SAMPLES_TAG, grid, step)
         self.draw_curve()
         msg = (
             f"step {step}: held-out {_quality(summary)}"

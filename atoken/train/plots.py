@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -74,11 +75,15 @@ def chart(
         draw.text((4, py - 6), label, fill="black")
     if y_label:
         draw.text((4, top - 16), y_label, fill="black")
-    for i in range(5):  # x ticks
-        s = x0 + (x1 - x0) * i / 4
+    shown = set()
+    for i in range(5):  # x ticks, each step once (a short run has fewer steps than ticks)
+        s = round(x0 + (x1 - x0) * i / 4)
+        if s in shown:
+            continue
+        shown.add(s)
         px = left + (s - x0) / (x1 - x0) * (w - right - left)
         draw.line([px, h - bottom, px, h - bottom + 4], fill="black")
-        draw.text((px - 10, h - bottom + 8), f"{int(s)}", fill="black")
+        draw.text((px - 10, h - bottom + 8), f"{s}", fill="black")
     draw.text(((w - right + left) // 2 - 10, h - 18), "step", fill="black")
     for i, (name, pts) in enumerate(sorted(points.items())):
         colour = _COLOURS[i % len(_COLOURS)]
@@ -108,22 +113,85 @@ def loss_curve(
     _save(chart(series, title=title, size=size, log_y=log_y), path)
 
 
+class Panel(NamedTuple):
+    """One chart of `run_curves`: its title, ``{name: [(step, value), ...]}``, the y scale and
+    the y axis label (the x axis is always ``step``)."""
+
+    title: str
+    series: Mapping[str, Sequence[tuple[int, float]]]
+    log_y: bool = True
+    y_label: str = ""
+
+
+#: numbers of a ``metrics.jsonl`` row that are not loss terms
+NOT_LOSSES = ("step", "lr", "tokens", "tokens_per_s", "grad_norm")
+#: loss terms drawn on a panel of their own (the KL term is orders of magnitude below the rest)
+OWN_PANEL = ("kl",)
+
+
+def _series(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> dict[str, list[tuple[int, float]]]:
+    return {
+        k: [(r["step"], float(r[k])) for r in rows if _number(r.get(k))]
+        for k in keys
+        if any(_number(r.get(k)) for r in rows)
+    }
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def training_panels(
+    history: Sequence[Mapping[str, Any]],
+    evals: Sequence[Mapping[str, Any]],
+    *,
+    eval_name: str = "held-out data",
+) -> list[Panel]:
+    """The panels of ``loss_curve.png`` from the rows of ``metrics.jsonl`` (``history``) and
+    ``eval.jsonl`` (``evals``): the loss terms (log scale; every number of a row that is not in
+    `NOT_LOSSES`), the KL term on its own (log scale), held-out PSNR, SSIM and LPIPS, and the
+    learning rate."""
+    losses = [
+        k
+        for k in dict.fromkeys(k for r in history for k in r)
+        if k not in NOT_LOSSES and k not in OWN_PANEL
+    ]
+    return [
+        Panel("training losses (log scale)", _series(history, losses), True, "loss"),
+        Panel("KL term (log scale)", _series(history, OWN_PANEL), True, "KL"),
+        Panel(f"held-out PSNR ({eval_name})", _series(evals, ["psnr"]), False, "PSNR, dB"),
+        Panel("held-out SSIM (higher is better)", _series(evals, ["ssim"]), False, "SSIM"),
+        Panel("held-out LPIPS (lower is better)", _series(evals, ["lpips"]), False, "LPIPS"),
+        Panel("learning rate", _series(history, ["lr"]), False, "lr"),
+    ]
+
+
 def run_curves(
-    panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[int, float]]], bool]],
+    panels: Sequence[Panel | tuple[str, Mapping[str, Sequence[tuple[int, float]]], bool]],
     path: str | os.PathLike[str],
     *,
     panel_size: tuple[int, int] = (640, 360),
     columns: int = 2,
 ) -> None:
-    """Several charts in a grid, one per ``(title, series, log_y)`` panel (empty ones say so)."""
+    """Several charts in a grid, ``columns`` wide, one per `Panel` (or ``(title, series,
+    log_y)``); empty ones say so."""
     if not panels:
         raise ValueError("run_curves: no panels to draw")
     pw, ph = panel_size
     rows = math.ceil(len(panels) / columns)
     grid = Image.new("RGB", (pw * min(columns, len(panels)), ph * rows), "white")
-    for i, (title, series, log_y) in enumerate(panels):
+    for i, panel in enumerate(panels):
+        panel = Panel(*panel)
         grid.paste(
-            chart(series, title=title, size=panel_size, log_y=log_y),
+            chart(
+                panel.series,
+                title=panel.title,
+                size=panel_size,
+                log_y=panel.log_y,
+                y_label=panel.y_label,
+            ),
             (pw * (i % columns), ph * (i // columns)),
         )
     _save(grid, path)
