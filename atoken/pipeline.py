@@ -15,6 +15,14 @@ Optional adapter capabilities (declared, `atoken.core.capabilities`; asked with
   ``convention``; images and video: `atoken.core.metrics.METRIC_CONVENTION`).
 - ``metric_lower_is_better``: names of ``metrics`` keys where lower is better (image: LPIPS);
   ``metric_info_keys``: keys that are plain facts, not quality (video: frames).
+- ``output_suffixes``: every suffix ``save`` writes, chosen by the path (image: PNG, JPEG,
+  WebP); `writable_suffixes` reads it, so ``atoken decode -o x.jpg`` writes a JPEG, and a suffix
+  the adapter cannot write is refused before decoding.
+- ``save_labelled_comparison(reference, reconstruction, path, *, metrics)``: the side-by-side
+  picture with labelled halves (the reconstruction's carries its metrics); the layout it returns
+  (label band height, the two pictures' boxes) goes into metrics.json as ``side_by_side_layout``.
+  Without it ``save_comparison`` writes the picture. A ``stream_sink``'s ``comparison_layout``
+  (video) is recorded the same way.
 - ``comparison_suffix``: suffix of the side-by-side file when it differs from ``output_suffix``
   (3D writes Gaussians as ``.ply`` and compares rendered views in a ``.png``).
 - ``stream_sink(meta, coords, output, *, comparison=None, reference=None, fps=None,
@@ -48,6 +56,7 @@ from atoken.core.plugins import Components, default_components
 from atoken.core.reconstruct import (  # adapter_for: the CLI (atoken.cli.model) takes it from here
     Reconstruction,
     adapter_for,
+    on_cpu,
     reconstruct_sample,
 )
 from atoken.core.serialization import atomic_write_json, outputs_together, save_tensors
@@ -108,6 +117,13 @@ def output_paths(adapter: ModalityAdapter, out_dir: Path) -> dict[str, Path]:
     }
 
 
+def writable_suffixes(adapter: ModalityAdapter) -> tuple[str, ...]:
+    """The suffixes ``adapter.save`` writes (``output_suffixes``, else ``output_suffix``)."""
+    if has_capability(adapter, "output_suffixes"):
+        return tuple(adapter.output_suffixes)
+    return (adapter.output_suffix.lower(),)
+
+
 def _convention(adapter: ModalityAdapter) -> dict[str, Any]:
     """``{"convention": ...}`` when the adapter says how its metrics are computed."""
     convention = adapter.metric_convention if has_capability(adapter, "metric_convention") else None
@@ -120,7 +136,13 @@ def write_reconstruction(
     """Write reconstruction, side-by-side view and metrics.json into ``out_dir`` (atomically)."""
     paths = output_paths(adapter, out_dir)
     adapter.save(result.reconstruction, paths["reconstruction"])
-    adapter.save_comparison(result.reference, result.reconstruction, paths["side_by_side"])
+    layout = None
+    if has_capability(adapter, "save_labelled_comparison"):
+        layout = adapter.save_labelled_comparison(
+            result.reference, result.reconstruction, paths["side_by_side"], metrics=result.metrics
+        )
+    else:
+        adapter.save_comparison(result.reference, result.reconstruction, paths["side_by_side"])
     atomic_write_json(
         paths["metrics"],
         {
@@ -129,10 +151,16 @@ def write_reconstruction(
             **{k: _json_number(round(v, 6)) for k, v in result.metrics.items()},
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
             **_convention(adapter),
+            **_layout(layout),
             **extra,
         },
     )
     return paths
+
+
+def _layout(layout: Any) -> dict[str, Any]:
+    """``{"side_by_side_layout": ...}`` when the comparison reported where its halves lie."""
+    return {"side_by_side_layout": dict(layout)} if layout else {}
 
 
 def latents_tensors(latents: Latents) -> dict[str, torch.Tensor]:
@@ -272,7 +300,7 @@ def decode_from_file(
     with torch.inference_mode():
         decoded = model.decode(latents)
     patch = decoded.split()[0]
-    sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
+    sample = adapter.from_tokens(on_cpu(patch))
     return sample, adapter
 
 
@@ -313,7 +341,7 @@ def decode_latents_to_file(
         with torch.inference_mode():
             decoded = model.decode(latents)
         patch = decoded.split()[0]
-        sample = adapter.from_tokens(patch.replace(feats=patch.feats.float().cpu()))
+        sample = adapter.from_tokens(on_cpu(patch))
         adapter.save(sample, output)
         return {"streamed": False, "shape": list(getattr(sample, "shape", ()))}
     sink = adapter.stream_sink(meta, latents.tokens.coords, output, progress=progress)
@@ -397,6 +425,8 @@ def reconstruct_to_dir(
                 **{k: _json_number(round(v, 6)) for k, v in metrics.items()},
                 "timings": {k: round(v, 4) for k, v in timings.items()},
                 **_convention(adapter),
+                # a sink may say where its comparison's halves lie (video: `VideoSink`)
+                **_layout(getattr(sink, "comparison_layout", None)),
                 **extra,
             },
         )

@@ -83,7 +83,16 @@ Metrics:
 Running a model (in memory, no files): `adapter_for(path)` (the registered adapter that reads a
 file, or the one named), `reconstruct_sample(model, adapter, sample)` -> `Reconstruction`
 (reference, reconstruction, tokens, the adapter's metrics, timings); `progress_bar(enabled)` (a
-transient bar on a terminal's stderr, else a null context).
+transient bar with rate and ETA on a terminal, else a null context).
+
+A plugin's own commands follow atoken's conventions with: `parse_options` (``KEY=VALUE``) and
+`parse_adapter_options` (``-O ADAPTER.KEY=VALUE``, bare keys for every adapter) -> an
+`AdapterOptions`; `resolve_device` (``--device``, one line for an unavailable one);
+`refuse_existing` (no silent overwrite without ``--overwrite``); `require_suffix` (an output
+suffix the command cannot write is refused in one line). Labelled pictures look the same
+everywhere with `LabelBand` (a white band of captions over a picture's columns, planned once,
+drawn per frame), `labelled_side_by_side` -> ``(picture, ComparisonLayout)``, `format_metrics`
+and `label_font_size`.
 
 Reading official checkpoints weights-only (never unpickling objects): `read_official_state`.
 
@@ -138,13 +147,21 @@ from atoken.core.objective import (
     UnderstandingObjective,
     UnderstandingSpec,
 )
-from atoken.core.option_pairs import parse_options
+from atoken.core.option_pairs import AdapterOptions, parse_adapter_options, parse_options
+from atoken.core.outputs import refuse_existing, require_suffix, resolve_device
 from atoken.core.patching import (
     crop_box,
     patchify,
     resize_target,
     resize_target_within_budget,
     unpatchify,
+)
+from atoken.core.pictures import (
+    ComparisonLayout,
+    LabelBand,
+    format_metrics,
+    label_font_size,
+    labelled_side_by_side,
 )
 from atoken.core.plugins import Components, PluginError, default_components
 from atoken.core.pretrained import (
@@ -192,10 +209,12 @@ __all__ = [
     "METRIC_CONVENTION",
     "WEIGHTS_NAME",
     "AdapterContext",
+    "AdapterOptions",
     "AtokenError",
     "AttentionBackend",
     "BoundRegistry",
     "CheckpointError",
+    "ComparisonLayout",
     "Components",
     "ConfigError",
     "DataSourceRequest",
@@ -206,6 +225,7 @@ __all__ = [
     "HeldOutReport",
     "HeldOutSample",
     "InputError",
+    "LabelBand",
     "Mlp",
     "ModalityAdapter",
     "MultiHeadRMSNorm",
@@ -242,12 +262,15 @@ __all__ = [
     "crop_box",
     "default_components",
     "describe_os_error",
+    "format_metrics",
     "format_validation_error",
     "frame_quality",
     "hookimpl",
     "human_bytes",
     "image_lpips",
     "image_quality",
+    "label_font_size",
+    "labelled_side_by_side",
     "load_lpips",
     "load_tensors",
     "lpips_input",
@@ -255,19 +278,23 @@ __all__ = [
     "max_pixels",
     "max_tokens",
     "outputs_together",
+    "parse_adapter_options",
     "parse_options",
     "patchify",
     "per_frame_metrics",
     "progress_bar",
     "psnr",
-    "read_json",
     "read_document",
+    "read_json",
     "read_metadata",
     "read_official_state",
-    "register_modality_sources",
     "reconstruct_sample",
+    "refuse_existing",
+    "register_modality_sources",
+    "require_suffix",
     "resize_target",
     "resize_target_within_budget",
+    "resolve_device",
     "save_tensors",
     "shared_lpips",
     "ssim",

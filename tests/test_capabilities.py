@@ -134,6 +134,8 @@ def test_builtin_entries_match_what_their_adapters_implement() -> None:
         "example",
         "metric_convention",
         "metric_lower_is_better",
+        "output_suffixes",
+        "save_labelled_comparison",
     }
     sample = ImageAdapter().example(torch.Generator().manual_seed(0))
     assert sample.shape == (40, 56, 3)

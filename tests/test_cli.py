@@ -145,8 +145,9 @@ def test_reconstruct_writes_three_files_per_input(tmp_path) -> None:
         assert files == ["metrics.json", "reconstruction.png", "side_by_side.png"]
         assert size(out / stem / "reconstruction.png") == (w, h)
         sbs = size(out / stem / "side_by_side.png")
-        assert sbs[1] == h and sbs[0] > 2 * w
         metrics = json.loads((out / stem / "metrics.json").read_text())
+        band = metrics["side_by_side_layout"]["label_band"]  # labels above the two halves
+        assert sbs[1] == band + h and sbs[0] > 2 * w
         assert metrics["tokens"] == (h // 16) * (w // 16)
         assert np.isfinite(metrics["psnr"]) and -1 <= metrics["ssim"] <= 1
 
@@ -200,7 +201,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path) -> None:
     line = _error_line(run("reconstruct", str(good), "--modality", "imag", "--out", str(out)))
     assert "no adapter named 'imag'" in line and "did you mean 'image'" in line
     assert "no adapter reads .xyz" in _error_line(
-        run("encode", str(tmp_path / "a.xyz"), "-o", str(tmp_path / "l.st"))
+        run("encode", str(tmp_path / "a.xyz"), "-o", str(tmp_path / "l.safetensors"))
     )
     assert not out.exists()
 

@@ -301,9 +301,11 @@ def test_eval_cli_prints_and_saves_the_protocol(inception, folder, no_inception)
         "N-limited" in result.output
         and data["protocol"]["rfid"]["feature_extractor"]["sha256"][:16] in result.output
     )
-    off = CliRunner().invoke(cli, [*args, "--no-rfid"], catch_exceptions=False)
+    off = CliRunner().invoke(cli, [*args, "--no-rfid", "--overwrite"], catch_exceptions=False)
     assert json.loads(res.read_text())["rfid_unavailable"] == "disabled", off.output
-    bad = CliRunner().invoke(cli, [*args, "--inception", str(no_inception / "nope.pt")])
+    bad = CliRunner().invoke(
+        cli, [*args, "--overwrite", "--inception", str(no_inception / "nope.pt")]
+    )
     assert bad.exit_code == 1 and "do not exist" in bad.output
 
 

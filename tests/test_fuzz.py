@@ -658,7 +658,9 @@ def test_plugins_toml_fails_cleanly(tmp_path, photo, monkeypatch, data, command)
     request_cleanup = default_components.cache_clear
     src = tmp_path / "photo.png"
     src.write_bytes(photo["png"])
-    args = ["plugins"] if command == "plugins" else ["encode", src, "-o", tmp_path / "x.st"]
+    args = (
+        ["plugins"] if command == "plugins" else ["encode", src, "-o", tmp_path / "x.safetensors"]
+    )
     try:
         _run(tmp_path, *args, mentions=["plugins.toml"])
     finally:
@@ -693,7 +695,7 @@ def test_allocator_failure_is_one_line(tmp_path, photo, monkeypatch, exc, comman
     monkeypatch.setattr(Tokenizer, "encode", fail)
     src = tmp_path / "photo.png"
     src.write_bytes(photo["png"])
-    out = ["-o", tmp_path / "x.st"] if command == "encode" else ["--out", tmp_path / "out"]
+    out = ["-o", tmp_path / "x.safetensors"] if command == "encode" else ["--out", tmp_path / "out"]
     line = _run(tmp_path, command, src, *out, "-O", "lpips=false")
     assert "out of memory" in line and "smaller input" in line
     if "6912000000" in str(exc):
@@ -711,9 +713,9 @@ def test_a_genuine_bug_keeps_its_traceback(tmp_path, photo, monkeypatch) -> None
     monkeypatch.setattr(Tokenizer, "encode", bug)
     src = tmp_path / "photo.png"
     src.write_bytes(photo["png"])
-    result = invoke("encode", src, "-o", tmp_path / "x.st")
+    result = invoke("encode", src, "-o", tmp_path / "x.safetensors")
     assert isinstance(result.exception, TypeError)
-    assert not (tmp_path / "x.st").exists()
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_a_plain_runtime_error_is_not_mistaken_for_an_allocator_failure() -> None:
@@ -895,7 +897,9 @@ def test_model_reference_fails_cleanly(tmp_path, photo, model) -> None:
     (tmp_path / "photo.png").write_bytes(photo["png"])
     (tmp_path / "empty").mkdir()
     ref = model.format(root=tmp_path)
-    _run(tmp_path, "encode", tmp_path / "photo.png", "-o", tmp_path / "x.st", "--model", ref)
+    _run(
+        tmp_path, "encode", tmp_path / "photo.png", "-o", tmp_path / "x.safetensors", "--model", ref
+    )
 
 
 @pytest.mark.parametrize(

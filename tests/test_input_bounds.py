@@ -172,9 +172,11 @@ def test_a_config_over_the_model_budget_is_refused_before_building(tmp_path, mod
     assert "above the model budget of 16.0 GiB" in str(exc.value)
     assert budgets.MODEL_BYTES_ENV in str(exc.value)
     src = SKIMAGE_DATA / "coffee.png"
-    line = one_error_line(run_limited(["encode", src, "-o", "l.st", "--model", bad], GiB, tmp_path))
+    line = one_error_line(
+        run_limited(["encode", src, "-o", "l.safetensors", "--model", bad], GiB, tmp_path)
+    )
     assert str(bad / CONFIG_NAME) in line and "above the model budget" in line
-    assert not (tmp_path / "l.st").exists()
+    assert not (tmp_path / "l.safetensors").exists()
 
 
 @pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc")
@@ -190,7 +192,7 @@ def test_a_config_its_weights_do_not_hold_is_refused_before_allocating(tmp_path,
         in_file = fh.get_slice(key).get_shape()
     w = sizes["width"]
     src = SKIMAGE_DATA / "coffee.png"
-    for command in (["encode", src, "-o", "l.st"], ["reconstruct", src, "-o", "rec"]):
+    for command in (["encode", src, "-o", "l.safetensors"], ["reconstruct", src, "-o", "rec"]):
         line = one_error_line(run_limited([*command, "--model", bad], GiB, tmp_path))
         assert f"weights in {bad / WEIGHTS_NAME} do not fit the model its config.json" in line
         assert f"{key}: file {list(in_file)} vs config {[3 * w, w]}" in line
@@ -256,7 +258,7 @@ def test_model_directory_headers_are_checked_by_name(tmp_path, model_dir, monkey
                 "encode",
                 str(SKIMAGE_DATA / "coffee.png"),
                 "-o",
-                str(tmp_path / "l.st"),
+                str(tmp_path / "l.safetensors"),
                 "--model",
                 str(path),
             ],

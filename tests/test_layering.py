@@ -12,6 +12,9 @@ blocks (a lazy import is still a dependency). The rules, from DESIGN.md's layout
   another plugin, nor ``train``, ``eval``, ``cli`` or ``pipeline``.
 - ``atoken/train`` and ``atoken/eval`` import anything below them and each other, but never
   ``cli`` or ``pipeline``, and never a plugin's modules (they reach plugins through registries).
+- ``atoken/report`` (the ``atoken report`` page) sits at the level of ``cli`` and ``pipeline``:
+  it imports core, the user API, the SDK, ``train`` and ``eval``, never a plugin; nothing below
+  it imports it.
 - A separate distribution (``atoken-plugin-3d``, the example) imports only ``atoken``,
   ``atoken.plugin`` and its own package; its tests may also use ``atoken.testing``, the
   ``atoken`` command (``atoken.cli``) and the public training API (``atoken.train``, the package
@@ -129,6 +132,8 @@ def allowed(importer: str, imported: str) -> bool:
         return dst in BELOW_ALL or dst in {"train", "eval", "convert", "latents_file"}
     if src in {"convert", "latents_file", "testing"}:
         return dst in BELOW_ALL or dst == src
+    if src == "report":  # beside cli and pipeline: reads what train/eval write, no plugin
+        return dst in BELOW_ALL or dst in {"train", "eval", "report"}
     return True  # cli, pipeline, __main__ sit on top
 
 
@@ -227,6 +232,11 @@ def test_scanner_sees_lazy_relative_and_submodule_imports(tmp_path: Path) -> Non
     assert not allowed("atoken.train.trainer", "atoken.pipeline")
     assert not allowed("atoken.eval.x", "atoken.plugins.image.io")
     assert allowed("atoken.cli.model", "atoken.pipeline")
+    assert allowed("atoken.cli.report", "atoken.report")
+    assert allowed("atoken.report.sources", "atoken.train.monitor")
+    assert not allowed("atoken.report.page", "atoken.plugins.video.reader")
+    for below in ("atoken.core.x", "atoken.plugins.image.io", "atoken.train.x", "atoken.eval.x"):
+        assert not allowed(below, "atoken.report"), below
 
 
 # --- the SDK itself -------------------------------------------------------------------------
@@ -279,7 +289,11 @@ def test_parse_options_refuses_a_pair_without_key(pair: str) -> None:
 
 
 def test_cli_and_sdk_share_one_option_parser() -> None:
-    from atoken.cli import model, understanding
+    from atoken.cli import latents, model, understanding
+    from atoken.core.option_pairs import parse_adapter_options
 
-    assert model.parse_options is understanding.parse_options is parse_options
-    assert parse_options is atoken.plugin.parse_options
+    assert understanding.parse_options is parse_options is atoken.plugin.parse_options
+    # every command that builds adapters reads -O with the one ADAPTER.KEY=VALUE parser
+    for module in (latents, model, understanding):
+        assert module.parse_adapter_options is parse_adapter_options
+    assert atoken.plugin.parse_adapter_options is parse_adapter_options

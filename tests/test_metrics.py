@@ -215,7 +215,8 @@ def test_image_quality_is_the_fields_psnr_and_ssim_on_uint8(photos64, name: str)
 
 def test_reconstruct_metrics_json_matches_skimage_on_the_written_pngs(tmp_path) -> None:
     """metrics.json's PSNR and SSIM are what scikit-image measures on the PNGs written beside
-    it (reference = left half of side_by_side.png), and the convention is recorded."""
+    it (reference = the left half of side_by_side.png, its box in metrics.json's
+    ``side_by_side_layout``), and the convention is recorded."""
     from click.testing import CliRunner
     from PIL import Image
 
@@ -232,7 +233,8 @@ def test_reconstruct_metrics_json_matches_skimage_on_the_written_pngs(tmp_path) 
     meta = json.loads((out / "coffee" / "metrics.json").read_text())
     rec = np.asarray(Image.open(out / "coffee" / "reconstruction.png").convert("RGB"))
     h, w = rec.shape[:2]
-    ref = np.asarray(Image.open(out / "coffee" / "side_by_side.png").convert("RGB"))[:h, :w]
+    x0, y0, x1, y1 = meta["side_by_side_layout"]["reference"]  # below the label band
+    ref = np.asarray(Image.open(out / "coffee" / "side_by_side.png").convert("RGB"))[y0:y1, x0:x1]
     assert (h, w) == (144, 192)
     assert meta["ssim"] == pytest.approx(sk_ssim(ref, rec, data_range=255), abs=2e-5)
     assert meta["psnr"] == pytest.approx(

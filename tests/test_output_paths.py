@@ -68,16 +68,19 @@ def _official() -> tuple[Path, Path]:
     return ckpt, cfg
 
 
-#: commands that write one file: name -> args given the target
+#: commands that write one file: name -> args given the target (with --overwrite: replacing an
+#: existing output is allowed, so each case below tests the path kind, not the refusal)
 FILE_COMMANDS = {
-    "encode": lambda i, t: ["encode", i["photo"], "-o", t],
-    "decode": lambda i, t: ["decode", i["latents"], "-o", t],
-    "embed": lambda i, t: ["embed", i["photo"], "-o", t],
-    "eval": lambda i, t: ["eval", "--data", i["photos"], "--no-lpips", "-o", t],
+    "encode": lambda i, t: ["encode", i["photo"], "-o", t, "--overwrite"],
+    "decode": lambda i, t: ["decode", i["latents"], "-o", t, "--overwrite"],
+    "embed": lambda i, t: ["embed", i["photo"], "-o", t, "--overwrite"],
+    "eval": lambda i, t: ["eval", "--data", i["photos"], "--no-lpips", "-o", t, "--overwrite"],
 }
 #: commands that write into a folder
 DIR_COMMANDS = {
-    "reconstruct": lambda i, t: ["reconstruct", i["photo"], "--out", t, "-O", "lpips=false"],
+    "reconstruct": lambda i, t: [
+        *("reconstruct", i["photo"], "--out", t, "-O", "lpips=false", "--overwrite")
+    ],
     "data-pack": lambda i, t: ["data", "pack", i["photos"], "-o", t],
     "convert": lambda i, t: ["convert", "official", *_convert_args(), "-o", t],
     "train": lambda i, t: ["train", i["config"], "--out", t],

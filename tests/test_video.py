@@ -19,6 +19,7 @@ from atoken.cli import cli
 from atoken.plugins.video.adapter import VideoAdapter, VideoOptions
 from atoken.plugins.video.io import from_tchw, side_by_side
 from atoken.plugins.video.reader import read_video
+from atoken.plugins.video.stream import LabelledComparison
 from atoken.plugins.video.writer import write_mp4
 
 av = pytest.importorskip("av")
@@ -200,7 +201,8 @@ def test_side_by_side_video(tmp_path, carphone) -> None:
     ref = carphone[0][:5, :48, :64]
     rec = -ref
     adapter.save_comparison(ref, rec, tmp_path / "cmp.mp4", fps=15)
-    assert _stream_info(tmp_path / "cmp.mp4") == (5, 48, 136, Fraction(15))
+    band = LabelledComparison(48, 64).layout.label_band  # the labels above both halves
+    assert _stream_info(tmp_path / "cmp.mp4") == (5, band + 48 + (band + 48) % 2, 136, Fraction(15))
     canvas = side_by_side(ref, rec)
     assert torch.equal(canvas[:, :, :64], ref) and torch.equal(canvas[:, :, 72:], rec)
     assert canvas[:, :, 64:72].eq(1).all()
@@ -238,8 +240,15 @@ def test_cli_reconstruct_keeps_frames_size_and_rate(tmp_path, clip_file) -> None
     }
     # input stored as 74 x 100 (odd 73 x 99 padded); crop to multiples of 16: 64 x 96
     assert _stream_info(rec) == (21, 64, 96, NTSC)
-    assert _stream_info(rec.parent / "side_by_side.mp4") == (21, 64, 200, NTSC)
     metrics = json.loads((rec.parent / "metrics.json").read_text())
+    band = metrics["side_by_side_layout"]["label_band"]  # labels above the two halves
+    assert metrics["side_by_side_layout"]["reconstruction"] == [104, band, 200, band + 64]
+    assert _stream_info(rec.parent / "side_by_side.mp4") == (
+        21,
+        band + 64 + (band + 64) % 2,
+        200,
+        NTSC,
+    )
     assert metrics["tokens"] == 6 * 4 * 6 and metrics["frames"] == 21
     for key in ("psnr", "psnr_min_frame", "psnr_p05", "psnr_median", "ssim", "ssim_median"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key])

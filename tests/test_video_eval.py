@@ -381,7 +381,11 @@ def test_embed_cli_averages_frames_of_a_real_clip(tiny, carphone, tmp_path) -> N
     single = _frame_average(tiny, clip[:1], ImageAdapter())
     assert (emb[0] - single).abs().max() > 1e-3  # not just the first frame
     assert (
-        run("embed", path, "-o", out, "--video-pooling", "clip", "-m", "atoken-tiny").exit_code == 0
+        run(
+            *("embed", path, "-o", out, "--video-pooling", "clip", "-m", "atoken-tiny"),
+            "--overwrite",
+        ).exit_code
+        == 0
     )
     whole, meta = und.read_embeddings(out)
     with torch.inference_mode():

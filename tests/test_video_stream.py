@@ -172,8 +172,9 @@ def test_streamed_reconstruction_equals_whole(tmp_path, carphone) -> None:
     assert streamed.shape == (19, 48, 64, 3)
     # same uint8 frames into the same encoder: at most one 8-bit level from float rounding
     assert (streamed - _frames(tmp_path / "whole.mp4")).abs().max() <= 2 / 255 + 1e-6
-    assert _frames(result.paths["side_by_side"]).shape == (19, 48, 136, 3)
     saved = json.loads(result.paths["metrics"].read_text())
+    band = saved["side_by_side_layout"]["label_band"]  # labels above the two halves
+    assert _frames(result.paths["side_by_side"]).shape == (19, band + 48, 136, 3)
     assert saved["frames"] == 19 and saved["psnr"] == pytest.approx(result.metrics["psnr"])
     with av.open(str(result.paths["reconstruction"])) as c:
         assert c.streams.video[0].average_rate == pytest.approx(fps)

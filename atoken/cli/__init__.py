@@ -12,7 +12,7 @@ their commands to it when imported below. ``python -m atoken.cli`` runs `main`.
 
 from __future__ import annotations
 
-from atoken.cli import env, latents, model, stats, train, understanding, weights  # noqa: F401  (register the commands)
+from atoken.cli import env, latents, model, report, stats, train, understanding, weights  # noqa: F401  (register the commands)
 from atoken.cli._group import AtokenGroup, cli, err_console
 from atoken.cli.understanding import EVAL_TASKS
 

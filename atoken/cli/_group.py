@@ -7,13 +7,15 @@ Command modules (`atoken.cli.model`, `atoken.cli.understanding`, `atoken.cli.tra
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atoken.core.errors import (
     AtokenError,
@@ -22,9 +24,21 @@ from atoken.core.errors import (
     describe_os_error,
     is_allocator_failure,
 )
+from atoken.core.outputs import (  # noqa: F401  (re-exported: the commands take them from here)
+    refuse_existing,
+    require_suffix,
+    resolve_device,
+)
 from atoken.core.plugins import default_components
+from atoken.core.progress import diagnostics_console, new_progress, print_result
 
-err_console = Console(stderr=True)
+#: the process's stderr console (warnings; progress when stdout is not a terminal)
+err_console = diagnostics_console()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: every writer's
+    ``finally`` / `outputs_together` removes its temporaries, then the command exits 143."""
 
 
 class AtokenGroup(click.Group):
@@ -51,9 +65,13 @@ class AtokenGroup(click.Group):
         Anything else (a `TypeError`, ...) is a bug and keeps its traceback for the report.
         """
         try:
-            return super().invoke(ctx)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
+        except Terminated:  # SIGTERM (kill, a scheduler): 128 + 15, temporaries removed
+            click.echo("atoken: terminated", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT; temporaries are gone by now
             click.echo("atoken: interrupted", err=True)
             ctx.exit(130)
@@ -63,6 +81,30 @@ class AtokenGroup(click.Group):
                 raise
             click.echo(f"atoken: error: {msg}", err=True)
             ctx.exit(1)
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `Terminated` in the main thread (instead of killing
+    the process with its temporaries in place); the previous handler is restored after. A
+    handler someone else installed (not the default) is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_message(exc: BaseException) -> str | None:
@@ -158,6 +200,22 @@ def warn_if_untrained(model: str) -> None:
         )
 
 
+def warn_if_not_trained_for(model: str, modality: str) -> None:
+    """One warning line when ``model`` is a shipped model never trained on ``modality``."""
+    from atoken.models import TRAINED_MODALITIES
+
+    trained = TRAINED_MODALITIES.get(model)
+    if trained is not None and modality not in trained:
+        err_console.print(
+            f"warning: {model!r} was trained on {', '.join(trained)} only: its {modality}"
+            " reconstructions are not meaningful (for video, frames 2-4 of each 4-frame tile come"
+            " back flat); pass --model with a model trained on it",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def load_model(model: str, *, reconstructs: bool = True):
     """`load_tokenizer` in eval mode; a command that reconstructs warns first when ``model`` is
     an untrained preset (embedding commands do not: no shipped model has a trained head)."""
@@ -168,15 +226,54 @@ def load_model(model: str, *, reconstructs: bool = True):
     return load_tokenizer(model).eval()
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
+def _progress():
+    """The live bar of a command (rate and ETA; on stdout's console when that is a terminal,
+    so `echo_result` lines print above it, never inside it)."""
+    return new_progress("inputs")
+
+
+# --------------------------------------------------------------------------- conventions
+def rank() -> int:
+    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def echo_result(line: str) -> None:
+    """A result line: on stdout through the console of any live bar (`print_result`), from rank
+    0 only; other torchrun ranks print it on stderr, as a diagnostic."""
+    print_result(line, err=rank() != 0)
+
+
+def output_option(help: str, *, required: bool = False, default: Any = None, **kwargs: Any):
+    """``-o/--output PATH``: the one output flag of every command (``--out`` is accepted as an
+    older spelling). The value arrives as ``output`` (a `Path`)."""
+    return click.option(
+        "-o",
+        "--output",
+        "--out",
+        "output",
+        required=required,
+        default=default,
+        show_default=default is not None,
+        type=click.Path(path_type=Path),
+        help=help,
+        **kwargs,
     )
+
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="replace outputs that already exist (default: refuse)"
+)
+
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="torch device (cpu, cuda, cuda:1, mps); under torchrun 'cuda' is each rank's own GPU",
+)
 
 
 @click.group(cls=AtokenGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,7 +294,7 @@ def _frames_task(progress, name: str):
 
     def on_frames(done: int, total: int) -> None:
         nonlocal task, logged
-        if not err_console.is_terminal:
+        if not progress.console.is_terminal:
             if done == total or done * 10 // total > logged:
                 logged = done * 10 // total
                 err_console.print(f"{name}: decoded {done}/{total} frames", highlight=False)
@@ -211,3 +308,69 @@ def _frames_task(progress, name: str):
     finally:
         if task is not None:
             progress.remove_task(task)
+
+
+# --------------------------------------------------------------------------- inputs
+def _readable_suffixes(modality: str | None) -> tuple[str, ...]:
+    """Suffixes the adapters read (``modality``'s only, when given); ``.json`` (NeRF scene
+    folders) is left out: a folder input means the files under it."""
+    from atoken.core.adapter_context import AdapterContext
+
+    comps = default_components()
+    names = [modality] if modality is not None else comps.adapters.names()
+    suffixes: set[str] = set()
+    for name in names:
+        try:  # an adapter that cannot be built here (missing extra) reads nothing
+            adapter = comps.adapters.build(name, None, context=AdapterContext())
+        except AtokenError:
+            if modality is not None:
+                raise
+            continue
+        except Exception:  # noqa: BLE001 - a plugin's factory failing on a missing dependency
+            continue
+        suffixes.update(e.lower() for e in adapter.extensions if e.lower() != ".json")
+    return tuple(sorted(suffixes))
+
+
+def expand_inputs(inputs: tuple[Path, ...], modality: str | None) -> list[tuple[Path, str]]:
+    """Each input as ``(file, name)``: a file as itself (``name``: its stem), a folder as the
+    files under it that an adapter reads, recursively and sorted (``name``: the path inside the
+    folder without suffix). One `InputError` line for a missing input or a folder with no such
+    file."""
+    from atoken.core.folder_files import list_suffixed
+
+    out: list[tuple[Path, str]] = []
+    suffixes: tuple[str, ...] | None = None
+    for given in inputs:
+        if given.is_dir():
+            suffixes = suffixes if suffixes is not None else _readable_suffixes(modality)
+            rels = list_suffixed(given, True, suffixes)
+            if not rels:
+                raise InputError(
+                    f"folder '{given}' holds no file an adapter reads ({' '.join(suffixes)});"
+                    " give files, or a folder of them"
+                )
+            out += [(given / rel, str(Path(rel).with_suffix(""))) for rel in rels]
+        elif given.exists():
+            out.append((given, given.stem))
+        else:
+            raise InputError(f"input '{given}' does not exist; give a file or a folder")
+    return out
+
+
+def output_names(files: list[tuple[Path, str]]) -> list[str]:
+    """The output subfolder of each input: its name, with ``-N`` (N: its position) where two
+    inputs share one."""
+    from collections import Counter
+
+    counts = Counter(name for _, name in files)
+    return [name if counts[name] == 1 else f"{name}-{i}" for i, (_, name) in enumerate(files)]
+
+
+def adapter_of_input(path: Path, modality: str | None, options, model):
+    """The adapter for ``path`` (named ``modality``, or chosen by suffix), built for ``model``
+    with its `atoken.core.option_pairs.AdapterOptions`."""
+    from atoken.core.reconstruct import adapter_for
+
+    name = modality or adapter_for(path, None, None, model=model).name
+    return adapter_for(path, name, options.for_adapter(name), model=model)

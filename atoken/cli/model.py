@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import click
@@ -18,15 +18,25 @@ from atoken.cli._group import (
     InputPath,
     _frames_task,
     _progress,
+    adapter_of_input,
     cli,
+    device_option,
+    echo_result,
     execution_options,
     execution_plan,
+    expand_inputs,
     load_model,
     model_option,
+    output_names,
+    output_option,
+    overwrite_option,
+    refuse_existing,
+    resolve_device,
+    warn_if_not_trained_for,
 )
 from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
-from atoken.core.option_pairs import parse_options
+from atoken.core.option_pairs import parse_adapter_options
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
 from atoken.core.tokenizer import describe
@@ -104,35 +114,60 @@ def presets_cmd(as_json: bool) -> None:
 @cli.command("reconstruct")
 @click.argument("inputs", nargs=-1, required=True, type=InputPath(path_type=Path))
 @model_option
-@click.option(
-    "--out",
-    "-o",
-    "out_dir",
-    default="outputs/reconstruct",
-    show_default=True,
-    type=click.Path(path_type=Path),
-)
+@output_option("folder to write into, one subfolder per input", default="outputs/reconstruct")
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
 @click.option(
-    "--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE, e.g. max_res=1024"
+    "--option",
+    "-O",
+    "options",
+    multiple=True,
+    help="adapter option ADAPTER.KEY=VALUE (e.g. image.max_res=1024, mesh3d.views=8); a bare"
+    " KEY=VALUE applies to every adapter",
 )
 @click.option("--backend", default=None, help="attention backend (default: the model's)")
+@device_option
+@overwrite_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="print a JSON summary (one entry per input) on stdout"
+)
 @execution_options
 def reconstruct_cmd(
-    inputs, model, out_dir, modality, options, backend, precision, compile_model
+    inputs,
+    model,
+    output,
+    modality,
+    options,
+    backend,
+    device,
+    overwrite,
+    as_json,
+    precision,
+    compile_model,
 ) -> None:
-    """Encode and decode each INPUT; write reconstruction, side-by-side view and metrics.json."""
-    from atoken.pipeline import adapter_for, open_sample, reconstruct_to_dir
+    """Encode and decode each INPUT (a file, or a folder: the files under it that an adapter
+    reads, recursively); write reconstruction, side-by-side view and metrics.json per input.
 
-    opts = parse_options(options)
-    tok = load_model(model)
+    An input's subfolder of OUTPUT is its name without suffix (for a folder: its path inside
+    the folder). Existing subfolders are refused unless --overwrite.
+    """
+    from atoken.pipeline import open_sample, reconstruct_to_dir
+
+    aopts = parse_adapter_options(options)
+    aopts.check_adapters(default_components().adapters.names())
+    files = expand_inputs(inputs, modality)
+    targets = output_names(files)
+    for sub in targets:  # refuse before loading the model or reading an input
+        refuse_existing(output / sub, overwrite, "reconstruction output")
+    dev = resolve_device(device)
+    tok = load_model(model).to(dev)
     # the one execution plan every encode/decode below runs (the name is checked before any work)
     plan = execution_plan(tok, backend=backend, precision=precision, compile_model=compile_model)
     # read and check every input before writing anything; a lazily read input (a video file)
     # is checked frame by frame here and decoded again, a chunk at a time, when its turn comes
     loaded = []
-    for path in inputs:
-        adapter = adapter_for(path, modality, opts, model=tok)
+    warned: set[str] = set()
+    for (path, _), sub in zip(files, targets, strict=True):
+        adapter = adapter_of_input(path, modality, aopts, tok)
         sample = open_sample(adapter, path)
         try:  # fail on a bad input before any output is written
             if has_capability(adapter, "to_token_chunks"):
@@ -142,31 +177,52 @@ def reconstruct_cmd(
                 adapter.to_tokens(sample)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
+        if adapter.name not in warned:
+            warned.add(adapter.name)
+            warn_if_not_trained_for(model, adapter.name)
         lazy = has_capability(adapter, "open")
         streamed = has_capability(adapter, "stream_sink")
-        loaded.append((path, adapter, sample if lazy or not streamed else None))
+        loaded.append((path, sub, adapter, sample if lazy or not streamed else None))
         del sample
-    names = Counter(p.stem for p, _, _ in loaded)
+    summary = []
     with _progress() as progress:
         task = progress.add_task("reconstructing", total=len(loaded))
-        for i, (path, adapter, kept) in enumerate(loaded):
+        for path, sub, adapter, kept in loaded:
             sample = kept if kept is not None else adapter.load(path)
-            sub = path.stem if names[path.stem] == 1 else f"{path.stem}-{i}"
             with _frames_task(progress, path.name) as on_frames, tok.using(plan):
                 result = reconstruct_to_dir(
                     tok,
                     adapter,
                     sample,
                     path,
-                    out_dir / sub,
+                    output / sub,
                     {"model": model, "modality": adapter.name},
                     progress=on_frames,
                 )
             progress.advance(task)
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-            click.echo(
-                f"{path}: {result.tokens} tokens, {metrics} -> {result.paths['side_by_side'].parent}"
+            summary.append(
+                {
+                    "source": str(path),
+                    "modality": adapter.name,
+                    "tokens": result.tokens,
+                    "metrics": {k: _json_number(v) for k, v in result.metrics.items()},
+                    "output": str(result.paths["side_by_side"].parent),
+                    "files": {k: str(v) for k, v in result.paths.items()},
+                }
             )
+            if not as_json:
+                metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+                echo_result(
+                    f"{path}: {result.tokens} tokens, {metrics} -> {result.paths['side_by_side'].parent}"
+                )
+    if as_json:
+        echo_result(
+            json.dumps({"model": model, "model_id": tok.model_id, "items": summary}, indent=2)
+        )
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
 
 
 @cli.group("convert")
@@ -184,23 +240,19 @@ def convert_group() -> None:
     show_default=True,
     help="So/C, So/D, So/C-s1, or a JSON arch_cfg file",
 )
-@click.option(
-    "--output",
-    "-o",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="model directory to write",
-)
+@output_option("model directory to write", required=True)
 @click.option(
     "--dtype",
     type=click.Choice(["keep", "float32", "bfloat16", "float16"]),
     default="keep",
     show_default=True,
 )
-def convert_official_cmd(checkpoint, config, output, dtype) -> None:
+@overwrite_option
+def convert_official_cmd(checkpoint, config, output, dtype, overwrite) -> None:
     """Convert an official AToken checkpoint (.pt or .safetensors) for from_pretrained."""
     from atoken.convert.official import convert_official
 
+    refuse_existing(output, overwrite, "model")
     if config == "3D-GS" and "convert-gs" in default_components().commands:
         # the Gaussian decoder belongs to atoken-plugin-3d; hand over to its converter
         command = default_components().commands.get("convert-gs").obj
@@ -211,6 +263,7 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
             output=str(output),
             config=None,
             dtype=None if dtype == "keep" else dtype,
+            overwrite=overwrite,
         )
         return
     from atoken.core.serialization import outputs_together
@@ -218,19 +271,12 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
     cast = None if dtype == "keep" else getattr(torch, dtype)
     with outputs_together():  # config.json and the weights appear together, or neither
         out = convert_official(checkpoint, output, config=config, dtype=cast)
-    click.echo(f"{checkpoint} -> {out} (config {config})")
+    echo_result(f"{checkpoint} -> {out} (config {config})")
 
 
 @cli.command("demo")
 @model_option
-@click.option(
-    "--out",
-    "-o",
-    "out_dir",
-    default="outputs/demo",
-    show_default=True,
-    type=click.Path(path_type=Path),
-)
+@output_option("folder for the comparison pictures and demo.json", default="outputs/demo")
 @click.option(
     "--split",
     type=click.Choice(["final", "tune"]),
@@ -238,7 +284,9 @@ def convert_official_cmd(checkpoint, config, output, dtype) -> None:
     show_default=True,
     help="built-in held-out photos: 'final' (held out of training and tuning) or 'tune'",
 )
-def demo_cmd(model, out_dir, split) -> None:
+@device_option
+@overwrite_option
+def demo_cmd(model, output, split, device, overwrite) -> None:
     """Judge a model on held-out photos beside PCA-48 and bicubic x4 (same crops, same run).
 
     Writes, per photo, ``reference | model | PCA-48`` with metrics (``comparison.png``) and the
@@ -250,8 +298,10 @@ def demo_cmd(model, out_dir, split) -> None:
     from atoken.plugins.image.samples import SampleImagesSource
     from atoken.train.plots import comparison_strip
 
+    refuse_existing(output, overwrite, "demo output")
+    dev = resolve_device(device)
     t0 = time.perf_counter()
-    tok = load_model(model)
+    tok = load_model(model).to(dev)
     info = describe(tok)
     click.echo(
         f"model {model}: encoder {info['encoder_params'] / 1e6:.2f}M + head {info['head_params'] / 1e6:.2f}M"
@@ -281,15 +331,15 @@ def demo_cmd(model, out_dir, split) -> None:
             comparison_strip(
                 [ref, rec, pca(ref)],
                 [f"{stem}\nreference", label("model", m), label("PCA-48", p)],
-                out_dir / stem / "comparison.png",
+                output / stem / "comparison.png",
             )
             result = Reconstruction(Path(name), ref, rec, row["tokens"], m)
-            write_reconstruction(result, adapter, out_dir / stem, {"model": model})
+            write_reconstruction(result, adapter, output / stem, {"model": model})
             click.echo(
                 f"  {stem}: {ref.shape[0]}x{ref.shape[1]} px, {row['tokens']} tokens; model"
-                f" {m['psnr']:.2f} dB / PCA-48 {p['psnr']:.2f} dB -> {out_dir / stem / 'comparison.png'}"
+                f" {m['psnr']:.2f} dB / PCA-48 {p['psnr']:.2f} dB -> {output / stem / 'comparison.png'}"
             )
-        atomic_write_json(out_dir / "demo.json", {"model": model, **report.as_dict()})
+        atomic_write_json(output / "demo.json", {"model": model, **report.as_dict()})
     for line in format_table(report):
         click.echo(line)
     click.echo(f"({len(images)} photos in {elapsed:.1f} s)")

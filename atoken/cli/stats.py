@@ -17,7 +17,14 @@ from pathlib import Path
 
 import click
 
-from atoken.cli._group import InputPath, cli, load_model
+from atoken.cli._group import (
+    InputPath,
+    cli,
+    device_option,
+    echo_result,
+    load_model,
+    resolve_device,
+)
 from atoken.core.errors import InputError
 
 
@@ -75,7 +82,7 @@ def _check_target(model: str, output: Path | None) -> Path | None:
     help="downscale inputs whose longer side exceeds this (as generator training data would be)",
 )
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="use the first N files")
-@click.option("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+@device_option
 def stats_cmd(model, data, output, max_res, limit, device) -> None:
     """Compute per-channel latent statistics over --data and store them in the model's config.
 
@@ -86,10 +93,9 @@ def stats_cmd(model, data, output, max_res, limit, device) -> None:
     """
     from atoken.core.latent_stats import stats_of_files, write_latent_stats
 
+    dev = resolve_device(device)
     target = _check_target(model, output)
-    tok = load_model(model)
-    if device is not None:
-        tok = tok.to(device)
+    tok = load_model(model).to(dev)
     stats, skipped = stats_of_files(tok, list(data), max_res=max_res, limit=limit, progress=True)
     if target is not None:
         write_latent_stats(target, stats)
@@ -110,7 +116,7 @@ def stats_cmd(model, data, output, max_res, limit, device) -> None:
         "std_max": std[-1],
         "skipped": skipped,
     }
-    click.echo(json.dumps(summary, indent=2))
+    echo_result(json.dumps(summary, indent=2))
     click.echo(f"latent statistics -> {Path(where) / 'config.json'}", err=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from atoken.cli._group import InputPath, cli
+from atoken.cli._group import InputPath, cli, echo_result, output_option
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -77,14 +77,7 @@ def configs_cmd() -> None:
 
 @cli.command("train")
 @click.argument("config", type=InputPath())
-@click.option(
-    "--out",
-    "-o",
-    "out_dir",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="run folder (default: runs/<config name>)",
-)
+@output_option("run folder (default: runs/<config name>)")
 @click.option(
     "--resume",
     is_flag=True,
@@ -101,7 +94,7 @@ def configs_cmd() -> None:
     "--steps", type=int, default=None, help="override: total steps, scaled over the stages"
 )
 def train_cmd(
-    config: str, out_dir: Path | None, resume: bool, restart: bool, steps: int | None
+    config: str, output: Path | None, resume: bool, restart: bool, steps: int | None
 ) -> None:
     """Train from a TOML config file, or a shipped config by name (`atoken configs` lists them:
     ``atoken train quickstart``), in one process or many under torchrun.
@@ -124,10 +117,10 @@ def train_cmd(
     cfg = load_train_config(path)
     if steps is not None:
         cfg = scale_steps(cfg, steps)
-    run_dir = out_dir or Path("runs") / path.stem
+    run_dir = output or Path("runs") / path.stem
     result = Trainer(cfg, run_dir, resume=resume, restart=restart).fit()
     if result.model_dir is not None:
-        click.echo(
+        echo_result(  # rank 0 on stdout; under torchrun the other ranks' copy goes to stderr
             f"trained {result.steps} steps; model: {result.model_dir} (from_pretrained / --model)"
         )
 

@@ -15,13 +15,21 @@ import click
 from atoken.cli._group import (
     InputPath,
     cli,
+    device_option,
+    echo_result,
     execution_options,
     execution_plan,
     load_model,
     model_option,
+    output_option,
+    overwrite_option,
+    refuse_existing,
+    require_suffix,
+    resolve_device,
 )
 from atoken.core.errors import InputError
-from atoken.core.option_pairs import parse_options
+from atoken.core.option_pairs import parse_adapter_options, parse_options
+from atoken.core.plugins import default_components
 
 
 def _understanding_model(model: str, device: str | None):
@@ -54,9 +62,7 @@ _text_model_option = click.option(
 _text_option_option = click.option(
     "--text-option", "-T", "text_options", multiple=True, help="text tower option KEY=VALUE"
 )
-_device_option = click.option(
-    "--device", default=None, help="torch device, e.g. cuda (default: cpu)"
-)
+_device_option = device_option
 _batch_option = click.option(
     "--batch-size",
     default=32,
@@ -68,15 +74,20 @@ _batch_option = click.option(
 
 @cli.command("embed")
 @click.argument("inputs", nargs=-1, required=True, type=InputPath(path_type=Path))
-@click.option(
-    "--output", "-o", required=True, type=click.Path(path_type=Path), help="embeddings .safetensors"
-)
+@output_option("embeddings .safetensors", required=True)
 @model_option
 @click.option(
     "--no-normalize", is_flag=True, help="keep the head's raw output (default: L2-normalised)"
 )
 @click.option("--modality", default=None, help="adapter name (default: chosen by file suffix)")
-@click.option("--option", "-O", "options", multiple=True, help="adapter option KEY=VALUE")
+@click.option(
+    "--option",
+    "-O",
+    "options",
+    multiple=True,
+    help="adapter option ADAPTER.KEY=VALUE (e.g. video.max_res=256); a bare KEY=VALUE applies to"
+    " every adapter",
+)
 @click.option(
     "--video-pooling",
     type=click.Choice(["frames", "clip"]),
@@ -87,6 +98,7 @@ _batch_option = click.option(
 )
 @_batch_option
 @_device_option
+@overwrite_option
 @execution_options
 def embed_cmd(
     inputs,
@@ -98,6 +110,7 @@ def embed_cmd(
     video_pooling,
     batch_size,
     device,
+    overwrite,
     precision,
     compile_model,
 ) -> None:
@@ -106,8 +119,14 @@ def embed_cmd(
     A video gets the normalised average of its frames' embeddings (each frame embedded as an
     image), unless --video-pooling clip. Progress counts files and images/frames embedded.
     """
+    from atoken.core.serialization import check_output_target
     from atoken.eval.understanding import embed_files, write_embeddings
 
+    check_output_target(output, "embeddings file")
+    require_suffix(output, (".safetensors",), "embeddings file")
+    refuse_existing(output, overwrite, "embeddings")
+    aopts = parse_adapter_options(options)
+    aopts.check_adapters(default_components().adapters.names())
     tok = _understanding_model(model, device)
     plan = execution_plan(tok, precision=precision, compile_model=compile_model)
     with tok.using(plan):
@@ -115,7 +134,7 @@ def embed_cmd(
             tok,
             inputs,
             modality=modality,
-            options=parse_options(options),
+            options=aopts,
             batch_size=batch_size,
             normalize=not no_normalize,
             progress=True,
@@ -130,7 +149,7 @@ def embed_cmd(
         normalized=not no_normalize,
         video_pooling=video_pooling,
     )
-    click.echo(
+    echo_result(
         f"{len(inputs)} input(s) -> {output} (embeddings {emb.shape[0]} x {emb.shape[1]},"
         f" model {tok.model_id})"
     )
@@ -168,9 +187,9 @@ def zeroshot_cmd(
     )
     width = max(len(n) for n in names)
     for path, rows in zip(inputs, ranked, strict=True):
-        click.echo(f"{path}:")
+        echo_result(f"{path}:")
         for rank, (label, score) in enumerate(rows, 1):
-            click.echo(f"  {rank:>2}. {label:<{width}}  {score:.4f}")
+            echo_result(f"  {rank:>2}. {label:<{width}}  {score:.4f}")
 
 
 def _eval_zeroshot(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
@@ -234,17 +253,11 @@ def _eval_reconstruction(tok, data: Path, a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _adapter_options(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``ADAPTER.KEY=VALUE`` pairs -> ``{adapter: {key: value}}`` (values parsed as JSON)."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_options(pairs).items():
-        adapter, dot, name = key.partition(".")
-        if not dot or not adapter or not name:
-            raise click.BadParameter(
-                f"expected ADAPTER.KEY=VALUE (e.g. mesh3d.views=8), got {key!r}",
-                param_hint="--option",
-            )
-        out.setdefault(adapter, {})[name] = value
-    return out
+    """``ADAPTER.KEY=VALUE`` pairs -> ``{adapter: {key: value}}`` (values parsed as JSON); a
+    folder of mixed files takes qualified keys only."""
+    options = parse_adapter_options(pairs, qualified_only=True)
+    options.check_adapters(default_components().adapters.names())
+    return options.per_adapter
 
 
 #: ``atoken eval --task NAME`` -> runner(model, data path, options) returning a JSON-ready dict
@@ -338,8 +351,9 @@ _HEAD_TASKS = {"zeroshot", "retrieval"}
     help="reconstruction: adapter option ADAPTER.KEY=VALUE, e.g. mesh3d.views=8",
 )
 @_device_option
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="results .json")
-def eval_cmd(task, model, data, output, **options) -> None:
+@output_option("results .json")
+@overwrite_option
+def eval_cmd(task, model, data, output, overwrite, **options) -> None:
     """Evaluate a model on a data set; print a JSON summary, write the full results with -o.
 
     --task reconstruction takes a folder of images and/or video clips: PSNR/SSIM/LPIPS per image
@@ -355,15 +369,17 @@ def eval_cmd(task, model, data, output, **options) -> None:
 
     if output is not None:  # refuse a bad target before any model loads or work starts
         check_output_target(output, "output")
+        require_suffix(output, (".json",), "results")
+        refuse_existing(output, overwrite, "results")
     if task in _HEAD_TASKS:
         tok = _understanding_model(model, options["device"])
     else:
-        tok = load_model(model)
+        tok = load_model(model).to(resolve_device(options["device"]))
     results = {"model": model, "model_id": tok.model_id, **EVAL_TASKS[task](tok, data, options)}
     results = json_safe(results)  # a perfect frame's PSNR is inf; JSON has no infinities
     detail = ("per_class", "confusion", "per_image", "per_video")
     summary = {k: v for k, v in results.items() if k not in detail}
-    click.echo(json.dumps(summary, indent=2))
+    echo_result(json.dumps(summary, indent=2))
     if output is not None:  # written before the protocol note, so a failed write is one line
         atomic_write_json(output, results)
     if task == "reconstruction":

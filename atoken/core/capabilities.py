@@ -63,7 +63,8 @@ class ChunksTokens(Protocol):
 class StreamsOutput(Protocol):
     """``stream_sink(meta, coords, output, *, comparison, reference, progress)``: a context
     manager with ``add(coords, feats)``, ``frames_done`` and ``metrics()``, writing decoded rows
-    as they arrive."""
+    as they arrive (and, optionally, ``comparison_layout``: where the comparison's halves lie, as
+    `LabelsComparison` returns it)."""
 
     def stream_sink(
         self,
@@ -92,10 +93,36 @@ class SamplesAssets(Protocol):
 
 
 @runtime_checkable
+class LabelsComparison(Protocol):
+    """``save_labelled_comparison(reference, reconstruction, path, *, metrics)``: the comparison
+    picture with its halves labelled (the reconstruction's with ``metrics``, e.g. PSNR / SSIM);
+    returns where the two pictures lie in it (``{"label_band": px, "reference": [x0, y0, x1,
+    y1], "reconstruction": [...]}``, written to metrics.json as ``side_by_side_layout``) or None.
+    Without it ``save_comparison`` writes the picture and no layout is recorded."""
+
+    def save_labelled_comparison(
+        self,
+        reference: Any,
+        reconstruction: Any,
+        path: str | os.PathLike[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Mapping[str, Any] | None: ...
+
+
+@runtime_checkable
 class ComparisonSuffix(Protocol):
     """``comparison_suffix``: suffix of the side-by-side file when it differs from the output's."""
 
     comparison_suffix: str
+
+
+@runtime_checkable
+class OutputSuffixes(Protocol):
+    """``output_suffixes``: every suffix ``save`` writes, the format chosen by the path's suffix
+    (``output_suffix`` first); without it ``save`` writes ``output_suffix`` only."""
+
+    output_suffixes: tuple[str, ...]
 
 
 @runtime_checkable
@@ -199,9 +226,21 @@ CAPABILITIES: dict[str, Capability] = {
             kwargs=("comparison", "reference", "progress"),
         ),
         Capability("example", HasExample, args=("generator",)),
+        Capability(
+            "save_labelled_comparison",
+            LabelsComparison,
+            args=("reference", "reconstruction", "path"),
+            kwargs=("metrics",),
+        ),
         Capability("sample_assets", SamplesAssets, args=()),
         Capability(
             "comparison_suffix", ComparisonSuffix, value=_is_suffix, expected="a '.suffix' string"
+        ),
+        Capability(
+            "output_suffixes",
+            OutputSuffixes,
+            value=lambda v: isinstance(v, tuple) and bool(v) and all(map(_is_suffix, v)),
+            expected="a non-empty tuple of lower-case '.suffix' strings",
         ),
         Capability(
             "metric_convention",

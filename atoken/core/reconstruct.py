@@ -23,6 +23,7 @@ from atoken.core.errors import InputError
 from atoken.core.modality import ModalityAdapter
 from atoken.core.plugins import Components, default_components
 from atoken.core.tokenizer import Tokenizer
+from atoken.core.tokens import PatchTokens
 
 
 def adapter_for(
@@ -95,6 +96,12 @@ class Reconstruction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def on_cpu(patch: PatchTokens) -> PatchTokens:
+    """A decoded sample's tokens on the CPU in float32, coords included (adapters rebuild,
+    compare and write samples on the CPU, whatever device the model ran on)."""
+    return patch.replace(feats=patch.feats.to("cpu", torch.float32), coords=patch.coords.cpu())
+
+
 def reconstruct_sample(
     model: Tokenizer,
     adapter: ModalityAdapter,
@@ -114,7 +121,8 @@ def reconstruct_sample(
         t2 = time.perf_counter()
         decoded = model.decode(latents)
         t3 = time.perf_counter()
-    rec = adapter.from_tokens(decoded.split()[0].replace(feats=decoded.feats.float().cpu()))
+    # back on the CPU, coords included: adapters compare and write on the CPU whatever --device
+    rec = adapter.from_tokens(on_cpu(decoded.split()[0]))
     reference = adapter.target(sample, tokens.meta)
     return Reconstruction(
         source=Path(source),

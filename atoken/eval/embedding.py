@@ -29,6 +29,7 @@ from torch import Tensor
 
 from atoken.core.errors import AtokenError, InputError
 from atoken.core.modality import ModalityAdapter
+from atoken.core.option_pairs import AdapterOptions
 from atoken.core.plugins import Components, default_components
 from atoken.core.progress import progress_bar
 from atoken.core.serialization import CheckpointError, load_tensors, read_metadata, save_tensors
@@ -170,7 +171,7 @@ class FileReader:
     def __init__(
         self,
         modality: str | None = None,
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | AdapterOptions | None = None,
         components: Components | None = None,
         video_pooling: VideoPooling = "frames",
     ) -> None:
@@ -183,7 +184,10 @@ class FileReader:
         self._adapter_for = adapter_for
         self.modality = modality
         self.video_pooling: VideoPooling = video_pooling
-        self.options = dict(options or {})
+        # per adapter (``-O image.max_res=512``), or one mapping for every adapter
+        self.options = (
+            options if isinstance(options, AdapterOptions) else AdapterOptions(dict(options or {}))
+        )
         self.comps = components or default_components()
         self._by_suffix: dict[str, ModalityAdapter] = {}
         self._image: ModalityAdapter | None = None
@@ -191,14 +195,16 @@ class FileReader:
     def adapter(self, path: Path) -> ModalityAdapter:
         key = self.modality or path.suffix.lower()
         if key not in self._by_suffix:
+            name = self.modality or self._adapter_for(path, None, None, self.comps).name
             self._by_suffix[key] = self._adapter_for(
-                path, self.modality, self.options or None, self.comps
+                path, name, self.options.for_adapter(name), self.comps
             )
         return self._by_suffix[key]
 
     def image_adapter(self) -> ModalityAdapter:
         if self._image is None:
-            resize = {k: v for k, v in self.options.items() if k in FRAME_OPTIONS}
+            clip_options = self.options.for_adapter("video") or {}
+            resize = {k: v for k, v in clip_options.items() if k in FRAME_OPTIONS}
             self._image = self.comps.adapters.build("image", resize or None)
         return self._image
 

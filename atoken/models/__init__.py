@@ -20,6 +20,10 @@ SHIPPED_MODELS: dict[str, str] = {
     ),
 }
 
+#: name -> the modalities it was trained on (the commands warn when it reconstructs another:
+#: atoken-tiny-photo saw single frames only, so a clip's frames 2-4 of each 4-frame tile are grey)
+TRAINED_MODALITIES: dict[str, tuple[str, ...]] = {"atoken-tiny-photo": ("image",)}
+
 #: the model `atoken reconstruct`, `encode`, `decode` and `embed` use without ``--model``
 DEFAULT_MODEL = "atoken-tiny-photo"
 

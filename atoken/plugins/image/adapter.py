@@ -27,9 +27,15 @@ from atoken.core.adapter_context import AdapterContext
 from atoken.core.errors import InputError
 from atoken.core.metrics import METRIC_CONVENTION, image_lpips, image_quality
 from atoken.core.patching import patchify, resize_and_crop, resize_crop_layout, unpatchify
-from atoken.core.pictures import side_by_side
+from atoken.core.pictures import format_metrics, labelled_side_by_side
 from atoken.core.tokens import PatchTokens, all_finite
-from atoken.plugins.image.io import IMAGE_EXTENSIONS, read_image, write_png
+from atoken.plugins.image.io import (
+    IMAGE_EXTENSIONS,
+    WRITE_FORMATS,
+    read_image,
+    write_image,
+    write_png,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +78,18 @@ class ImageAdapter:
     name = "image"
     extensions = IMAGE_EXTENSIONS
     output_suffix = ".png"
+    #: what ``save`` writes, by the path's suffix (PNG, JPEG q95, lossless WebP)
+    output_suffixes = tuple(WRITE_FORMATS)
     #: optional capabilities (`atoken.core.capabilities`), verified at registration
-    capabilities = frozenset({"example", "metric_convention", "metric_lower_is_better"})
+    capabilities = frozenset(
+        {
+            "example",
+            "metric_convention",
+            "metric_lower_is_better",
+            "output_suffixes",
+            "save_labelled_comparison",
+        }
+    )
     metric_convention = METRIC_CONVENTION
     metric_lower_is_better = ("lpips",)
 
@@ -90,10 +106,32 @@ class ImageAdapter:
         return read_image(path, max_pixels=self.options.max_pixels)
 
     def save(self, sample: Tensor, path: str | os.PathLike[str]) -> None:
-        write_png(sample, path)
+        write_image(sample, path)
 
     def save_comparison(self, reference: Tensor, reconstruction: Tensor, path) -> None:
-        write_png(side_by_side(reference, reconstruction), path)
+        """``reference | reconstruction`` as a PNG, each half labelled (no metrics)."""
+        self.save_labelled_comparison(reference, reconstruction, path)
+
+    def save_labelled_comparison(
+        self,
+        reference: Tensor,
+        reconstruction: Tensor,
+        path: str | os.PathLike[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """``reference | reconstruction`` as a PNG under a label band: "reference" and
+        "reconstruction" with its PSNR (dB) / SSIM (/ LPIPS) from ``metrics``.
+
+        Returns:
+            The layout (`atoken.core.pictures.ComparisonLayout` as JSON): ``label_band`` height
+            and the ``[x0, y0, x1, y1]`` boxes of the two images.
+        """
+        canvas, layout = labelled_side_by_side(
+            reference, reconstruction, ("reference",), ("reconstruction", *format_metrics(metrics))
+        )
+        write_png(canvas, path)
+        return layout.to_json()
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
         """PSNR, SSIM (and LPIPS) on the uint8 levels, as `atoken.core.metrics.METRIC_CONVENTION`

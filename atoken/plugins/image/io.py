@@ -348,6 +348,37 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
 
 
 # --------------------------------------------------------------------------------------- writing
+#: suffix -> (Pillow format, save options) of what `write_image` writes
+WRITE_FORMATS: dict[str, tuple[str, dict]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95}),
+    ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
+
+
+def write_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write an image in [-1, 1] atomically in the format its suffix names (`WRITE_FORMATS`:
+    PNG, JPEG at quality 95, lossless WebP), as `write_png` does for PNG.
+
+    Raises:
+        InputError: a suffix not in `WRITE_FORMATS` (before anything is written), a bad image,
+            or ``path`` is a directory.
+    """
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix not in WRITE_FORMATS:
+        raise InputError(
+            f"cannot write image '{os.fspath(path)}': {suffix or 'no suffix'} is not one of"
+            f" {', '.join(WRITE_FORMATS)}"
+        )
+    fmt, options = WRITE_FORMATS[suffix]
+    pixels = to_uint8(image)
+    dest = Path(os.fspath(path))
+    if dest.is_dir():
+        raise InputError(f"cannot write image '{os.fspath(path)}': is a directory")
+    atomic_write(dest, lambda fh: Image.fromarray(pixels).save(fh, format=fmt, **options))
+
+
 def write_png(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
     """Write an image in [-1, 1] as an 8-bit PNG, atomically.
 

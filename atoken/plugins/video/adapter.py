@@ -44,9 +44,9 @@ from atoken.core.frame_metrics import per_frame_metrics
 from atoken.core.metrics import METRIC_CONVENTION
 from atoken.core.patching import patchify, resize_and_crop, resize_crop_layout, unpatchify
 from atoken.core.tokens import COORD_LIMIT, PatchTokens, all_finite
-from atoken.plugins.video.io import DEFAULT_FPS, from_tchw, side_by_side
+from atoken.plugins.video.io import DEFAULT_FPS, from_tchw
 from atoken.plugins.video.reader import MAX_FRAMES, VIDEO_EXTENSIONS, VideoFile, read_video
-from atoken.plugins.video.stream import Progress, VideoSink
+from atoken.plugins.video.stream import LabelledComparison, Progress, VideoSink
 from atoken.plugins.video.writer import write_mp4
 
 #: colour channels of a clip (the geometry's channels must match)
@@ -110,6 +110,7 @@ class VideoAdapter:
             "metric_convention",
             "metric_info_keys",
             "open",
+            "save_labelled_comparison",
             "save_tolerance",
             "stream_sink",
             "to_token_chunks",
@@ -186,14 +187,40 @@ class VideoAdapter:
     def save_comparison(
         self, reference: Tensor, reconstruction: Tensor, path, fps: float | None = None
     ) -> None:
-        """Write ``reference | reconstruction`` side by side as one MP4 at the clip's rate."""
+        """Write ``reference | reconstruction`` side by side as one MP4 at the clip's rate, each
+        frame labelled (`save_labelled_comparison`)."""
+        self.save_labelled_comparison(reference, reconstruction, path, fps=fps)
+
+    def save_labelled_comparison(
+        self,
+        reference: Tensor,
+        reconstruction: Tensor,
+        path: str | os.PathLike[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        fps: float | None = None,
+    ) -> dict[str, Any]:
+        """``reference | reconstruction`` as one MP4 under a label band on every frame:
+        "reference", and "reconstruction" with that frame's PSNR (measured here; the clip's
+        ``metrics`` summary is not drawn). Returns the layout (label band, the two boxes)."""
+        if not isinstance(reference, Tensor) or not isinstance(reconstruction, Tensor):
+            raise InputError("save_comparison: clips must be [T, H, W, 3] tensors")
+        if reference.shape != reconstruction.shape:
+            raise InputError(
+                f"save_comparison: clips must have one shape, got {list(reference.shape)} and"
+                f" {list(reconstruction.shape)}"
+            )
         rate = fps if fps is not None else self.fps_of(reconstruction) or self.fps_of(reference)
+        ref, rec = reference.detach().float().cpu(), reconstruction.detach().float().cpu()
+        psnr = per_frame_metrics(ref, rec.clamp(-1, 1)).per_frame["psnr"]
+        labels = LabelledComparison(*ref.shape[1:3])
         write_mp4(
-            side_by_side(reference, reconstruction),
+            labels.compose(ref, rec, psnr),
             path,
             rate if rate is not None else self._rate(reconstruction, None),
             crf=self.options.crf,
         )
+        return labels.layout.to_json()
 
     def metrics(self, reference: Tensor, reconstruction: Tensor) -> dict[str, float]:
         """Per-frame PSNR and SSIM summarised over frames, and the frame count.

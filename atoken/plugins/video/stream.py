@@ -29,6 +29,7 @@ from atoken.core.errors import InputError
 from atoken.core.frame_metrics import FrameMetrics, per_frame_metrics
 from atoken.core.geometry import TokenGeometry
 from atoken.core.patching import unpatchify
+from atoken.core.pictures import ComparisonLayout, LabelBand, label_font_size
 from atoken.plugins.video.io import side_by_side
 from atoken.plugins.video.reader import VideoFile
 from atoken.plugins.video.writer import Mp4Writer
@@ -74,6 +75,43 @@ class ReferenceFrames:
             parts.append(part)
             need -= part.shape[0]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+#: gap between the two halves of a side-by-side clip (`atoken.plugins.video.io.side_by_side`)
+GAP = 8
+
+
+class LabelledComparison:
+    """``reference | reconstruction`` frames under a label band: "reference" over the left half,
+    "reconstruction" and that frame's PSNR over the right one. Planned once per frame size, so
+    every frame of a clip has the same band (and the MP4 one frame size).
+
+    Args:
+        height, width: frame size of both clips (after the adapter's crop).
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        x = width + GAP
+        self.band = LabelBand(
+            2 * width + GAP,
+            [(0, width), (x, x + width)],
+            [("reference",), ("reconstruction", "PSNR 88.88 dB")],  # the widest caption
+            label_font_size(height, width),
+        )
+        b = self.band.height
+        #: where the two clips lie in each frame (written to metrics.json)
+        self.layout = ComparisonLayout(b, (0, b, width, b + height), (x, b, x + width, b + height))
+
+    def compose(self, reference: Tensor, reconstruction: Tensor, psnr: list[float]) -> Tensor:
+        """``[T, H, W, 3]`` twice and ``T`` PSNR values -> ``[T, band + H, 2 W + gap, 3]``."""
+        canvas = side_by_side(reference, reconstruction, GAP)  # [T, H, 2W + gap, 3]
+        bands = torch.stack(
+            [
+                self.band.draw_float([("reference",), ("reconstruction", f"PSNR {p:.2f} dB")])
+                for p in psnr
+            ]
+        ).to(canvas.device)  # [T, band, 2W + gap, 3]
+        return torch.cat([bands, canvas], 1)
 
 
 class FrameAssembler:
@@ -225,6 +263,14 @@ class VideoSink:
         if self.compare is not None:
             self.writers.append(self.compare)
         self.values: dict[str, list[float]] = {"psnr": [], "ssim": []}
+        h, w = self.assembler.grid_pixels
+        self.labels = LabelledComparison(h, w) if self.compare is not None else None
+
+    @property
+    def comparison_layout(self) -> dict[str, Any] | None:
+        """Where the reference and the reconstruction lie in the comparison's frames (the
+        label band's height and their ``[x0, y0, x1, y1]`` boxes); None without a comparison."""
+        return None if self.labels is None else self.labels.layout.to_json()
 
     @property
     def frames_done(self) -> int:
@@ -270,7 +316,7 @@ class VideoSink:
                     for name, vals in chunk.per_frame.items():
                         self.values[name] += vals
                     if self.compare is not None:
-                        self.compare.write(side_by_side(ref, rec))
+                        self.compare.write(self.labels.compose(ref, rec, chunk.per_frame["psnr"]))
                     del ref
                 del rec
             del frames

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atoken.core.folder_files import list_suffixed
+from atoken.core.progress import print_result, progress_bar
 from atoken.train.data.pack import folder_adapter, pack_folder, pack_suffixes
 
 
@@ -21,7 +20,7 @@ from atoken.train.data.pack import folder_adapter, pack_folder, pack_suffixes
 @click.option(
     "--output",
     "-o",
-    "out_dir",
+    "output",
     required=True,
     type=click.Path(path_type=Path),  # a file here is refused by pack_shards, in one line
     help="directory for the shards (created if missing)",
@@ -45,7 +44,7 @@ from atoken.train.data.pack import folder_adapter, pack_folder, pack_suffixes
 )
 def pack_command(
     src: Path,
-    out_dir: Path,
+    output: Path,
     shard_size: int,
     prefix: str,
     recursive: bool,
@@ -63,33 +62,24 @@ def pack_command(
     """
     adapter = folder_adapter(src, recursive=recursive, modality=modality)
     total = len(list_suffixed(src, recursive, pack_suffixes(adapter)))
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("packing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task("pack", total=total)
+    with progress_bar(True) as bar:  # on a terminal: rate and ETA; logs stay clean
+        task = bar.add_task("packing", total=total, unit="files") if bar is not None else None
         shards = pack_folder(
             src,
-            out_dir,
+            output,
             shard_size,
             prefix,
             adapter=adapter,
             recursive=recursive,
             overwrite=overwrite,
-            on_file=lambda _key, _ok: progress.advance(task),
+            on_file=lambda _key, _ok: bar.advance(task) if bar is not None else None,
         )
     for reason in shards.skip_reasons:
-        click.echo(f"skipped {reason}", err=True)
+        print_result(f"skipped {reason}", err=True)
     more = shards.skipped - len(shards.skip_reasons)
     if more > 0:
-        click.echo(f"skipped {more} more unreadable file(s)", err=True)
-    click.echo(
+        print_result(f"skipped {more} more unreadable file(s)", err=True)
+    print_result(
         f"wrote {len(shards)} shard(s), {shards.samples} sample(s), {shards.skipped} skipped:"
         f" {shards.pattern}"
     )

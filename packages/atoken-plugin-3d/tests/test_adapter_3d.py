@@ -187,9 +187,19 @@ def test_reconstruct_bunny_writes_ply_comparison_and_metrics(reconstructed) -> N
     assert g.means.shape == (voxels * GAUSSIANS_PER_VOXEL, 3)
     assert float(g.means.abs().max()) < 0.25  # around the fill-0.3 bunny, inside the cube
     png = np.asarray(Image.open(reconstructed / "side_by_side.png"))
-    assert png.shape == (2 * 32 + 4, 2 * 32 + 4, 3)  # ground truth over reconstruction, 2 views
-    gt, rec = png[:32, :32].astype(float), png[36:, :32].astype(float)
+    layout = metrics["side_by_side_layout"]  # a label band above each row of 2 views
+    b = layout["label_band"]
+    assert png.shape == (2 * (b + 32) + 4, 2 * 32 + 4, 3)  # ground truth over reconstruction
+    assert layout["reference"] == [0, b, 68, b + 32]
+    assert layout["reconstruction"] == [0, 2 * b + 36, 68, 2 * b + 68]
+    assert layout["reconstruction_views"] == [
+        [0, 2 * b + 36, 32, 2 * b + 68],
+        [36, 2 * b + 36, 68, 2 * b + 68],
+    ]
+    gt, rec = png[b : b + 32, :32].astype(float), png[2 * b + 36 :, :32].astype(float)
     assert gt.std() > 5 and rec.std() > 5  # both rows show the asset on black
+    for top in (0, b + 36):  # "ground truth" / "render" + PSNR: dark text on the white bands
+        assert (png[top : top + b].max(-1) < 160).sum() > 5  # small antialiased text
     assert sorted(p.name for p in reconstructed.iterdir()) == [
         "metrics.json",
         "reconstruction.ply",

@@ -35,7 +35,7 @@ def test_mesh3d_declares_what_it_implements() -> None:
     import atoken
 
     entry = atoken.default_components().adapters.get("mesh3d")
-    assert entry.capabilities == {"comparison_suffix", "sample_assets"}
+    assert entry.capabilities == {"comparison_suffix", "sample_assets", "save_labelled_comparison"}
     assert not entry.has("stream_sink") and not entry.has("example")
 
 

@@ -26,7 +26,8 @@ Decoding (`from_tokens`): the first frame of the decoded rows goes through the G
 untrained decoder (logged once: the output is then meaningless). Reconstructions are written as
 3D Gaussian Splatting ``.ply`` files (normalised asset space) and compared with the held-out
 views rendered from the Gaussians (``side_by_side.png``: ground truth above, reconstruction
-below; PSNR / SSIM / LPIPS with images in [0, 1]).
+below, each view labelled, the renders with their PSNR; PSNR / SSIM / LPIPS with images in
+[0, 1]).
 
 References: AToken (Lu et al., 2025) 3D tokens and evaluation on held-out renders; TRELLIS
 (Xiang et al., 2024) asset normalisation, render set-up and Gaussian decoding; 3D Gaussian
@@ -92,7 +93,7 @@ class Mesh3DAdapter:
     extensions = MESH_EXTENSIONS + VOXEL_EXTENSIONS + NERF_EXTENSIONS
     output_suffix = ".ply"
     #: optional capabilities (`atoken.core.capabilities`), verified when first built
-    capabilities = frozenset({"comparison_suffix", "sample_assets"})
+    capabilities = frozenset({"comparison_suffix", "sample_assets", "save_labelled_comparison"})
     comparison_suffix = ".png"
 
     def __init__(
@@ -190,20 +191,70 @@ class Mesh3DAdapter:
     def save_comparison(
         self, reference: Views | None, reconstruction: Gaussians, path: str | os.PathLike[str]
     ) -> None:
-        """PNG grid: held-out ground truth (top row) over the Gaussians rendered there (bottom).
+        """PNG grid: held-out ground truth (top row) over the Gaussians rendered there (bottom),
+        labelled per view (`save_labelled_comparison`)."""
+        self.save_labelled_comparison(reference, reconstruction, path)
+
+    def save_labelled_comparison(
+        self,
+        reference: Views | None,
+        reconstruction: Gaussians,
+        path: str | os.PathLike[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """PNG grid: a "ground truth" row of the held-out views over a "render" row of the
+        Gaussians rendered there, each view under a label band, each render's label with that
+        view's PSNR (dB; images in [0, 1], as `metrics`). ``metrics`` (the means) is not drawn.
 
         Without reference views (voxel-file inputs) only the renders from four turntable cameras
-        are shown.
+        are shown (``reference`` is then None in the layout).
+
+        Returns:
+            The layout: ``label_band`` (the height of each row's band), the ``[x0, y0, x1, y1]``
+            boxes of the ``reference`` row and the ``reconstruction`` row (white gaps between
+            views included), and each view's boxes (``reference_views``,
+            ``reconstruction_views``).
         """
+        from atoken.plugin import psnr
+
         from atoken_plugin_3d.cameras import turntable_cameras
 
         if reference is None:
             o = self.options
             cams = turntable_cameras(4, radius=o.radius, fov_deg=o.fov_deg, size=o.heldout_size)
             rows = [self.render(reconstruction, cams)]
+            captions = [[("render",)] * len(cams)]
         else:
-            rows = [reference.rgb.float(), self.render(reconstruction, reference.cameras)]
-        atomic_write_bytes(path, _png(_grid(rows)))
+            ref = reference.rgb.float().cpu()
+            rendered = self.render(reconstruction, reference.cameras)
+            rows = [ref, rendered]
+            per_view = psnr(ref, rendered, data_range=1.0).reshape(-1).tolist()
+            captions = [
+                [("ground truth",)] * len(per_view),
+                [("render", f"PSNR {p:.2f} dB") for p in per_view],
+            ]
+        image, boxes, band = _labelled_grid(rows, captions)
+        atomic_write_bytes(path, _png(image))
+
+        def span(views: list[list[int]]) -> list[int]:
+            return [views[0][0], views[0][1], views[-1][2], views[-1][3]]
+
+        if reference is None:
+            return {
+                "label_band": band,
+                "reference": None,
+                "reconstruction": span(boxes[0]),
+                "reference_views": None,
+                "reconstruction_views": boxes[0],
+            }
+        return {
+            "label_band": band,
+            "reference": span(boxes[0]),
+            "reconstruction": span(boxes[1]),
+            "reference_views": boxes[0],
+            "reconstruction_views": boxes[1],
+        }
 
     # ------------------------------------------------------------------ tokens
     def to_tokens(self, sample: Asset3D, *, train: bool = False, generator=None) -> PatchTokens:
@@ -339,17 +390,36 @@ class Mesh3DAdapter:
         return self._lpips or None
 
 
-def _grid(rows: list[Tensor], gap: int = 4) -> np.ndarray:
-    """Rows of ``[V, H, W, 3]`` images in [0, 1] -> one uint8 ``[h, w, 3]`` grid, white gaps."""
+def _labelled_grid(
+    rows: list[Tensor], captions: list[list[tuple[str, ...]]], gap: int = 4
+) -> tuple[np.ndarray, list[list[list[int]]], int]:
+    """Rows of ``[V, H, W, 3]`` images in [0, 1] -> one uint8 grid, white gaps, a label band
+    above each row (``captions[row][view]``).
+
+    Returns:
+        ``(image, boxes[row][view] = [x0, y0, x1, y1], band height)``.
+    """
+    from atoken.plugin import LabelBand, label_font_size
+
     v, h, w = rows[0].shape[:3]
-    out = np.full(
-        (len(rows) * h + (len(rows) - 1) * gap, v * w + (v - 1) * gap, 3), 255, dtype=np.uint8
-    )
+    width = v * w + (v - 1) * gap
+    columns = [(c * (w + gap), c * (w + gap) + w) for c in range(v)]
+    # one band height for every row: planned on each column's widest caption
+    widest = [max((row[c] for row in captions), key=lambda p: len(" ".join(p))) for c in range(v)]
+    labels = LabelBand(width, columns, widest, label_font_size(h, w))
+    band = labels.height
+    block = band + h
+    out = np.full((len(rows) * block + (len(rows) - 1) * gap, width, 3), 255, dtype=np.uint8)
+    boxes = []
     for r, row in enumerate(rows):
+        top = r * (block + gap)
+        out[top : top + band] = labels.draw(captions[r])
         img = (row.float().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-        for c in range(v):
-            out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = img[c]
-    return out
+        y = top + band
+        for c, (x0, x1) in enumerate(columns):
+            out[y : y + h, x0:x1] = img[c]
+        boxes.append([[x0, y, x1, y + h] for x0, x1 in columns])
+    return out, boxes, band
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -5,8 +5,9 @@
 - tasks ``3d_rec`` and ``3d_und``, and ``3d_gs`` (train the Gaussian decoder on rendered views);
 - task objective ``gaussian_render`` (the loss of ``3d_gs`` batches, run by atoken's trainer:
   ``atoken train configs/3d-gs.toml``; `atoken_plugin_3d.gs_objective`);
-- commands ``convert-gs`` (the official Gaussian decoder checkpoint) and ``eval-3d``
-  (reconstruction metrics over a folder of meshes / NeRF folders).
+- commands ``convert-gs`` (the official Gaussian decoder checkpoint), ``eval-3d``
+  (reconstruction metrics over a folder of meshes / NeRF folders) and ``turntable`` (a
+  Gaussian .ply or a mesh rendered around, as an MP4 or GIF).
 
 Registration imports only pydantic options and click: torch, trimesh and the model code load
 when a component is built.
@@ -81,7 +82,7 @@ def atoken_register_objectives(registry) -> None:
 
 @hookimpl
 def atoken_register_commands(registry) -> None:
-    from atoken_plugin_3d.cli import convert_gs, eval_3d
+    from atoken_plugin_3d.cli import convert_gs, eval_3d, turntable
 
     registry.add(
         "convert-gs",
@@ -92,4 +93,9 @@ def atoken_register_commands(registry) -> None:
         "eval-3d",
         eval_3d,
         description="3D reconstruction PSNR/SSIM/LPIPS over held-out views of a folder of assets",
+    )
+    registry.add(
+        "turntable",
+        turntable,
+        description="render a Gaussian .ply or a mesh around, as an MP4 or GIF labelled by azimuth",
     )

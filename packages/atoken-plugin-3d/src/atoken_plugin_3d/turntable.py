@@ -5,6 +5,10 @@ Cameras come from `atoken_plugin_3d.cameras.turntable_cameras` (constant elevati
 ``cols = views`` gives a strip) and, when PyAV is installed, encoded as an H.264 MP4 (yuv420p, so
 the frame size is rounded down to even numbers). Both files are written atomically.
 
+`turntable_file` is ``atoken turntable FILE -o OUT``: a Gaussian ``.ply``, a mesh or a
+``builtin:NAME`` mesh rendered around, each frame under a band saying its azimuth, as one MP4
+(or GIF).
+
 References: TRELLIS render set-up (radius 2, FoV 40°); PyAV (FFmpeg bindings) for encoding.
 """
 
@@ -83,6 +87,32 @@ def encode_mp4(frames: Tensor, fps: int) -> bytes:
     return buf.getvalue()
 
 
+def render_turntable(
+    tensors: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    views: int,
+    *,
+    size: int = 256,
+    radius: float = 2.0,
+    elevation_deg: float = 20.0,
+    fov_deg: float = 40.0,
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    backend: str = "auto",
+) -> Tensor:
+    """``[views, size, size, 3]`` uint8 renders of activated Gaussians (``gaussian_tensors``:
+    means, scales, quats, opacities, colours) from `turntable_cameras` (azimuth ``360 i / views``
+    degrees)."""
+    cams = turntable_cameras(
+        views, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg, size=size
+    )
+    frames = []
+    with torch.no_grad():
+        for i, cam in enumerate(cams):
+            rgb = render_tensors(*tensors, cam, background=background, backend=backend).rgb
+            frames.append((rgb.float().cpu() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
+            logger.info("turntable: rendered view %d/%d", i + 1, views)
+    return torch.stack(frames)  # [V, size, size, 3]
+
+
 def write_turntable(
     gaussians: Gaussians,
     out_dir: str | os.PathLike[str],
@@ -126,17 +156,18 @@ def write_turntable(
         raise InputError("turntable: mp4=True needs PyAV (pip install av)")
     want_mp4 = has_av if mp4 is None else mp4
     out = Path(out_dir)
-    cams = turntable_cameras(
-        views, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg, size=size
-    )
-    frames = []
     with torch.no_grad():
         tensors = gaussian_tensors(gaussians)
-        for i, cam in enumerate(cams):
-            rgb = render_tensors(*tensors, cam, background=background, backend=backend).rgb
-            frames.append((rgb.float().cpu() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
-            logger.info("turntable: rendered view %d/%d", i + 1, views)
-    stack = torch.stack(frames)
+    stack = render_turntable(
+        tensors,
+        views,
+        size=size,
+        radius=radius,
+        elevation_deg=elevation_deg,
+        fov_deg=fov_deg,
+        background=background,
+        backend=backend,
+    )
     png = out / f"{stem}.png"
     buf = io.BytesIO()
     Image.fromarray(grid_image(stack, cols)).save(buf, format="PNG")
@@ -148,3 +179,119 @@ def write_turntable(
             _atomic_write(video, mp4_bytes)
     logger.info("turntable: wrote %s%s", png, f" and {video}" if video else "")
     return Turntable(frames=stack, png=png, mp4=video)
+
+
+# --------------------------------------------------------------------- `atoken turntable FILE`
+#: what `turntable_file` writes, by the output's suffix
+TURNTABLE_SUFFIXES = (".mp4", ".gif")
+
+
+def azimuths(views: int) -> list[float]:
+    """Azimuth in degrees of each `turntable_cameras` view (``360 i / views``)."""
+    return [360.0 * i / views for i in range(views)]
+
+
+def _load_frames(source: str, views: int, size: int, elevation_deg: float) -> Tensor:
+    """``[views, size, size, 3]`` uint8 turntable renders of a Gaussian ``.ply``, a mesh file or
+    a ``builtin:NAME`` mesh."""
+    from atoken_plugin_3d.builtin_assets import BUILTIN_PREFIX, builtin_mesh
+    from atoken_plugin_3d.mesh import load_mesh
+
+    kw = {"size": size, "elevation_deg": elevation_deg}
+    if source.startswith(BUILTIN_PREFIX):
+        mesh = builtin_mesh(source[len(BUILTIN_PREFIX) :], 1.0)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"turntable: input {source!r} is not a file")
+        mesh = None
+        if path.suffix.lower() == ".ply":
+            from atoken_plugin_3d.ply import read_ply
+            from atoken_plugin_3d.render_gaussians import sh0_to_rgb
+
+            try:
+                g = read_ply(path)
+            except InputError as splat_error:
+                try:
+                    mesh = load_mesh(path)
+                except InputError as mesh_error:
+                    raise InputError(
+                        f"turntable: {source!r} is neither a 3D Gaussian Splatting .ply"
+                        f" ({splat_error}) nor a mesh ({mesh_error})"
+                    ) from None
+            else:
+                tensors = (g.means, g.scales, g.quats, g.opacities, sh0_to_rgb(g.features_dc))
+                return render_turntable(tensors, views, **kw)
+        else:
+            mesh = load_mesh(path)
+    from atoken_plugin_3d.render_mesh import render_views
+
+    cams = turntable_cameras(views, size=size, elevation_deg=elevation_deg)
+    rgb = render_views(mesh, cams).rgb  # [V, H, W, 3] in [0, 1]
+    return (rgb.float() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def label_frames(frames: Tensor) -> Tensor:
+    """Each ``[N, H, W, 3]`` uint8 frame under a white band saying its azimuth (``azimuth 45°``,
+    on two lines when the frame is narrow): ``[N, band + H, W, 3]``."""
+    from atoken.plugin import LabelBand, label_font_size
+
+    n, h, w, _ = frames.shape
+    captions = [[("azimuth", f"{a:.0f}°" if a == round(a) else f"{a:.1f}°")] for a in azimuths(n)]
+    widest = max(captions, key=lambda c: len(" ".join(c[0])))  # the band fits every frame's
+    band = LabelBand(w, [(0, w)], widest, label_font_size(h, w))
+    bands = np.stack([band.draw(c) for c in captions])
+    return torch.cat([torch.from_numpy(bands), frames], 1)
+
+
+def encode_gif(frames: Tensor, fps: int) -> bytes:
+    """Looping GIF bytes of ``[N, H, W, 3]`` uint8 frames, via Pillow."""
+    images = [Image.fromarray(f) for f in frames.numpy()]
+    buf = io.BytesIO()
+    images[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, round(1000 / fps)),
+        loop=0,
+    )
+    return buf.getvalue()
+
+
+def turntable_file(
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    frames: int = 48,
+    size: int = 256,
+    elevation_deg: float = 20.0,
+    fps: int = 24,
+) -> Path:
+    """Render ``frames`` views of ``source`` around it and write them, each labelled with its
+    azimuth, as an MP4 (H.264 via PyAV) or a GIF, chosen by ``output``'s suffix (atomically).
+
+    Args:
+        source: a 3D Gaussian Splatting ``.ply`` (what ``atoken reconstruct`` writes), a mesh file
+            (OBJ / PLY / GLB / glTF / STL / OFF) or ``builtin:NAME``.
+        output: ``.mp4`` or ``.gif`` path.
+        frames: views on the circle.
+        size: width and height of the rendered view in pixels (the label band is added above).
+        elevation_deg: camera elevation.
+        fps: frame rate.
+    """
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if suffix not in TURNTABLE_SUFFIXES:
+        raise InputError(f"turntable: output {str(out)!r} must end in .mp4 or .gif")
+    if frames < 1:
+        raise InputError(f"turntable: frames must be >= 1, got {frames}")
+    if size < 16:
+        raise InputError(f"turntable: size must be >= 16 pixels, got {size}")
+    if suffix == ".mp4" and importlib.util.find_spec("av") is None:
+        raise InputError("turntable: an MP4 needs PyAV (pip install av); or write a .gif")
+    stack = label_frames(_load_frames(source, frames, size, elevation_deg))
+    data = encode_mp4(stack, fps) if suffix == ".mp4" else encode_gif(stack, fps)
+    _atomic_write(out, data)
+    logger.info("turntable: wrote %s (%d frames)", out, frames)
+    return out
