@@ -28,6 +28,9 @@ ERROR_PREFIX = "atoken: error: "
 #: progress lines a command prints on a non-terminal stderr before it fails ("NAME: decoded
 #: 48/131 frames"); they are not part of the error
 PROGRESS = re.compile(r"^\S.*: decoded \d+/\d+ frames$")
+#: the one-line warnings atoken prints before work starts (an untrained preset, a shipped model
+#: reconstructing a modality it was not trained on); they are not part of the error either
+WARNING = re.compile(r"^warning: \S")
 
 
 # -------------------------------------------------------------------------------- snapshots
@@ -100,7 +103,11 @@ def assert_one_line_error(result: Result, *, mentions: Iterable[str] = ()) -> st
             f"uncaught {type(result.exception).__name__}:\n{_traceback_of(result)}"
         )
     assert result.exit_code != 0, f"exit 0, expected an error; output:\n{result.output}"
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
+    lines = [
+        ln
+        for ln in result.stderr.splitlines()
+        if ln.strip() and not PROGRESS.match(ln) and not WARNING.match(ln)
+    ]
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), (
         f"expected one '{ERROR_PREFIX}...' line on stderr, got:\n{result.stderr}"
     )
