@@ -26,6 +26,7 @@ install: $(VENV)/bin/python
 demo: install
 	$(VENV)/bin/atoken train configs/quickstart.toml --out runs/quickstart --resume
 	$(VENV)/bin/atoken demo --model runs/quickstart/model --output runs/quickstart/demo --overwrite
+	$(VENV)/bin/atoken report runs/quickstart -o runs/quickstart/report.html --overwrite
 
 test: install
 	$(VENV)/bin/python -m pytest tests packages/atoken-plugin-3d/tests

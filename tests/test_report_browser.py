@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_report import make_reconstructions, make_run
 
 from atoken.report import write_report
+from tests.test_report import make_reconstructions, make_run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 BACKGROUND = (32, 36, 42)  # splat.js's clear colour, 0.125 / 0.141 / 0.165 of 255
@@ -82,7 +82,7 @@ def browser(page):
         driver.quit()
 
 
-def wait_for(driver, script: str, timeout: float = 15.0):
+def wait_for(driver, script: str, timeout: float = 40.0):  # generous: a loaded CI machine
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = driver.execute_script(script)
@@ -155,7 +155,7 @@ def test_the_clip_player_plays_and_scrubs(browser) -> None:
     assert first[0] != first[1] and all(s.startswith("data:image/jpeg") for s in first)
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", fig)
     fig.find_element(By.CSS_SELECTOR, ".play").click()
-    end = time.monotonic() + 5
+    end = time.monotonic() + 20  # animation frames are slow on a loaded 2-core machine
     while label.text == "frame 1 / 8" and time.monotonic() < end:
         time.sleep(0.05)
     assert label.text != "frame 1 / 8"

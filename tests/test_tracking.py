@@ -195,11 +195,13 @@ def test_a_missing_tracker_package_names_the_extra(tmp_path, monkeypatch) -> Non
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match=r"pip install 'atoken\[tensorboard\]'"):
         open_trackers(["tensorboard"], tmp_path)
-    # a run fails at its start, before any step is logged
+    # building the trainer fails, before the model is built or any step is logged
     run = tmp_path / "run"
+    built = []
+    monkeypatch.setattr(Trainer, "_build_model", lambda self: built.append(1))
     with pytest.raises(ConfigError, match=r"atoken\[tensorboard\]"):
-        Trainer(_config(2, log_to=["tensorboard"]), run, progress=False).fit()
-    assert not (run / "metrics.jsonl").exists()
+        Trainer(_config(2, log_to=["tensorboard"]), run, progress=False)
+    assert built == [] and not (run / "metrics.jsonl").exists()
 
 
 def test_an_unknown_tracker_is_one_line_naming_the_known_ones(tmp_path) -> None:

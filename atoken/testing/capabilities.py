@@ -268,6 +268,56 @@ class MetricInfoKeysContract(_CapabilityContract):
         assert set(adapter.metric_info_keys) <= keys, (adapter.metric_info_keys, keys)
 
 
+class OutputSuffixesContract(_CapabilityContract):
+    """``output_suffixes``: ``save`` writes every listed suffix (``output_suffix`` among them)
+    in a format ``load`` reads back at the sample's size."""
+
+    capability = "output_suffixes"
+
+    def test_save_writes_every_suffix(self, tmp_path) -> None:
+        adapter = self.capable_adapter("output_suffixes")
+        assert adapter.output_suffix.lower() in adapter.output_suffixes
+        _, target, _ = self.tensor_target(adapter, seed=7)
+        for suffix in adapter.output_suffixes:
+            path = tmp_path / f"out{suffix}"
+            adapter.save(target, path)
+            back = adapter.load(path)
+            assert back.shape == target.shape, (suffix, back.shape, target.shape)
+            # lossy formats (JPEG) included: far below what a wrong format or channel order gives
+            assert (back.float() - target.float()).abs().mean() < 0.1, suffix
+
+
+class LabelledComparisonContract(_CapabilityContract):
+    """``save_labelled_comparison(reference, reconstruction, path, *, metrics)``: writes the
+    comparison and returns its layout: a JSON mapping with the ``label_band`` height and the
+    ``[x0, y0, x1, y1]`` boxes of the two pictures, below the band, each the sample's size."""
+
+    capability = "save_labelled_comparison"
+
+    def test_layout_boxes_are_the_pictures(self, tmp_path) -> None:
+        from atoken.core.capabilities import has_capability
+
+        adapter = self.capable_adapter("save_labelled_comparison")
+        _, target, _ = self.tensor_target(adapter, seed=8)
+        suffix = (
+            adapter.comparison_suffix
+            if has_capability(adapter, "comparison_suffix")
+            else adapter.output_suffix
+        )
+        path = tmp_path / f"comparison{suffix}"
+        layout = adapter.save_labelled_comparison(
+            target, target, path, metrics=adapter.metrics(target, target)
+        )
+        assert path.is_file() and path.stat().st_size > 0
+        assert json.loads(json.dumps(layout)) == layout
+        band = layout["label_band"]
+        assert isinstance(band, int) and band > 0
+        h, w = target.shape[-3], target.shape[-2]  # [..., H, W, C]
+        (rx0, ry0, rx1, ry1), (cx0, cy0, cx1, cy1) = layout["reference"], layout["reconstruction"]
+        assert (rx1 - rx0, ry1 - ry0) == (w, h) == (cx1 - cx0, cy1 - cy0), layout
+        assert ry0 >= band and cy0 >= band and rx1 <= cx0, layout  # under the band, side by side
+
+
 #: every capability contract, by capability: ``class TestX(AdapterContract, *CAPABILITY_CONTRACTS.values())``
 CAPABILITY_CONTRACTS: dict[str, type[_CapabilityContract]] = {
     c.capability: c
@@ -279,5 +329,7 @@ CAPABILITY_CONTRACTS: dict[str, type[_CapabilityContract]] = {
         SampleAssetsContract,
         MetricConventionContract,
         MetricInfoKeysContract,
+        OutputSuffixesContract,
+        LabelledComparisonContract,
     )
 }

@@ -72,6 +72,27 @@ def scalars(row: Mapping[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
+#: the module each tracker needs (`check_available` imports it)
+_MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}
+
+
+def check_available(names: Sequence[str]) -> None:
+    """Import what each tracker of ``names`` needs, so a missing package fails when the trainer
+    is built, before any model or data is loaded.
+
+    Raises:
+        ConfigError: a package is missing (the message names the extra to install).
+    """
+    import importlib
+
+    for name in dict.fromkeys(names):
+        if name in _MODULES:
+            try:
+                importlib.import_module(_MODULES[name])
+            except ImportError as exc:
+                raise _missing(name, exc) from None
+
+
 def _missing(name: str, exc: ImportError) -> ConfigError:
     return ConfigError(
         f"[run] log_to names {name!r}, but it cannot be imported ({exc}); install it with:"

@@ -139,6 +139,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.components = components or default_components()
         self._check_tasks()  # a missing modality plugin fails before anything is loaded
+        if self.config.run.log_to:  # and so does a missing tracker package (rank 0 logs)
+            from atoken.train.tracking import check_available
+
+            check_available(self.config.run.log_to)
         self.dist: DistInfo = init_distributed(config.run.device)
         self.progress = progress and self.dist.is_main
         torch.manual_seed(config.run.seed + self.dist.rank)
