@@ -346,8 +346,11 @@ def test_two_torchrun_ranks_write_disjoint_shards_equal_to_one_process(
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "rank 0/2: " in run.stdout and "rank 1/2: " in run.stdout
-    assert "every shard is done" in run.stdout
+    # results on stdout from rank 0 only; rank 1 reports its own shards on stderr
+    summary = [f"rank {r}/2: {photo_dir}: " for r in (0, 1)]
+    assert summary[0] in run.stdout and summary[1] not in run.stdout
+    assert summary[1] in run.stderr
+    assert "every shard is done" in run.stdout  # whichever rank wrote the manifest
     # rank 0 wrote shards 0 and 2, rank 1 shard 1: together the one-process shards, byte for byte
     for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "manifest.json"):
         assert (out / name).read_bytes() == (one / name).read_bytes(), name
