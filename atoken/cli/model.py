@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from atoken.cli._group import (
 )
 from atoken.core.capabilities import has_capability
 from atoken.core.errors import InputError
+from atoken.core.frame_metrics import json_safe
 from atoken.core.option_pairs import parse_adapter_options
 from atoken.core.plugins import default_components
 from atoken.core.presets import PRESET_DESCRIPTIONS, PRESETS
@@ -205,7 +205,7 @@ def reconstruct_cmd(
                     "source": str(path),
                     "modality": adapter.name,
                     "tokens": result.tokens,
-                    "metrics": {k: _json_number(v) for k, v in result.metrics.items()},
+                    "metrics": json_safe(dict(result.metrics)),  # PSNR inf -> "inf"
                     "output": str(result.paths["side_by_side"].parent),
                     "files": {k: str(v) for k, v in result.paths.items()},
                 }
@@ -219,10 +219,6 @@ def reconstruct_cmd(
         echo_result(
             json.dumps({"model": model, "model_id": tok.model_id, "items": summary}, indent=2)
         )
-
-
-def _json_number(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
 
 
 @cli.group("convert")
