@@ -82,10 +82,10 @@ def browser(page):
         driver.quit()
 
 
-def wait_for(driver, script: str, timeout: float = 40.0):  # generous: a loaded CI machine
-    end = time.monotonic() + timeout
+def wait_for(driver, script: str, timeout: float = 40.0, args: tuple = ()):
+    end = time.monotonic() + timeout  # generous: a loaded CI machine
     while time.monotonic() < end:
-        value = driver.execute_script(script)
+        value = driver.execute_script(script, *args)
         if value:
             return value
         time.sleep(0.1)
@@ -155,10 +155,14 @@ def test_the_clip_player_plays_and_scrubs(browser) -> None:
     assert first[0] != first[1] and all(s.startswith("data:image/jpeg") for s in first)
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", fig)
     fig.find_element(By.CSS_SELECTOR, ".play").click()
-    end = time.monotonic() + 20  # animation frames are slow on a loaded 2-core machine
-    while label.text == "frame 1 / 8" and time.monotonic() < end:
-        time.sleep(0.05)
-    assert label.text != "frame 1 / 8"
+    assert fig.find_element(By.CSS_SELECTOR, ".play").text.startswith("❚❚")  # the click landed
+    moved = wait_for(
+        browser,
+        "const t = arguments[0].textContent; return t !== 'frame 1 / 8' && t;",
+        timeout=20,
+        args=(label,),
+    )
+    assert moved.startswith("frame ") and moved.endswith(" / 8"), moved
     scrub = fig.find_element(By.CSS_SELECTOR, ".scrub")
     browser.execute_script(
         "arguments[0].value = 5; arguments[0].dispatchEvent(new Event('input'));", scrub

@@ -43,31 +43,27 @@ function setupVideo(fig) {
   const scrub = fig.querySelector(".scrub");
   const label = fig.querySelector(".frame-no");
   const n = clip.frames[0].length;
-  let frame = 0, playing = false, last = 0, acc = 0;
+  // A timer, not requestAnimationFrame: animation frames stall while the page draws something
+  // slow (the software-rendered 3D viewer on a busy machine), and a clip should keep its pace.
+  // Each tick shows the frame the wall clock has reached, so a late tick skips, never drifts.
+  let frame = 0, timer = null, start = 0, from = 0;
+  const step = 1000 / Math.max(1, clip.fps);
   const show = (i) => {
     frame = ((i % n) + n) % n;
     clip.frames.forEach((frames, k) => { imgs[k].src = frames[frame]; });
     scrub.value = String(frame);
     label.textContent = `frame ${clip.indices[frame] + 1} / ${clip.total}`;
   };
-  const tick = (t) => {
-    if (!playing) return;
-    acc += t - last;
-    last = t;
-    const step = 1000 / Math.max(1, clip.fps);
-    if (acc >= step) {
-      const k = Math.floor(acc / step);
-      acc -= k * step;
-      show(frame + k);
-    }
-    requestAnimationFrame(tick);
+  const tick = () => {
+    const k = Math.floor((performance.now() - start) / step);
+    if ((from + k) % n !== frame) show(from + k);
   };
   const play = (on) => {
-    playing = on;
+    if (timer !== null) { clearInterval(timer); timer = null; }
     button.textContent = on ? "❚❚ pause" : "▶ play";
-    if (on) { last = performance.now(); acc = 0; requestAnimationFrame(tick); }
+    if (on) { start = performance.now(); from = frame; timer = setInterval(tick, Math.min(step, 50)); }
   };
-  button.addEventListener("click", () => play(!playing));
+  button.addEventListener("click", () => play(timer === null));
   scrub.addEventListener("input", () => { play(false); show(Number(scrub.value)); });
   show(0);
 }
