@@ -12,7 +12,7 @@ Targets (issue "Training that learns", item 2), at the last mark:
 * held-out PSNR >= PCA-48's (nothing lost against the optimal linear code);
 * held-out PSNR and LPIPS better than at the first mark after the start (training adds quality);
 * held-out LPIPS <= 0.8 x PCA-48's -- not reached by the current recipe (marked xfail; the
-  README gives the measured ratio).
+  README gives the measured ratio; `test_lpips_headroom.py` measures what the target asks).
 
 Environment: ``ATOKEN_TTQ_MINUTES`` (e.g. ``"0,0.5,1"`` for a quick look), ``ATOKEN_TTQ_CONFIG``
 (another training file to time). One run takes the last mark plus about a minute of evaluation
