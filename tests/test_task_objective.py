@@ -71,15 +71,29 @@ class Toy(nn.Module):
         )
 
 
+class Plain:
+    """Not a module: what a plugin's objective factory must not build."""
+
+    def __init__(self, options: ToyOptions) -> None:
+        self.options = options
+
+
+def plain(options: ToyOptions, context):  # unannotated: the registry cannot tell
+    """A factory function: what it builds shows only when it is called."""
+    return Plain(options)
+
+
 class ToyPlugin:
     @hookimpl
     def atoken_register_tasks(self, registry) -> None:
         registry.add("toy_rec", TaskSpec(modality="image", task_objective="toy"))
         registry.add("toy_missing", TaskSpec(modality="image", task_objective="no_such"))
+        registry.add("toy_plain", TaskSpec(modality="image", task_objective="plain"))
 
     @hookimpl
     def atoken_register_objectives(self, registry) -> None:
         registry.add("toy", Toy, options=ToyOptions)
+        registry.add("plain", plain, options=ToyOptions)
 
 
 @pytest.fixture
@@ -186,3 +200,14 @@ def test_resuming_with_other_objectives_is_refused(comps, tmp_path) -> None:
     plain.pop("objectives")
     with pytest.raises(CheckpointError, match=r"holds the task objectives \['toy'\], this run"):
         _fit(plain, tmp_path / "run", comps, resume=True)
+
+
+def test_an_objective_that_builds_no_module_is_one_line_before_anything_is_written(
+    comps, tmp_path
+) -> None:
+    from atoken.core.registry import ComponentTypeError
+
+    run = tmp_path / "run"
+    with pytest.raises(ComponentTypeError, match=r"objective 'plain' \(toy-plugin\) built a Plain"):
+        _fit(_config(task="toy_plain", plain={}), run, comps)
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()

@@ -213,70 +213,18 @@ class Trainer:
     def _spec(self, task: str):
         return task_spec(task, self.components)
 
-    def _tasks(self) -> list[str]:
-        return sorted({t for s in self.config.stages for t in s.tasks})
-
     def _check_tasks(self) -> None:
         """Phase two against this trainer's registries: every task of the config is registered,
         its adapter installed, its ``[semantic]`` section given (clear error otherwise)."""
         check_tasks(self.config, self.components)
 
     def _build_understanding(self) -> dict[str | None, Any]:
-        """The understanding objectives the stages' tasks name (`atoken.core.objective.
-        UnderstandingSpec`), one per config table they read, keyed by section (None: the
-        ``[semantic]`` table itself); tasks reading the same table share it. Those of
-        ``[semantic]`` are built first, then the sections' in task order."""
-        from atoken.core.config import ConfigError
-        from atoken.core.objective import UnderstandingContext, UnderstandingObjective
-        from atoken.train.config import semantic_section, understanding_registry
+        """`atoken.train.objective_setup.build_understanding_objectives` for this run."""
+        from atoken.train.objective_setup import build_understanding_objectives
 
-        users: dict[str | None, list[str]] = {}
-        for task in self._tasks():
-            spec = self._spec(task)
-            if spec.objective != "understanding":
-                continue
-            shared = users.setdefault(spec.section, [])
-            if shared and self._spec(shared[0]).understanding != spec.understanding:
-                raise ConfigError(
-                    f"tasks {shared[0]!r} and {task!r} read the same"
-                    f" [semantic{'.' + spec.section if spec.section else ''}] table but train"
-                    f" different understanding objectives ({self._spec(shared[0]).understanding!r},"
-                    f" {spec.understanding!r}); register one section per objective"
-                )
-            shared.append(task)
-        registry = understanding_registry(self.components)
-        out: dict[str | None, Any] = {}
-        for section in sorted(users, key=lambda k: (k is not None, users[k][0])):
-            tasks = users[section]
-            spec = self._spec(tasks[0])
-            table = semantic_section(self.config, spec)
-            if table is None:  # the config validator already says this; kept for safety
-                where = f"[semantic.{section}]" if section else "[semantic]"
-                raise ConfigError(f"task {tasks[0]!r} needs a {where} section")
-            if not self.model.has_head:
-                raise ConfigError(
-                    f"task {tasks[0]!r} trains the understanding head, but this model has none"
-                    " (config.head is None); use a preset with a head"
-                )
-            entry = registry.get(spec.understanding)
-            context = UnderstandingContext(
-                name=spec.understanding,
-                section=section,
-                tasks=tuple(tasks),
-                semantic=self.config.semantic,
-                width=int(self.model.encoder.width),
-                components=self.components,
-                device=self.dist.device,
-                seed=self.config.run.seed,
-            )
-            built = entry.obj.build(table, context)
-            if not isinstance(built, UnderstandingObjective):
-                raise ConfigError(
-                    f"understanding objective {spec.understanding!r} ({entry.provider}) built a"
-                    f" {type(built).__name__}; expected an object with loss(embedding, batch)"
-                )
-            out[section] = built
-        return out
+        return build_understanding_objectives(
+            self.config, self.components, self.model, self.dist.device
+        )
 
     @property
     def semantic(self) -> Any:
@@ -296,35 +244,10 @@ class Trainer:
         }
 
     def _build_task_objectives(self) -> dict[str, nn.Module]:
-        """The registered task objectives the stages' tasks name (`atoken.core.objective`), each
-        built once with its ``[objectives.<name>]`` options; capabilities verified here."""
-        from atoken.core.capabilities import declared_capabilities
-        from atoken.core.objective import ObjectiveContext
-        from atoken.train.config import objective_options, task_objectives
+        """`atoken.train.objective_setup.build_task_objectives` for this run."""
+        from atoken.train.objective_setup import build_task_objectives
 
-        out: dict[str, nn.Module] = {}
-        for name, tasks in task_objectives(self.config, self.components).items():
-            context = ObjectiveContext(
-                name=name,
-                tasks=tuple(tasks),
-                model_config=self.model.config,
-                width=int(self.model.encoder.width),
-                components=self.components,
-                device=self.dist.device,
-                seed=self.config.run.seed,
-            )
-            options = objective_options(name, self.config, self.components)
-            module = self.components.objectives.build(name, options, context=context)
-            if not isinstance(module, nn.Module):
-                from atoken.core.config import ConfigError
-
-                raise ConfigError(
-                    f"objective {name!r} ({self.components.objectives.get(name).provider}) built"
-                    f" a {type(module).__name__}; a task objective is an nn.Module"
-                )
-            declared_capabilities(type(module))
-            out[name] = module.to(self.dist.device)
-        return out
+        return build_task_objectives(self.config, self.components, self.model, self.dist.device)
 
     def _objective_params(self) -> list[nn.Parameter]:
         """Trainable parameters of the task objectives (clipped and synchronised with the
