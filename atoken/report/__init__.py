@@ -13,9 +13,11 @@ because nothing can be downloaded where atoken is built and it keeps the page sm
 (`atoken.report.splats` says how it draws).
 
 Layout: `atoken.report.sources` finds and reads the folders, `atoken.report.media` the pictures
-and clips, `atoken.report.splats` the ``.ply`` files, `atoken.report.charts` draws the curves and
-`atoken.report.page` assembles the page from ``report.html``, ``report.css``, ``report.js`` and
-``splat.js`` (package data).
+and clips, `atoken.report.splats` the ``.ply`` files, `atoken.report.charts` draws the curves,
+`atoken.report.run_section` and `atoken.report.item_section` write the sections of runs and of
+reconstructions from the shared pieces of `atoken.report.markup`, and `atoken.report.page`
+assembles the page from ``report.html``, ``report.css``, ``report.js`` and ``splat.js`` (package
+data).
 
 References: Kerbl et al., "3D Gaussian Splatting for Real-Time Radiance Field Rendering" (2023),
 the EWA projection of a 3D covariance to the screen; antimatter15/splat (Kevin Kwok, 2023), the
