@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from atoken.core.metrics import image_lpips, image_quality, shared_lpips
+from atoken.core.metrics import _gaussian_window, shared_lpips
 from atoken.core.plugins import default_components
 from atoken.core.reconstruct import reconstruct_sample
 from atoken.core.tokenizer import Tokenizer
-from atoken.eval.baselines import PatchPCA
-from atoken.eval.heldout import EVAL_MAX_RES, PCA_FIT_MAX_RES
+from atoken.eval.heldout import EVAL_MAX_RES, fit_pca_baseline
 from atoken.plugins.image.samples import SampleImagesSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +47,9 @@ SIGMAS = (4.0, 2.0, 1.0)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """``[H, W, 3]`` blurred with a separable Gaussian (reflect padding)."""
+    """``[H, W, 3]`` blurred with a separable Gaussian (reflect padding; SSIM's window)."""
     radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
+    g = _gaussian_window(2 * radius + 1, sigma, x.dtype, x.device)
     y = x.permute(2, 0, 1)[:, None]  # [3, 1, H, W]
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), g.view(1, 1, -1, 1))
@@ -69,44 +66,32 @@ def _phase_randomised(d: Tensor, generator: torch.Generator, patch: int = 16) ->
     return y.permute(2, 0, 3, 1, 4).reshape(3, h, w).permute(1, 2, 0)
 
 
-def _crops(split: str, max_res: int) -> list[tuple[str, Tensor]]:
-    adapter = default_components().adapters.build("image", {"max_res": max_res, "lpips": False})
-    out = []
-    for name, image in SampleImagesSource(split):
-        out.append((name, adapter.target(image, adapter.to_tokens(image).meta)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def headroom() -> dict:
     lpips, why = shared_lpips()
     if lpips is None:
         pytest.skip(f"LPIPS cannot run here: {why}")
-    splits = {s: _crops(s, EVAL_MAX_RES) for s in ("tune", "final")}
+    splits = {s: list(SampleImagesSource(s)) for s in ("tune", "final")}
     if len(splits["final"]) < 2:
         pytest.skip("the 'final' photos need scikit-learn (pip install 'atoken[samples]')")
-    train = [x for _, x in _crops("train", PCA_FIT_MAX_RES)]
+    train = [image for _, image in SampleImagesSource("train")]
+    pcas = {k: fit_pca_baseline(train, k=k) for k in COMPONENTS}
     model_name = os.environ.get("ATOKEN_HEADROOM_MODEL", "atoken-tiny-photo")
     model = Tokenizer.from_pretrained(model_name).eval()
-    adapter = default_components().adapters.build("image", {"max_res": None, "lpips": False})
-    pcas = {k: PatchPCA(train, k=k) for k in COMPONENTS}
+    # the crops, reconstructions and metrics of `atoken demo` (compare_on_held_out's adapter)
+    adapter = default_components().adapters.build("image", {"max_res": EVAL_MAX_RES})
 
     def score(pairs: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
-        rows = [
-            {**image_quality(x, y.clamp(-1, 1)), "lpips": image_lpips(lpips, x, y.clamp(-1, 1))}
-            for x, y in pairs
-        ]
+        rows = [adapter.metrics(x, y) for x, y in pairs]
         return {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim", "lpips")}
 
     result: dict = {"model": model_name, "protocol": _PROTOCOL, "splits": {}}
-    for split, crops in splits.items():
+    for split, images in splits.items():
         generator = torch.Generator().manual_seed(0)
-        refs = [x for _, x in crops]
         with torch.no_grad():
-            recs = [
-                reconstruct_sample(model, adapter, x, name).reconstruction.clamp(-1, 1)
-                for name, x in crops
-            ]
+            done = [reconstruct_sample(model, adapter, image, name) for name, image in images]
+        refs = [r.reference for r in done]
+        recs = [r.reconstruction.clamp(-1, 1) for r in done]
         rows: dict[str, dict[str, float]] = {"model": score(list(zip(refs, recs, strict=True)))}
         for k, pca in pcas.items():
             rows[f"PCA-{k}"] = score([(x, pca(x)) for x in refs])

@@ -50,9 +50,14 @@ class HeldOutReport:
 
 
 def fit_pca_baseline(
-    train: Sequence[Tensor], *, max_res: int = PCA_FIT_MAX_RES, components: Components | None = None
+    train: Sequence[Tensor],
+    *,
+    max_res: int = PCA_FIT_MAX_RES,
+    components: Components | None = None,
+    k: int = 48,
 ) -> PatchPCA:
-    """`PatchPCA` (48 components) of training images, centre-cropped and scaled as training does."""
+    """`PatchPCA` (``k`` components; 48: the latent's width) of training images, centre-cropped
+    and scaled as training does."""
     adapter = (components or default_components()).adapters.build(
         "image", {"max_res": max_res, "lpips": False}
     )
@@ -60,7 +65,7 @@ def fit_pca_baseline(
     for image in train:
         tokens = adapter.to_tokens(image)
         crops.append(adapter.target(image, tokens.meta))
-    return PatchPCA(crops)
+    return PatchPCA(crops, k=k)
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ from atoken.core.tokens import PatchTokens, SparseTokens, collate
 from atoken.train.config import StageConfig, TrainConfig, check_tasks, task_spec
 from atoken.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from atoken.train.objective import ObjectiveResult, ReconstructionObjective
+from atoken.train.objective_setup import build_task_objectives, build_understanding_objectives
 from atoken.train.optim import build_optimizer, build_scheduler, set_trainable, unknown_prefixes
 
 logger = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ class Trainer:
         resume_from = self._resume_point(resume=resume, restart=restart)
         if resume_from is None:  # the run's start applies whenever no checkpoint is loaded
             self._initialise()
-        self.understanding = self._build_understanding()
-        self.task_objectives = self._build_task_objectives()
+        built = (self.config, self.components, self.model, self.dist.device)
+        self.understanding = build_understanding_objectives(*built)
+        self.task_objectives = build_task_objectives(*built)
         self.ema = ModelEma(self.model, decay=config.ema.decay, warmup=config.ema.warmup)
         self.objective_emas = {
             name: ModelEma(module, decay=config.ema.decay, warmup=config.ema.warmup)
@@ -218,14 +220,6 @@ class Trainer:
         its adapter installed, its ``[semantic]`` section given (clear error otherwise)."""
         check_tasks(self.config, self.components)
 
-    def _build_understanding(self) -> dict[str | None, Any]:
-        """`atoken.train.objective_setup.build_understanding_objectives` for this run."""
-        from atoken.train.objective_setup import build_understanding_objectives
-
-        return build_understanding_objectives(
-            self.config, self.components, self.model, self.dist.device
-        )
-
     @property
     def semantic(self) -> Any:
         """The understanding objective built from the ``[semantic]`` table (``distill``'s
@@ -242,12 +236,6 @@ class Trainer:
             for k, m in self.understanding.items()
             if isinstance(m, nn.Module)
         }
-
-    def _build_task_objectives(self) -> dict[str, nn.Module]:
-        """`atoken.train.objective_setup.build_task_objectives` for this run."""
-        from atoken.train.objective_setup import build_task_objectives
-
-        return build_task_objectives(self.config, self.components, self.model, self.dist.device)
 
     def _objective_params(self) -> list[nn.Parameter]:
         """Trainable parameters of the task objectives (clipped and synchronised with the
